@@ -1,0 +1,1 @@
+"""The billing rules: plain functions over a SQLAlchemy Session. No Dramatiq, no SMTP here."""

@@ -1,0 +1,41 @@
+"""The shared database's tables (SPEC §1). ``docs/schema.md`` explains them to other apps."""
+
+from .base import MONEY, Base
+from .catalog import (
+    Addon,
+    BillableItem,
+    CancelRequest,
+    Domain,
+    DomainStatus,
+    InvoiceAction,
+    Product,
+    Service,
+    Setting,
+    TaxRule,
+    ThingStatus,
+)
+from .clients import ClientStatus, Client, ClientGroup, ClientUser, Contact, Currency, PayMethod, User
+from .invoices import (
+    THING_TYPES,
+    BilledPeriod,
+    CreditHistory,
+    Invoice,
+    InvoiceItem,
+    InvoiceKind,
+    InvoiceSequence,
+    InvoiceStatus,
+    ItemType,
+    Transaction,
+)
+from .jobs import JobFailure, JobReceipt
+from .messaging import EmailLog, OutboxEmail, OutboxStatus
+from .records import Affiliate, ClientFile, ClientNote, Order, Quote, Ticket
+
+__all__ = [
+    "MONEY", "Base", "Addon", "BillableItem", "CancelRequest", "Domain", "DomainStatus", "InvoiceAction",
+    "Product", "Service", "Setting", "TaxRule", "ThingStatus", "ClientStatus", "Client", "ClientGroup",
+    "ClientUser", "Contact", "Currency", "PayMethod", "User", "THING_TYPES", "BilledPeriod",
+    "CreditHistory", "Invoice", "InvoiceItem", "InvoiceKind", "InvoiceSequence", "InvoiceStatus",
+    "ItemType", "Transaction", "JobFailure", "JobReceipt", "EmailLog", "OutboxEmail", "OutboxStatus",
+    "Affiliate", "ClientFile", "ClientNote", "Order", "Quote", "Ticket",
+]

@@ -1,0 +1,62 @@
+"""Money: ``Decimal`` only, rounded to the currency's minor unit here and nowhere else.
+
+Rounding is half-up (the commercial rule operators and tax offices expect), applied to each
+total that is stored, never to intermediate products, so lines plus taxes add up to the total.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from .errors import ValidationError
+
+ZERO = Decimal("0")
+
+
+def quantum(minor_units: int) -> Decimal:
+    """The smallest coin of a currency with ``minor_units`` decimal places (2 -> 0.01)."""
+    return Decimal(1).scaleb(-minor_units)
+
+
+def round_money(amount: Decimal, minor_units: int = 2) -> Decimal:
+    """Round ``amount`` half-up to the currency's minor unit. The one rounding of money."""
+    return amount.quantize(quantum(minor_units), rounding=ROUND_HALF_UP)
+
+
+def format_money(amount: Decimal, prefix: str = "", suffix: str = "", minor_units: int = 2) -> str:
+    """``$12.50 USD``-style text for emails and statements."""
+    text = f"{round_money(amount, minor_units):,.{minor_units}f}"
+    return f"{prefix}{text}{(' ' + suffix) if suffix else ''}"
+
+
+def parse_money(field: str, value: Any, *, minor_units: int = 2, allow_zero: bool = False,
+                allow_negative: bool = False) -> Decimal:
+    """A job argument that is money: a decimal string (or an int), never a float.
+
+    Floats are refused because 0.1 + 0.2 is not 0.3 and the sender's cents would be lost
+    before we see them; the error tells the sender what to send instead.
+    """
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValidationError(field, value, 'must be a decimal string such as "10.50", not a JSON number '
+                              "with a fraction (floats lose cents)")
+    if isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValidationError(field, value, "is not a decimal number") from None
+    elif isinstance(value, Decimal):
+        amount = value
+    else:
+        raise ValidationError(field, value, "must be a decimal string")
+    if not amount.is_finite():
+        raise ValidationError(field, value, "is not a finite number")
+    if amount != round_money(amount, minor_units):
+        raise ValidationError(field, value, f"has more than {minor_units} decimal places")
+    if amount < 0 and not allow_negative:
+        raise ValidationError(field, value, "must not be negative")
+    if amount == 0 and not allow_zero:
+        raise ValidationError(field, value, "must be greater than zero")
+    return round_money(amount, minor_units)
