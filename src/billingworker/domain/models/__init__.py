@@ -14,7 +14,7 @@ from .catalog import (
     TaxRule,
     ThingStatus,
 )
-from .clients import ClientStatus, Client, ClientGroup, ClientUser, Contact, Currency, PayMethod, User
+from .clients import Client, ClientGroup, ClientStatus, ClientUser, Contact, Currency, PayMethod, User
 from .invoices import (
     THING_TYPES,
     BilledPeriod,

@@ -1,0 +1,195 @@
+"""Generate due invoices (SPEC §4) for a batch of clients, in the caller's transaction.
+
+Guarantees: a thing is invoiced at most once per due date (client row locks serialise workers;
+the ``billed_periods`` primary key is the final guard); invoice numbers are gap-free; the
+invoice, its claims, the thing's ``next_invoice_date``, the credit spent and the outbox email
+are written together or not at all. One client that cannot be invoiced is recorded as a
+failure and never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
+
+from .due_things import THING_TABLES, DueThings, find_due
+from .failures import ClientFailure
+from .invoice_plan import ClientInfo, InvoicePlan, TaxContext, plan_invoices
+from .invoice_store import StoredInvoice, lock_clients, store_invoices
+from .models import Client, ClientStatus, InvoiceStatus
+from .money import ZERO
+from .outbox import QueuedEmail, queue_emails
+from .payments import settle_paid_invoices
+from .settings import BillingSettings, load_settings
+from .tax import TaxRules
+
+log = logging.getLogger(__name__)
+
+SOURCE = "job:generate_due_invoices"
+
+
+@dataclass
+class GenerationResult:
+    as_of: date
+    clients_processed: int = 0
+    invoices_created: int = 0
+    items_invoiced: int = 0
+    total: Decimal = ZERO
+    invoice_ids: list[int] = field(default_factory=list)
+    email_ids: list[int] = field(default_factory=list)
+    failures: list[ClientFailure] = field(default_factory=list)
+    #: The planned invoices (always filled; a dry run stops here).
+    plans: list[InvoicePlan] = field(default_factory=list)
+
+    @property
+    def emails_queued(self) -> int:
+        return len(self.email_ids)
+
+    def merge(self, other: GenerationResult) -> None:
+        self.clients_processed += other.clients_processed
+        self.invoices_created += other.invoices_created
+        self.items_invoiced += other.items_invoiced
+        self.total += other.total
+        self.invoice_ids += other.invoice_ids
+        self.email_ids += other.email_ids
+        self.failures += other.failures
+        self.plans += other.plans
+
+
+def client_batches(session: Session, batch_size: int = 500) -> Iterator[list[int]]:
+    """Ids of the clients that may be billed, ``batch_size`` at a time (keyset pagination, so
+    memory stays flat however many clients there are)."""
+    after = 0
+    while True:
+        ids = list(session.execute(
+            select(Client.id).where(Client.id > after, Client.status != ClientStatus.CLOSED)
+            .order_by(Client.id).limit(batch_size)).scalars())
+        if not ids:
+            return
+        yield ids
+        after = ids[-1]
+
+
+def tax_context(rules: TaxRules, client: ClientInfo, settings: BillingSettings) -> TaxContext:
+    rate1, rate2 = rules.rates_for(client.country, client.state, exempt=client.tax_exempt)
+    return TaxContext(rate1, rate2, inclusive=settings.tax_type == "inclusive", compound=settings.tax_l2_compound)
+
+
+def billable_clients(clients: dict[int, ClientInfo], client_ids: Sequence[int],
+                     result: GenerationResult) -> list[ClientInfo]:
+    """Clients that can be invoiced; the others are recorded in ``result.failures`` or skipped."""
+    out = []
+    for cid in client_ids:
+        client = clients.get(cid)
+        if client is None or client.status == ClientStatus.CLOSED:
+            continue  # deleted or closed since the batch was made: nothing to bill
+        if client.currency_id is None:
+            result.failures.append(ClientFailure(cid, "currency_id", None,
+                                                 "is required to invoice: the client has no currency"))
+            continue
+        out.append(client)
+    return out
+
+
+def generate_for_clients(
+    session: Session,
+    client_ids: Sequence[int],
+    as_of: date,
+    *,
+    send_email: bool = True,
+    dry_run: bool = False,
+) -> GenerationResult:
+    """Invoice everything due on ``as_of`` for ``client_ids``; the caller commits.
+
+    Locks the clients' rows. With ``dry_run`` the same plans are made and returned, nothing is
+    written (the operator's preview shares the real run's code path).
+    """
+    result = GenerationResult(as_of)
+    settings = load_settings(session)
+    rules = TaxRules.load(session)
+    clients = billable_clients(lock_clients(session, client_ids), client_ids, result)
+    result.clients_processed = len(clients)
+    due = find_due(session, [c.id for c in clients], as_of, settings)
+    plans = _plan(clients, due, as_of, settings, rules)
+    result.plans = plans
+    if dry_run or not plans:
+        return result
+    try:
+        with session.begin_nested():
+            _write(session, plans, due, result, send_email=send_email)
+    except (IntegrityError, DBAPIError) as exc:
+        if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
+            raise
+        # Someone else billed part of this batch (another application, a race we did not
+        # expect). Redo it client by client, so the clash costs one client, not the batch.
+        log.warning("batch write failed (%s); retrying client by client", exc.__class__.__name__)
+        for client in clients:
+            _generate_one(session, client, as_of, settings, rules, result, send_email=send_email)
+    return result
+
+
+def _plan(clients: Sequence[ClientInfo], due: DueThings, as_of: date, settings: BillingSettings,
+          rules: TaxRules) -> list[InvoicePlan]:
+    plans: list[InvoicePlan] = []
+    for client in clients:
+        lines = due.lines.get(client.id)
+        if lines:
+            plans += plan_invoices(client, lines, as_of=as_of, tax=tax_context(rules, client, settings),
+                                   separate=client.separate_invoices, auto_apply_credit=settings.auto_apply_credit)
+    return plans
+
+
+def _generate_one(session: Session, client: ClientInfo, as_of: date, settings: BillingSettings,
+                  rules: TaxRules, result: GenerationResult, *, send_email: bool) -> None:
+    try:
+        with session.begin_nested():
+            due = find_due(session, [client.id], as_of, settings)
+            plans = _plan([client], due, as_of, settings, rules)
+            if plans:
+                _write(session, plans, due, result, send_email=send_email)
+    except (IntegrityError, DBAPIError) as exc:
+        if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
+            raise
+        result.failures.append(ClientFailure(client.id, "", None, f"could not be invoiced: {exc.orig}"))
+
+
+def _write(session: Session, plans: list[InvoicePlan], due: DueThings, result: GenerationResult, *,
+           send_email: bool) -> list[StoredInvoice]:
+    claimed = {c for p in plans for c in p.billed_periods}
+    stored = store_invoices(session, plans, source=SOURCE, released_claims=sorted(due.stale_claims & claimed))
+    write_thing_updates(session, [due.updates[ln.key] for p in plans for ln in p.lines if ln.key in due.updates])
+    paid = [s.id for s in stored if s.plan.status == InvoiceStatus.PAID]
+    if paid:
+        settle_paid_invoices(session, paid)
+    email_ids = []
+    if send_email:
+        email_ids = queue_emails(session, [
+            QueuedEmail("invoice_created", s.plan.client_id, {"invoice_id": s.id}, f"invoice_created:{s.id}")
+            for s in stored])
+    result.invoices_created += len(stored)
+    result.items_invoiced += sum(len(s.plan.lines) for s in stored)
+    result.total += sum((s.plan.totals.total for s in stored), ZERO)
+    result.invoice_ids += [s.id for s in stored]
+    result.email_ids += email_ids
+    return stored
+
+
+def write_thing_updates(session: Session, updates) -> None:
+    """Advance ``next_invoice_date`` (or a billable item's count) of every invoiced thing."""
+    by_table: dict[str, list[dict]] = {}
+    for u in updates:
+        by_table.setdefault(u.item_type, []).append({"id": u.item_id, **u.values})
+    for item_type, rows in by_table.items():
+        # Group rows by the columns they set: one executemany per shape.
+        shapes: dict[tuple[str, ...], list[dict]] = {}
+        for row in rows:
+            shapes.setdefault(tuple(sorted(row)), []).append(row)
+        for shape_rows in shapes.values():
+            session.execute(update(THING_TABLES[item_type]), shape_rows)

@@ -1,0 +1,213 @@
+"""Render the emails of ``templates/emails`` (SPEC §14).
+
+Each template is one Jinja2 file with three blocks: ``subject``, ``text`` and ``html``. The
+``html`` block is rendered with autoescaping (a client named ``<script>`` stays text); the
+subject and the plain-text body are rendered without it, so they show what the client typed.
+Both environments use ``StrictUndefined``: a template that asks for a value the context lacks
+fails loudly (as a ``ValidationError``) instead of sending an email with holes in it.
+
+Outbox rows carry only ids (``{"invoice_id": 12}``); ``render_outbox_email`` loads the rows at
+delivery time, so an email always shows the invoice as it is when it is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .errors import NotFound, ValidationError
+from .models import Client, Contact, Currency, Invoice, InvoiceItem, OutboxEmail, Transaction
+from .money import format_money
+from .settings import BillingSettings, load_settings
+
+TEMPLATE_SUFFIX = ".j2"
+BLOCKS = ("subject", "text", "html")
+
+
+def template_dir() -> Path:
+    """Where the templates are: inside the installed package first (the wheel force-includes
+    ``templates/`` as ``billingworker/templates``), else ``templates/emails`` at the repo root."""
+    packaged = Path(__file__).resolve().parents[1] / "templates" / "emails"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[3] / "templates" / "emails"
+
+
+TEMPLATE_DIR = template_dir()
+
+#: The names of the email templates available (file names without ``.j2``).
+TEMPLATES: frozenset[str] = frozenset(
+    p.name.removesuffix(TEMPLATE_SUFFIX) for p in TEMPLATE_DIR.glob(f"*{TEMPLATE_SUFFIX}") if p.is_file()
+) if TEMPLATE_DIR.is_dir() else frozenset()
+
+_loader = jinja2.FileSystemLoader(str(TEMPLATE_DIR))
+_common: dict[str, Any] = {
+    "loader": _loader,
+    "undefined": jinja2.StrictUndefined,
+    "trim_blocks": True,
+    "lstrip_blocks": True,
+}
+#: Used only for the html block.
+_html_env = jinja2.Environment(autoescape=True, **_common)
+#: Used for the subject and the plain-text body, which are not HTML.
+_text_env = jinja2.Environment(autoescape=False, **_common)
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """An email ready to be handed to a mailer. ``subject`` is always a single line."""
+
+    template: str
+    subject: str
+    text: str
+    html: str
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    #: The client the email is about (set by ``render_outbox_email``), for the email log.
+    client_id: int | None = None
+
+
+def money_formatter(currency: Currency | None) -> Callable[[Decimal], str]:
+    """``money(amount)`` for templates: ``$12.50 USD`` in the invoice's currency."""
+    if currency is None:
+        return lambda amount: format_money(Decimal(amount))
+    prefix, suffix, minor_units = currency.prefix or "", currency.suffix or "", currency.minor_units
+
+    def money(amount: Decimal) -> str:
+        return format_money(Decimal(amount), prefix, suffix, minor_units)
+
+    return money
+
+
+def format_percent(rate: Decimal) -> str:
+    """A tax rate without trailing zeros: 20.000000 -> ``20``, 8.250000 -> ``8.25``."""
+    return format(Decimal(rate).normalize(), "f")
+
+
+def _with_helpers(context: Mapping[str, Any]) -> dict[str, Any]:
+    ctx: dict[str, Any] = {
+        "money": money_formatter(context.get("currency")),
+        "percent": format_percent,
+    }
+    ctx.update(context)
+    settings = ctx.get("settings")
+    # The invoice link is "{{ settings.system_url }}viewinvoice.php": an admin who typed the
+    # URL without its trailing slash must not get a broken link.
+    if isinstance(settings, BillingSettings) and not settings.system_url.endswith("/"):
+        ctx["settings"] = replace(settings, system_url=settings.system_url + "/")
+    return ctx
+
+
+def _render_block(env: jinja2.Environment, template_name: str, block: str, ctx: dict[str, Any]) -> str:
+    template = env.get_template(template_name + TEMPLATE_SUFFIX)
+    if block not in template.blocks:
+        raise ValidationError("template", template_name, f"has no {{% block {block} %}}")
+    return "".join(template.blocks[block](template.new_context(ctx)))
+
+
+def _check_known(template_name: str) -> None:
+    if template_name not in TEMPLATES:
+        raise ValidationError("template", template_name, "is not a known email template")
+
+
+def render(template_name: str, context: Mapping[str, Any], *, to: Iterable[str] = (),
+           cc: Iterable[str] = (), client_id: int | None = None) -> RenderedEmail:
+    """Render ``template_name`` with a plain ``context`` (``money`` and ``percent`` are added
+    unless given). Raises ``ValidationError`` for an unknown template or a missing value."""
+    _check_known(template_name)
+    ctx = _with_helpers(context)
+    try:
+        subject = _render_block(_text_env, template_name, "subject", ctx)
+        text = _render_block(_text_env, template_name, "text", ctx)
+        html = _render_block(_html_env, template_name, "html", ctx)
+    except jinja2.UndefinedError as exc:
+        raise ValidationError("context", template_name, f"lacks a value the template uses ({exc})") from None
+    return RenderedEmail(
+        template=template_name,
+        subject=" ".join(subject.split()),
+        text=text.strip() + "\n",
+        html=html.strip() + "\n",
+        to=list(to),
+        cc=list(cc),
+        client_id=client_id,
+    )
+
+
+def _load_context(outbox: OutboxEmail) -> dict[str, Any]:
+    try:
+        ids = json.loads(outbox.context or "{}")
+    except json.JSONDecodeError:
+        ids = None
+    if not isinstance(ids, dict):
+        raise ValidationError("email_outbox.context", outbox.context, "is not a JSON object")
+    return ids
+
+
+def _invoice_contacts(session: Session, client_id: int, exclude: str) -> list[str]:
+    emails = session.scalars(
+        select(Contact.email)
+        .where(Contact.client_id == client_id, Contact.invoice_emails.is_(True))
+        .order_by(Contact.id)
+    ).all()
+    seen = {exclude.strip().lower()}
+    cc: list[str] = []
+    for email in emails:
+        email = (email or "").strip()
+        if email and email.lower() not in seen:
+            seen.add(email.lower())
+            cc.append(email)
+    return cc
+
+
+def render_outbox_email(session: Session, outbox: OutboxEmail) -> RenderedEmail:
+    """Render an outbox row: load the client, invoice (items by id), currency and transaction
+    named by the ids in its context, and the installation settings.
+
+    ``to`` is the client's email; an email about an invoice (its context has ``invoice_id``) is
+    copied to the client's contacts that receive invoice emails. Reads only; never writes.
+    Raises ``ValidationError`` (unknown template, bad context) or ``NotFound`` (a row is gone).
+    """
+    _check_known(outbox.template)
+    ids = _load_context(outbox)
+    # Plain values (a link, a reason...) pass through; the ids are turned into rows below.
+    ctx: dict[str, Any] = dict(ids)
+
+    invoice: Invoice | None = None
+    if ids.get("invoice_id") is not None:
+        invoice = session.get(Invoice, ids["invoice_id"])
+        if invoice is None:
+            raise NotFound("invoice_id", ids["invoice_id"])
+        ctx["invoice"] = invoice
+        ctx["items"] = list(
+            session.scalars(select(InvoiceItem).where(InvoiceItem.invoice_id == invoice.id)
+                            .order_by(InvoiceItem.id))
+        )
+
+    client_id = outbox.client_id or ids.get("client_id") or (invoice.client_id if invoice else None)
+    client = session.get(Client, client_id) if client_id is not None else None
+    if client is None:
+        raise NotFound("client_id", client_id)
+    ctx["client"] = client
+
+    currency_id = invoice.currency_id if invoice and invoice.currency_id else client.currency_id
+    ctx["currency"] = session.get(Currency, currency_id) if currency_id is not None else None
+
+    transaction: Transaction | None = None
+    if ids.get("transaction_id") is not None:
+        transaction = session.get(Transaction, ids["transaction_id"])
+        if transaction is None:
+            raise NotFound("transaction_id", ids["transaction_id"])
+    ctx["transaction"] = transaction
+    ctx["settings"] = load_settings(session)
+
+    to = [client.email.strip()] if client.email and client.email.strip() else []
+    cc = _invoice_contacts(session, client.id, client.email or "") if invoice is not None else []
+    return render(outbox.template, ctx, to=to, cc=cc, client_id=client.id)

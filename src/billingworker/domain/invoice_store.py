@@ -1,0 +1,165 @@
+"""Writing invoices: numbers, rows, items, billed-period claims, credit spent.
+
+Lock order everywhere in billingworker: client rows (by id) -> invoice rows -> the invoice
+number sequence. Keeping one order means two jobs can wait for each other but never deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from ..db import is_postgres
+from .invoice_plan import ClientInfo, InvoicePlan
+from .models import (
+    BilledPeriod,
+    Client,
+    ClientGroup,
+    CreditHistory,
+    Currency,
+    Invoice,
+    InvoiceItem,
+    InvoiceSequence,
+    InvoiceStatus,
+)
+from .money import ZERO
+
+INVOICE_SEQUENCE = "invoice"
+
+
+def lock_clients(session: Session, client_ids: Sequence[int]) -> dict[int, ClientInfo]:
+    """Lock the clients' rows (in id order) and read what invoicing needs.
+
+    The row lock serialises every billing job of one client: a second worker handling the same
+    client waits here, then sees what the first one committed.
+    """
+    if not client_ids:
+        return {}
+    stmt = (
+        select(Client.id, Client.email, Client.status, Client.currency_id, Client.credit_balance,
+               Client.separate_invoices, Client.country, Client.state, Client.tax_exempt,
+               Currency.minor_units, ClientGroup.separate_invoices.label("group_separate"))
+        .outerjoin(Currency, Currency.id == Client.currency_id)
+        .outerjoin(ClientGroup, ClientGroup.id == Client.group_id)
+        .where(Client.id.in_(sorted(set(client_ids))))
+        .order_by(Client.id)
+        .with_for_update(of=Client)
+    )
+    out = {}
+    for r in session.execute(stmt):
+        out[r.id] = ClientInfo(
+            id=r.id, email=r.email, status=r.status, currency_id=r.currency_id,
+            minor_units=r.minor_units if r.minor_units is not None else 2,
+            credit_balance=Decimal(r.credit_balance), separate_invoices=bool(r.separate_invoices or r.group_separate),
+            country=r.country or "", state=r.state or "", tax_exempt=bool(r.tax_exempt),
+        )
+    return out
+
+
+def allocate_invoice_numbers(session: Session, count: int) -> int:
+    """Take ``count`` consecutive invoice numbers; returns the first.
+
+    The sequence row stays locked until the caller's transaction ends: a rollback gives the
+    numbers back (no gaps) and concurrent workers queue for it (no repeats). Take numbers as
+    late as possible in a transaction to keep that wait short.
+    """
+    stmt = (update(InvoiceSequence).where(InvoiceSequence.name == INVOICE_SEQUENCE)
+            .values(last_number=InvoiceSequence.last_number + count).returning(InvoiceSequence.last_number))
+    last = session.execute(stmt).scalar()
+    if last is None:
+        ins = (pg_insert if is_postgres(session) else sqlite_insert)(InvoiceSequence)
+        session.execute(ins.values(name=INVOICE_SEQUENCE, last_number=0).on_conflict_do_nothing())
+        last = session.execute(stmt).scalar_one()
+    return last - count + 1
+
+
+@dataclass(frozen=True)
+class StoredInvoice:
+    id: int
+    number: int | None
+    plan: InvoicePlan
+
+
+def store_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: str,
+                   released_claims: Sequence[tuple[str, int, date]] = ()) -> list[StoredInvoice]:
+    """Insert the planned invoices, their items and billed-period claims in the caller's transaction.
+
+    ``released_claims`` are claims held by Cancelled invoices that these plans take over. A claim
+    held by any other invoice makes the insert fail (primary key): the caller's transaction is then
+    rolled back and nothing is billed twice. Credit the plans spend is taken from the client rows
+    (which the caller has locked) with a credit-history entry each.
+    """
+    if not plans:
+        return []
+    if released_claims:
+        session.execute(
+            BilledPeriod.__table__.delete().where(
+                BilledPeriod.item_type == bindparam("t"), BilledPeriod.item_id == bindparam("i"),
+                BilledPeriod.due_date == bindparam("d"),
+                BilledPeriod.invoice_id.in_(select(Invoice.id).where(Invoice.status == InvoiceStatus.CANCELLED)),
+            ),
+            [{"t": t, "i": i, "d": d} for t, i, d in released_claims],
+        )
+    numbered = [p for p in plans if p.status != InvoiceStatus.DRAFT]
+    first = allocate_invoice_numbers(session, len(numbered)) if numbered else 0
+    numbers = iter(range(first, first + len(numbered)))
+    rows = []
+    for p in plans:
+        t = p.totals
+        rows.append({
+            "number": next(numbers) if p.status != InvoiceStatus.DRAFT else None,
+            "client_id": p.client_id, "currency_id": p.currency_id, "kind": p.kind, "status": p.status,
+            "date_created": p.date_created, "date_due": p.date_due, "date_paid": p.date_paid,
+            "payment_method": p.payment_method, "subtotal": t.subtotal, "tax1": t.tax1, "tax2": t.tax2,
+            "tax_name1": t.name1, "tax_name2": t.name2, "tax_rate1": t.rate1, "tax_rate2": t.rate2,
+            "total": t.total, "credit_applied": p.credit_applied, "amount_paid": ZERO,
+            "balance_due": max(p.balance_due, ZERO),
+        })
+    result = session.execute(
+        insert(Invoice).returning(Invoice.id, Invoice.number, sort_by_parameter_order=True), rows)
+    stored = [StoredInvoice(r.id, r.number, p) for r, p in zip(result.all(), plans, strict=True)]
+
+    items, claims, credit_rows, balances = [], [], [], {}
+    for s in stored:
+        for ln in s.plan.lines:
+            items.append({
+                "invoice_id": s.id, "client_id": s.plan.client_id, "item_type": ln.item_type,
+                "item_id": ln.item_id, "description": ln.description, "amount": ln.amount,
+                "taxed": ln.taxed, "due_date": ln.due_date, "period_end": ln.period_end,
+            })
+        claims.extend({"item_type": t, "item_id": i, "due_date": d, "invoice_id": s.id}
+                      for t, i, d in s.plan.billed_periods)
+        if s.plan.credit_applied > 0:
+            balances[s.plan.client_id] = balances.get(s.plan.client_id, ZERO) + s.plan.credit_applied
+            credit_rows.append({
+                "client_id": s.plan.client_id, "date": s.plan.date_created, "invoice_id": s.id,
+                "description": f"Credit Applied to Invoice #{s.number}", "amount": -s.plan.credit_applied,
+                "source": source,
+            })
+    if items:
+        session.execute(insert(InvoiceItem), items)
+    if claims:
+        session.execute(insert(BilledPeriod), claims)
+    if balances:
+        _spend_credit(session, balances, credit_rows)
+    return stored
+
+
+def _spend_credit(session: Session, spent: dict[int, Decimal], credit_rows: list[dict]) -> None:
+    current = dict(session.execute(
+        select(Client.id, Client.credit_balance).where(Client.id.in_(spent))).all())
+    running = {cid: Decimal(v) for cid, v in current.items()}
+    for row in credit_rows:
+        running[row["client_id"]] += row["amount"]
+        row["balance_after"] = running[row["client_id"]]
+    # The CHECK constraint (credit_balance >= 0) is the last guard if a plan overspent.
+    session.execute(update(Client), [{"id": cid, "credit_balance": running[cid]} for cid in spent])
+    session.execute(insert(CreditHistory), credit_rows)
+

@@ -1,0 +1,175 @@
+"""Payments (SPEC §8): record money in, settle invoices, advance what they billed.
+
+``apply_payment`` is idempotent per (gateway, transaction id): the unique index on
+``transactions`` and the invoice row lock make a payment reported twice count once. Money
+is never refused: a payment the invoice cannot take (already paid, cancelled, overpaid)
+becomes credit on the client's account, with a credit-history line saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy.orm import Session
+
+from .credit import change_credit
+from .cycles import next_due_date
+from .due_things import THING_TABLES
+from .errors import NotFound
+from .models import (
+    BilledPeriod,
+    Client,
+    Invoice,
+    InvoiceItem,
+    InvoiceKind,
+    InvoiceStatus,
+    ItemType,
+    Transaction,
+)
+from .money import ZERO
+from .outbox import QueuedEmail, queue_emails
+
+#: Statuses in which an invoice still takes payments.
+PAYABLE = (InvoiceStatus.UNPAID, InvoiceStatus.PAYMENT_PENDING, InvoiceStatus.COLLECTIONS)
+#: At most this many periods are advanced in one settlement (a guard against bad data loops).
+MAX_PERIODS_PER_SETTLEMENT = 120
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    invoice_id: int
+    transaction_row_id: int | None
+    #: recorded | duplicate
+    outcome: str
+    invoice_status: str
+    balance_due: Decimal
+    credited: Decimal = ZERO
+    email_ids: tuple[int, ...] = ()
+
+
+def apply_payment(
+    session: Session,
+    invoice_id: int,
+    amount: Decimal,
+    *,
+    gateway: str,
+    transaction_id: str,
+    fees: Decimal = ZERO,
+    as_of: date,
+    now: datetime,
+    send_email: bool = True,
+) -> PaymentResult:
+    """Record a payment of ``amount`` on ``invoice_id``; the caller commits.
+
+    Locks the client row, then the invoice row. A (gateway, transaction_id) already recorded
+    returns ``outcome="duplicate"`` and changes nothing.
+    """
+    client_id = session.execute(select(Invoice.client_id).where(Invoice.id == invoice_id)).scalar()
+    if client_id is None:
+        raise NotFound("invoice_id", invoice_id, "invoice")
+    session.execute(select(Client.id).where(Client.id == client_id).with_for_update())
+    invoice = session.execute(select(Invoice).where(Invoice.id == invoice_id).with_for_update()).scalar_one()
+
+    existing = session.execute(select(Transaction.id).where(
+        Transaction.gateway == gateway, Transaction.transaction_id == transaction_id)).scalar()
+    if existing is not None:
+        return PaymentResult(invoice_id, existing, "duplicate", invoice.status, Decimal(invoice.balance_due))
+
+    txn_id = session.execute(insert(Transaction).returning(Transaction.id).values(
+        client_id=client_id, invoice_id=invoice_id, currency_id=invoice.currency_id, date=now,
+        gateway=gateway, transaction_id=transaction_id, description=f"Invoice Payment #{invoice.number or invoice.id}",
+        amount_in=amount, fees=fees, amount_out=ZERO)).scalar_one()
+
+    credited = ZERO
+    label = f"#{invoice.number}" if invoice.number else f"id {invoice.id}"
+    if invoice.status in PAYABLE:
+        paid = Decimal(invoice.amount_paid) + amount
+        owed = Decimal(invoice.total) - Decimal(invoice.credit_applied) - paid
+        invoice.amount_paid = paid
+        invoice.balance_due = max(owed, ZERO)
+        if owed <= 0:
+            invoice.status = InvoiceStatus.PAID
+            invoice.date_paid = as_of
+            credited = -owed
+        session.flush()
+        if credited > 0:
+            change_credit(session, client_id, credited, f"Overpayment on Invoice {label}", as_of=as_of,
+                          invoice_id=invoice_id, source=f"gateway:{gateway}")
+        if invoice.status == InvoiceStatus.PAID:
+            settle_paid_invoices(session, [invoice_id])
+    else:
+        # Already paid, cancelled, draft or refunded: keep the money as credit, never lose it.
+        credited = amount
+        change_credit(session, client_id, amount, f"Payment on {invoice.status} Invoice {label} kept as credit",
+                      as_of=as_of, invoice_id=invoice_id, source=f"gateway:{gateway}")
+
+    email_ids: list[int] = []
+    if send_email:
+        email_ids = queue_emails(session, [QueuedEmail(
+            "payment_confirmation", client_id, {"invoice_id": invoice_id, "transaction_id": txn_id},
+            f"payment_confirmation:{txn_id}")])
+    return PaymentResult(invoice_id, txn_id, "recorded", invoice.status, Decimal(invoice.balance_due),
+                         credited, tuple(email_ids))
+
+
+def settle_paid_invoices(session: Session, invoice_ids: Sequence[int]) -> None:
+    """What paying an invoice does besides money: SPEC §8.
+
+    Each billed thing's ``next_due_date`` advances one cycle from its previous value for every
+    consecutive period that a Paid invoice covers (so paying twice, or paying out of order,
+    still lands on the first unpaid period). An add-funds invoice credits its amount.
+    Idempotent: the state is derived from what is paid, not from how often we are called.
+    """
+    rows = session.execute(
+        select(InvoiceItem.item_type, InvoiceItem.item_id)
+        .where(InvoiceItem.invoice_id.in_(invoice_ids),
+               InvoiceItem.item_type.in_([ItemType.SERVICE, ItemType.ADDON, ItemType.DOMAIN]),
+               InvoiceItem.item_id.is_not(None))
+        .distinct()
+    ).all()
+    for item_type, item_id in sorted(rows):
+        advance_paid_periods(session, item_type, item_id)
+    for inv in session.execute(select(Invoice).where(
+            Invoice.id.in_(invoice_ids), Invoice.kind == InvoiceKind.ADD_FUNDS,
+            Invoice.status == InvoiceStatus.PAID)).scalars():
+        _credit_add_funds(session, inv)
+
+
+def advance_paid_periods(session: Session, item_type: str, item_id: int) -> date | None:
+    """Move the thing's ``next_due_date`` past every consecutive paid period; returns the new date."""
+    table = THING_TABLES[item_type]
+    thing = session.execute(select(table).where(table.id == item_id).with_for_update()).scalar()
+    if thing is None or thing.next_due_date is None:
+        return None
+    current = thing.next_due_date
+    for _ in range(MAX_PERIODS_PER_SETTLEMENT):
+        paid = session.execute(select(exists().where(
+            BilledPeriod.item_type == item_type, BilledPeriod.item_id == item_id,
+            BilledPeriod.due_date == current,
+            and_(Invoice.id == BilledPeriod.invoice_id, Invoice.status == InvoiceStatus.PAID)))).scalar()
+        if not paid:
+            break
+        current = next_due_date(current, thing.billing_cycle, thing.due_day)
+    if current != thing.next_due_date:
+        values = {"next_due_date": current}
+        if thing.next_invoice_date is None or thing.next_invoice_date < current:
+            values["next_invoice_date"] = current
+        session.execute(update(table).where(table.id == item_id).values(**values))
+    return current
+
+
+def _credit_add_funds(session: Session, invoice: Invoice) -> None:
+    """An add-funds invoice, once paid, puts its amount on the balance (once: keyed by invoice)."""
+    from .models import CreditHistory
+
+    done = session.execute(select(exists().where(
+        CreditHistory.invoice_id == invoice.id, CreditHistory.source == "add_funds"))).scalar()
+    if done:
+        return
+    amount = Decimal(invoice.subtotal)
+    change_credit(session, invoice.client_id, amount, f"Add Funds Invoice #{invoice.number}",
+                  as_of=invoice.date_paid or invoice.date_created, invoice_id=invoice.id, source="add_funds")
