@@ -173,7 +173,7 @@ class _Progress:
 
     def tick(self) -> None:
         self.count += 1
-        if self.enabled and self.count % PROGRESS_EVERY == 0:
+        if self.enabled and self.count % PROGRESS_EVERY == 0 and self.count != self.total:
             self._print(final=False)
 
     def done(self) -> float:
@@ -185,7 +185,7 @@ class _Progress:
         elapsed = time.perf_counter() - self.started
         rate = self.count / elapsed if elapsed > 0 else 0.0
         of = f" / {self.total:,}" if self.total is not None and not final else ""
-        mark = "copied" if final else "..."
+        mark = "copied" if final else "sent ..."
         print(f"  {self.table:<16} {self.count:>10,}{of} rows {mark} ({rate:,.0f} rows/s, {elapsed:.1f} s)",
               flush=True)
 

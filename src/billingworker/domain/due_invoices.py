@@ -123,7 +123,7 @@ def generate_for_clients(
         return result
     try:
         with session.begin_nested():
-            _write(session, plans, due, result, send_email=send_email)
+            write_plans(session, plans, due, result, send_email=send_email)
     except (IntegrityError, DBAPIError) as exc:
         if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
             raise
@@ -153,14 +153,14 @@ def _generate_one(session: Session, client: ClientInfo, as_of: date, settings: B
             due = find_due(session, [client.id], as_of, settings)
             plans = _plan([client], due, as_of, settings, rules)
             if plans:
-                _write(session, plans, due, result, send_email=send_email)
+                write_plans(session, plans, due, result, send_email=send_email)
     except (IntegrityError, DBAPIError) as exc:
         if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
             raise
         result.failures.append(ClientFailure(client.id, "", None, f"could not be invoiced: {exc.orig}"))
 
 
-def _write(session: Session, plans: list[InvoicePlan], due: DueThings, result: GenerationResult, *,
+def write_plans(session: Session, plans: list[InvoicePlan], due: DueThings, result: GenerationResult, *,
            send_email: bool) -> list[StoredInvoice]:
     claimed = {c for p in plans for c in p.billed_periods}
     stored = store_invoices(session, plans, source=SOURCE, released_claims=sorted(due.stale_claims & claimed))

@@ -1,0 +1,23 @@
+"""Dramatiq actors: ``dramatiq billingworker.actors`` loads them all.
+
+Importing this package binds the actors to the broker named by BROKER_URL.
+"""
+
+from ..broker import setup_broker
+
+broker = setup_broker()
+
+from .emails import deliver_email, relay_outbox  # noqa: E402
+from .invoicing import (  # noqa: E402
+    create_add_funds_invoice,
+    create_invoice,
+    generate_due_invoices,
+    generate_due_invoices_batch,
+    invoice_selected_items,
+)
+from .payments import apply_payment  # noqa: E402
+
+__all__ = [
+    "broker", "apply_payment", "create_add_funds_invoice", "create_invoice", "deliver_email",
+    "generate_due_invoices", "generate_due_invoices_batch", "invoice_selected_items", "relay_outbox",
+]

@@ -1,0 +1,92 @@
+"""What every actor shares: argument binding, dead-lettering bad input, logging, failures.
+
+Bad input (``ValidationError``, including arguments that do not fit the signature) is in the
+actor's ``throws``: Dramatiq fails the message at once (dead-letter queue) instead of retrying
+it 10 times, and a row in ``job_failures`` tells the operator why. Any other error is taken
+to be transient (database restarting, SMTP down) and retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from ..broker import BILLING_QUEUE
+from ..db import unit_of_work
+from ..domain.errors import Conflict, ValidationError
+from ..domain.failures import ClientFailure, record_failures
+from ..runtime import runtime
+
+log = logging.getLogger("billingworker.jobs")
+
+#: Retries of transient errors: 1 s, 2 s, 4 s ... capped at 5 minutes, 10 times (about 25 min).
+MAX_RETRIES = 10
+MIN_BACKOFF_MS = 1_000
+MAX_BACKOFF_MS = 300_000
+#: A single message may run this long (fan-out batches are small; 10 minutes is generous).
+TIME_LIMIT_MS = 600_000
+
+
+def current_message_id() -> str:
+    message = CurrentMessage.get_current_message()
+    return message.message_id if message is not None else ""
+
+
+def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES) -> Callable:
+    """Declare a public job: ``@job()`` over a function whose name is the actor name."""
+
+    def decorate(fn: Callable[..., Any]) -> dramatiq.Actor:
+        signature = inspect.signature(fn)
+        name = fn.__name__
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            message_id = current_message_id()
+            started = time.perf_counter()
+            try:
+                try:
+                    signature.bind(*args, **kwargs)
+                except TypeError as exc:
+                    raise ValidationError("arguments", sorted(kwargs), f"do not fit {name}{signature}: {exc}") from None
+                result = fn(*args, **kwargs)
+            except ValidationError as exc:
+                log.warning("job %s message %s refused: %s", name, message_id, exc)
+                _record_refusal(name, message_id, kwargs, exc)
+                raise
+            log.info("job %s message %s done in %.3fs: %s", name, message_id, time.perf_counter() - started,
+                     result)
+            return result
+
+        return dramatiq.actor(run, actor_name=name, queue_name=queue_name, max_retries=max_retries,
+                              min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS, time_limit=TIME_LIMIT_MS,
+                              throws=(ValidationError, Conflict))
+
+    return decorate
+
+
+def _record_refusal(actor: str, message_id: str, kwargs: dict, exc: ValidationError) -> None:
+    """Write the refusal in its own transaction (the job's own work was rolled back)."""
+    client_id = kwargs.get("client_id")
+    client_id = client_id if isinstance(client_id, int) and not isinstance(client_id, bool) else None
+    try:
+        with unit_of_work(runtime().engine) as session:
+            record_failures(session, [ClientFailure(client_id, exc.field, exc.value, exc.rule)], actor=actor,
+                            message_id=message_id, now=runtime().clock.now(), error=type(exc).__name__)
+            session.commit()
+    except Exception:  # noqa: BLE001 - the refusal itself must still reach the dead-letter queue
+        log.exception("could not record the refusal of %s message %s", actor, message_id)
+
+
+def send_emails(email_ids: list[int]) -> None:
+    """Enqueue delivery of outbox emails: only ever called after the transaction committed."""
+    from .emails import deliver_email
+
+    for email_id in email_ids:
+        deliver_email.send(email_id)

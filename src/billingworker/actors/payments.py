@@ -1,0 +1,34 @@
+"""Payment jobs (docs/jobs.md)."""
+
+from __future__ import annotations
+
+from ..db import unit_of_work
+from ..domain.errors import NotFound
+from ..domain.models import Currency, Invoice
+from ..domain.payments import apply_payment as record_payment
+from ..runtime import runtime
+from .arguments import parse_id, parse_money, parse_text
+from .base import job, send_emails
+
+
+@job()
+def apply_payment(invoice_id, amount, gateway, transaction_id, fees="0"):
+    """Record a payment; idempotent per (gateway, transaction_id)."""
+    invoice_id = parse_id("invoice_id", invoice_id)
+    gateway = parse_text("gateway", gateway, max_length=50)
+    transaction_id = parse_text("transaction_id", transaction_id)
+    rt = runtime()
+    with unit_of_work(rt.engine) as session:
+        minor_units = session.query(Currency.minor_units).join(Invoice, Invoice.currency_id == Currency.id).filter(
+            Invoice.id == invoice_id).scalar()
+        if minor_units is None and session.get(Invoice, invoice_id) is None:
+            raise NotFound("invoice_id", invoice_id, "invoice")
+        units = minor_units if minor_units is not None else 2
+        value = parse_money("amount", amount, minor_units=units)
+        fee = parse_money("fees", fees, minor_units=units, allow_zero=True)
+        result = record_payment(session, invoice_id, value, gateway=gateway, transaction_id=transaction_id, fees=fee,
+                                as_of=rt.clock.today(), now=rt.clock.now())
+        session.commit()
+    send_emails(list(result.email_ids))
+    return {"outcome": result.outcome, "invoice_status": result.invoice_status,
+            "balance_due": str(result.balance_due), "credited": str(result.credited)}

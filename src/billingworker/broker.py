@@ -1,0 +1,48 @@
+"""Which broker (Redis, RabbitMQ, in-process) and which middleware.
+
+BROKER_URL picks it: ``redis://...`` (default), ``amqp://...`` (RabbitMQ) or ``stub://`` (the
+in-process broker used by the demo and the tests). Dramatiq 2 no longer adds Prometheus by
+default and its StubBroker.join fails fast by default; we rely on neither.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.broker import Broker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage
+
+from .config import get_config
+
+#: Queues, by what they carry. Billing work and email delivery are separate so that a slow
+#: mail server never delays invoicing.
+BILLING_QUEUE = "billing"
+EMAIL_QUEUE = "emails"
+QUEUES = (BILLING_QUEUE, EMAIL_QUEUE)
+
+
+def make_broker(url: str) -> Broker:
+    if url.startswith("stub:"):
+        broker: Broker = StubBroker()
+    elif url.startswith(("redis://", "rediss://", "unix://")):
+        from dramatiq.brokers.redis import RedisBroker
+
+        broker = RedisBroker(url=url)
+    elif url.startswith(("amqp://", "amqps://")):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=url)
+    else:
+        raise ValueError(f"BROKER_URL: {url!r} is not redis://, amqp:// or stub://")
+    # CurrentMessage lets a job know its own message id (the key of its run-once receipt).
+    broker.add_middleware(CurrentMessage())
+    for queue in QUEUES:
+        broker.declare_queue(queue)
+    return broker
+
+
+def setup_broker(url: str | None = None) -> Broker:
+    """Create the broker for ``url`` (default BROKER_URL) and make it Dramatiq's global broker."""
+    broker = make_broker(url or get_config().broker_url)
+    dramatiq.set_broker(broker)
+    return broker

@@ -1,0 +1,49 @@
+"""The composition root: which database, clock and mail transport the actors use.
+
+Built lazily from the environment; the demo and the tests replace parts with ``configure``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from sqlalchemy import Engine
+
+from .adapters.mailer import Mailer, mailer_from_url
+from .clock import Clock, SystemClock
+from .config import get_config
+from .db import get_engine
+
+
+@dataclass(frozen=True)
+class Runtime:
+    engine: Engine
+    clock: Clock
+    mailer: Mailer
+    mail_from: str
+    batch_size: int
+
+
+_current: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _current
+    if _current is None:
+        cfg = get_config()
+        _current = Runtime(engine=get_engine(cfg.database_url), clock=SystemClock(cfg.time_zone),
+                           mailer=mailer_from_url(cfg.mail_url), mail_from=cfg.mail_from,
+                           batch_size=cfg.fan_out_batch_size)
+    return _current
+
+
+def configure(**overrides) -> Runtime:
+    """Replace parts of the runtime (engine, clock, mailer, mail_from, batch_size)."""
+    global _current
+    _current = replace(runtime(), **overrides) if overrides else runtime()
+    return _current
+
+
+def reset() -> None:
+    global _current
+    _current = None

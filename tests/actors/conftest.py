@@ -1,0 +1,64 @@
+"""Actors run in a real Dramatiq worker (threads) over the in-process broker, against the
+``engine`` database; emails go to the in-memory mailer twin."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from dramatiq import Worker
+
+from billingworker import runtime as rt
+from billingworker.actors import broker
+from billingworker.adapters.mailer import MemoryMailer
+from billingworker.clock import FixedClock
+
+NOW = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def mailer() -> MemoryMailer:
+    return MemoryMailer()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(NOW)
+
+
+@pytest.fixture
+def worker(engine, clock, mailer):
+    rt.configure(engine=engine, clock=clock, mailer=mailer, mail_from="Billing <billing@example.com>",
+                 batch_size=2)
+    broker.flush_all()
+    w = Worker(broker, worker_timeout=50, worker_threads=2)
+    w.start()
+    yield w
+    w.stop()
+    broker.flush_all()
+    rt.reset()
+
+
+_readers: list = []
+
+
+@pytest.fixture(autouse=True)
+def _release_reader(request):
+    """The test's own session must not hold SQLite's writer lock while workers run."""
+    if "session" in request.fixturenames:
+        _readers.append(request.getfixturevalue("session"))
+    yield
+    _readers.clear()
+
+
+def drain(fail_fast: bool = False) -> None:
+    """Wait until every queue (and the emails its jobs queue) is empty."""
+    for reader in _readers:
+        reader.rollback()
+    for _ in range(3):
+        for queue in ("billing", "emails"):
+            broker.join(queue, fail_fast=fail_fast)
+
+
+def dead_letters():
+    return list(broker.dead_letters)
