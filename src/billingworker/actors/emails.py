@@ -7,7 +7,8 @@ from datetime import timedelta
 
 from ..broker import EMAIL_QUEUE
 from ..db import unit_of_work
-from ..domain.delivery import deliver_email as deliver, pending_email_ids, record_delivery_failure
+from ..domain.delivery import deliver_email as deliver
+from ..domain.delivery import pending_email_ids, record_delivery_failure
 from ..runtime import runtime
 from .arguments import parse_id
 from .base import MAX_RETRIES, job

@@ -11,8 +11,12 @@ from ..domain.errors import NotFound, ValidationError
 from ..domain.failures import record_failures
 from ..domain.manual_invoices import (
     SELECTABLE_TYPES,
-    create_add_funds_invoice as add_funds,
     create_draft_invoice,
+)
+from ..domain.manual_invoices import (
+    create_add_funds_invoice as add_funds,
+)
+from ..domain.manual_invoices import (
     invoice_selected_items as invoice_items,
 )
 from ..domain.models import Client, Currency

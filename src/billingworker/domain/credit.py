@@ -10,6 +10,7 @@ from decimal import Decimal
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from ..db import for_update
 from .errors import NotFound, ValidationError
 from .models import Client, CreditHistory, Invoice, InvoiceKind, InvoiceStatus
 from .money import ZERO
@@ -27,7 +28,7 @@ def change_credit(session: Session, client_id: int, amount: Decimal, description
                   invoice_id: int | None = None, source: str = "") -> CreditChange:
     """Add (positive) or remove (negative) credit. Locks the client row; refuses to go below zero."""
     balance = session.execute(
-        select(Client.credit_balance).where(Client.id == client_id).with_for_update()).scalar()
+        for_update(select(Client.credit_balance).where(Client.id == client_id))).scalar()
     if balance is None:
         raise NotFound("client_id", client_id, "client")
     after = Decimal(balance) + amount
@@ -61,8 +62,8 @@ def apply_credit_to_invoice(session: Session, invoice_id: int, *, as_of: date, s
     if client_id is None:
         raise NotFound("invoice_id", invoice_id, "invoice")
     balance = Decimal(session.execute(
-        select(Client.credit_balance).where(Client.id == client_id).with_for_update()).scalar_one())
-    invoice = session.execute(select(Invoice).where(Invoice.id == invoice_id).with_for_update()).scalar_one()
+        for_update(select(Client.credit_balance).where(Client.id == client_id))).scalar_one())
+    invoice = session.execute(for_update(select(Invoice).where(Invoice.id == invoice_id))).scalar_one()
     if invoice.status not in PAYABLE or invoice.kind == InvoiceKind.ADD_FUNDS:
         # Credit never pays for more credit.
         return CreditApplied(invoice_id, ZERO, Decimal(invoice.balance_due), invoice.status)

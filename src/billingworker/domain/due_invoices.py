@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
+from .bulk import update_rows
 from .due_things import THING_TABLES, DueThings, find_due
 from .failures import ClientFailure
 from .invoice_plan import ClientInfo, InvoicePlan, TaxContext, plan_invoices
@@ -183,13 +184,8 @@ def write_plans(session: Session, plans: list[InvoicePlan], due: DueThings, resu
 
 def write_thing_updates(session: Session, updates) -> None:
     """Advance ``next_invoice_date`` (or a billable item's count) of every invoiced thing."""
-    by_table: dict[str, list[dict]] = {}
+    shapes: dict[tuple[str, tuple[str, ...]], list[dict]] = {}
     for u in updates:
-        by_table.setdefault(u.item_type, []).append({"id": u.item_id, **u.values})
-    for item_type, rows in by_table.items():
-        # Group rows by the columns they set: one executemany per shape.
-        shapes: dict[tuple[str, ...], list[dict]] = {}
-        for row in rows:
-            shapes.setdefault(tuple(sorted(row)), []).append(row)
-        for shape_rows in shapes.values():
-            session.execute(update(THING_TABLES[item_type]), shape_rows)
+        shapes.setdefault((u.item_type, tuple(sorted(u.values))), []).append({"id": u.item_id, **u.values})
+    for (item_type, _), rows in shapes.items():
+        update_rows(session, THING_TABLES[item_type].__table__, rows)

@@ -1,8 +1,9 @@
 """Finding what is due (SPEC §4): services, addons, domains and billable items of some clients.
 
-Set-based: one query per kind of thing for a whole batch of clients. A thing that already has
-a billed period for its due date on an invoice that is not Cancelled is left out by the query
-itself; the ``billed_periods`` primary key remains the final guard.
+Set-based and index-friendly: one query per kind of thing for a whole batch of clients, then
+one query per kind for the billed periods of just those candidates (by primary key prefix).
+A thing already billed for its due date on an invoice that is not Cancelled is left out here;
+the ``billed_periods`` primary key remains the final guard when the invoice is written.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 
-from sqlalchemy import and_, exists, func, literal, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
+from ..db import among, is_postgres
 from .cycles import CYCLE_MONTHS, advance_period, anchor_day, next_due_date
 from .invoice_plan import Line
 from .models import (
@@ -33,6 +35,11 @@ from .models import (
 from .settings import BillingSettings
 
 RECURRING = tuple(c.value for c in CYCLE_MONTHS)
+RECUR_UNITS = ("Days", "Weeks", "Months", "Years")
+
+#: Table of each thing type, for writing ``ThingUpdate``s.
+THING_TABLES = {ItemType.SERVICE: Service, ItemType.ADDON: Addon, ItemType.DOMAIN: Domain,
+                ItemType.BILLABLE: BillableItem}
 
 
 @dataclass(frozen=True)
@@ -51,44 +58,30 @@ class DueThings:
     stale_claims: set[tuple[str, int, date]] = field(default_factory=set)
     updates: dict[tuple[str, int], ThingUpdate] = field(default_factory=dict)
 
-    def add(self, client_id: int, line: Line, update: ThingUpdate, stale: int | None) -> None:
+    def add(self, client_id: int, line: Line, update: ThingUpdate) -> None:
         self.lines.setdefault(client_id, []).append(line)
         self.updates[line.key] = update
-        if stale is not None:
-            self.stale_claims.add((line.item_type, line.item_id, line.due_date))
 
 
-def _claimed(item_type: str, item_id, due_date):
-    """An invoice other than a Cancelled one already bills this thing for this due date."""
-    bp, inv = aliased(BilledPeriod), aliased(Invoice)
-    return exists().where(
-        bp.item_type == item_type, bp.item_id == item_id, bp.due_date == due_date,
-        inv.id == bp.invoice_id, inv.status != InvoiceStatus.CANCELLED,
-    ).correlate_except(bp, inv)
+@dataclass(frozen=True)
+class _Candidate:
+    client_id: int
+    line: Line
+    update: ThingUpdate
 
 
-def _invoiced_today(item_type: str, item_id, as_of: date):
-    """Continuous generation catches up one period per thing per day, even if the job runs twice."""
-    bp, inv = aliased(BilledPeriod), aliased(Invoice)
-    return exists().where(
-        bp.item_type == item_type, bp.item_id == item_id, inv.id == bp.invoice_id,
-        inv.date_created == as_of, inv.status != InvoiceStatus.CANCELLED,
-    ).correlate_except(bp, inv)
-
-
-def _stale_claim(item_type: str, item_id, due_date):
-    return and_(BilledPeriod.item_type == item_type, BilledPeriod.item_id == item_id,
-                BilledPeriod.due_date == due_date)
-
-
-def _period(start: date, cycle: str, due_day: int | None) -> tuple[date, int]:
-    """The next due date after ``start`` and the anchor day to keep."""
-    anchor = anchor_day(start, due_day)
-    return next_due_date(start, cycle, anchor), anchor
-
-
-def _text(d: date) -> str:
+def _iso(d: date) -> str:
     return d.isoformat()
+
+
+def _recurring_line(item_type: str, item_id: int, label: str, amount, taxed, due: date, cycle: str,
+                    due_day: int | None, payment_method: str, attach_to=None) -> tuple[Line, ThingUpdate]:
+    anchor = anchor_day(due, due_day)
+    after = next_due_date(due, cycle, anchor)
+    end = after - timedelta(days=1)
+    line = Line(item_type, item_id, f"{label} ({_iso(due)} - {_iso(end)})", Decimal(amount), bool(taxed), due,
+                payment_method, end, attach_to=attach_to)
+    return line, ThingUpdate(item_type, item_id, {"next_invoice_date": after, "due_day": anchor})
 
 
 def find_due(
@@ -101,157 +94,198 @@ def find_due(
 ) -> DueThings:
     """Due lines of ``client_ids`` on ``as_of``.
 
-    With ``only`` (invoice selected items), exactly those things are considered, whatever their
-    status window: their next renewal is invoiced now.
+    With ``only`` (invoice selected items) exactly those things are considered and the
+    generation window does not apply: their next renewal is invoiced now.
     """
     due = DueThings()
     if not client_ids:
         return due
     ids = sorted(client_ids)
     continuous = settings.continuous_invoice_generation
-    selected = {(t, i) for t, i in only} if only is not None else None
-    # Per-cycle windows are checked in Python; SQL filters with the widest window.
-    horizon = date.max if selected is not None else as_of + timedelta(days=settings.max_generation_days())
+    chosen: dict[str, list[int]] | None = None
+    if only is not None:
+        chosen = {}
+        for t, i in only:
+            chosen.setdefault(t, []).append(i)
+    # Per-cycle windows are checked in Python; SQL filters with the widest one.
+    horizon = date.max if chosen is not None else as_of + timedelta(days=settings.max_generation_days())
 
     def in_window(driving: date, cycle: str, *, domain: bool = False) -> bool:
-        if selected is not None:
-            return True
-        return driving <= as_of + timedelta(days=settings.generation_days(cycle, domain=domain))
+        return chosen is not None or driving <= as_of + timedelta(days=settings.generation_days(cycle, domain=domain))
 
-    def wanted(item_type: str, column):
-        if selected is None:
-            return ~_invoiced_today(item_type, column, as_of) if continuous else literal(True)
-        chosen = [i for t, i in selected if t == item_type]
-        return column.in_(chosen) if chosen else literal(False)
+    def restrict(stmt, item_type: str, id_column):
+        if chosen is None:
+            return stmt
+        return stmt.where(id_column.in_(chosen.get(item_type, [])))
+
+    candidates: list[_Candidate] = []
+    statuses = settings.statuses_for_services() if chosen is None else SELECTABLE_STATUSES
 
     # --- services -------------------------------------------------------------------------
     s_driving = Service.next_invoice_date if continuous else Service.next_due_date
-    statuses = settings.statuses_for_services() if selected is None else _selectable_statuses()
-    rows = session.execute(
+    rows = session.execute(restrict(
         select(Service.id, Service.client_id, Service.amount, Service.billing_cycle, Service.payment_method,
                s_driving.label("due"), Service.due_day, Service.taxed, Service.domain,
-               func.coalesce(Product.name, Service.name).label("name"), BilledPeriod.invoice_id.label("stale"))
+               func.coalesce(Product.name, Service.name).label("name"))
         .outerjoin(Product, Product.id == Service.product_id)
-        .outerjoin(BilledPeriod, _stale_claim(ItemType.SERVICE, Service.id, s_driving))
-        .where(Service.client_id.in_(ids), Service.status.in_(statuses), Service.billing_cycle.in_(RECURRING),
-               s_driving.is_not(None), s_driving <= horizon, wanted(ItemType.SERVICE, Service.id),
-               ~exists().where(CancelRequest.service_id == Service.id),
-               ~_claimed(ItemType.SERVICE, Service.id, s_driving))
-        .order_by(Service.client_id, Service.id)
+        .where(among(session, Service.client_id, ids), Service.status.in_(statuses),
+               Service.billing_cycle.in_(RECURRING), s_driving.is_not(None), s_driving <= horizon), ItemType.SERVICE, Service.id)
     ).all()
-    service_by_domain: dict[tuple[int, str], tuple[str, int]] = {}
-    for r in rows:
-        if not in_window(r.due, r.billing_cycle):
-            continue
-        after, anchor = _period(r.due, r.billing_cycle, r.due_day)
-        name = r.name or f"Service #{r.id}"
-        label = f"{name} - {r.domain}" if r.domain else name
-        line = Line(ItemType.SERVICE, r.id, f"{label} ({_text(r.due)} - {_text(after - timedelta(days=1))})",
-                    Decimal(r.amount), bool(r.taxed), r.due, r.payment_method, after - timedelta(days=1))
-        due.add(r.client_id, line, ThingUpdate(ItemType.SERVICE, r.id,
-                                               {"next_invoice_date": after, "due_day": anchor}), r.stale)
-        if r.domain:
-            service_by_domain.setdefault((r.client_id, r.domain.lower()), line.key)
+    services = [r for r in rows if in_window(r.due, r.billing_cycle)]
 
     # --- addons ---------------------------------------------------------------------------
-    parent = aliased(Service)
     a_driving = Addon.next_invoice_date if continuous else Addon.next_due_date
-    rows = session.execute(
+    rows = session.execute(restrict(
         select(Addon.id, Addon.client_id, Addon.service_id, Addon.name, Addon.amount, Addon.billing_cycle,
-               Addon.payment_method, a_driving.label("due"), Addon.due_day, Addon.taxed,
-               func.coalesce(Product.name, parent.name).label("parent_name"), parent.domain,
-               BilledPeriod.invoice_id.label("stale"))
-        .join(parent, parent.id == Addon.service_id)
-        .outerjoin(Product, Product.id == parent.product_id)
-        .outerjoin(BilledPeriod, _stale_claim(ItemType.ADDON, Addon.id, a_driving))
-        .where(Addon.client_id.in_(ids), Addon.status.in_(statuses), Addon.billing_cycle.in_(RECURRING),
-               a_driving.is_not(None), a_driving <= horizon, wanted(ItemType.ADDON, Addon.id),
-               ~exists().where(CancelRequest.service_id == Addon.service_id),
-               ~_claimed(ItemType.ADDON, Addon.id, a_driving))
-        .order_by(Addon.client_id, Addon.id)
+               Addon.payment_method, a_driving.label("due"), Addon.due_day, Addon.taxed)
+        .where(among(session, Addon.client_id, ids), Addon.status.in_(statuses), Addon.billing_cycle.in_(RECURRING),
+               a_driving.is_not(None), a_driving <= horizon), ItemType.ADDON, Addon.id)
     ).all()
-    for r in rows:
-        if not in_window(r.due, r.billing_cycle):
+    addons = [r for r in rows if in_window(r.due, r.billing_cycle)]
+
+    # Parents of the addons and cancellation requests, only for the candidates found.
+    service_ids = {r.id for r in services} | {r.service_id for r in addons}
+    cancelling = set(session.execute(select(CancelRequest.service_id).where(
+        among(session, CancelRequest.service_id, service_ids))).scalars()) if service_ids else set()
+    parents = {r.id: r for r in session.execute(
+        select(Service.id, Service.domain, func.coalesce(Product.name, Service.name).label("name"))
+        .outerjoin(Product, Product.id == Service.product_id)
+        .where(among(session, Service.id, {r.service_id for r in addons})))} if addons else {}
+
+    service_by_domain: dict[tuple[int, str], tuple[str, int]] = {}
+    for r in services:
+        if r.id in cancelling:
             continue
-        after, anchor = _period(r.due, r.billing_cycle, r.due_day)
-        owner = f"{r.parent_name} - {r.domain}" if r.domain else (r.parent_name or f"Service #{r.service_id}")
-        line = Line(ItemType.ADDON, r.id,
-                    f"Addon: {r.name} ({owner}) ({_text(r.due)} - {_text(after - timedelta(days=1))})",
-                    Decimal(r.amount), bool(r.taxed), r.due, r.payment_method, after - timedelta(days=1),
-                    attach_to=(ItemType.SERVICE, r.service_id))
-        due.add(r.client_id, line, ThingUpdate(ItemType.ADDON, r.id,
-                                               {"next_invoice_date": after, "due_day": anchor}), r.stale)
+        name = r.name or f"Service #{r.id}"
+        line, upd = _recurring_line(ItemType.SERVICE, r.id, f"{name} - {r.domain}" if r.domain else name,
+                                    r.amount, r.taxed, r.due, r.billing_cycle, r.due_day, r.payment_method)
+        candidates.append(_Candidate(r.client_id, line, upd))
+        if r.domain:
+            service_by_domain.setdefault((r.client_id, r.domain.lower()), line.key)
+    for r in addons:
+        if r.service_id in cancelling:
+            continue
+        parent = parents.get(r.service_id)
+        owner = (f"{parent.name} - {parent.domain}" if parent.domain else parent.name) if parent else ""
+        owner = owner or f"Service #{r.service_id}"
+        line, upd = _recurring_line(ItemType.ADDON, r.id, f"Addon: {r.name} ({owner})", r.amount, r.taxed, r.due,
+                                    r.billing_cycle, r.due_day, r.payment_method,
+                                    attach_to=(ItemType.SERVICE, r.service_id))
+        candidates.append(_Candidate(r.client_id, line, upd))
 
     # --- domains --------------------------------------------------------------------------
     d_driving = Domain.next_invoice_date if continuous else Domain.next_due_date
-    d_statuses = settings.domain_invoiceable_statuses if selected is None else _selectable_domain_statuses()
-    rows = session.execute(
+    d_statuses = settings.domain_invoiceable_statuses if chosen is None else SELECTABLE_DOMAIN_STATUSES
+    rows = session.execute(restrict(
         select(Domain.id, Domain.client_id, Domain.domain, Domain.amount, Domain.billing_cycle,
-               Domain.payment_method, d_driving.label("due"), Domain.due_day, Domain.taxed,
-               BilledPeriod.invoice_id.label("stale"))
-        .outerjoin(BilledPeriod, _stale_claim(ItemType.DOMAIN, Domain.id, d_driving))
-        .where(Domain.client_id.in_(ids), Domain.status.in_(d_statuses), Domain.billing_cycle.in_(RECURRING),
-               Domain.do_not_renew.is_(False), d_driving.is_not(None), d_driving <= horizon,
-               wanted(ItemType.DOMAIN, Domain.id), ~_claimed(ItemType.DOMAIN, Domain.id, d_driving))
-        .order_by(Domain.client_id, Domain.id)
+               Domain.payment_method, d_driving.label("due"), Domain.due_day, Domain.taxed)
+        .where(among(session, Domain.client_id, ids), Domain.status.in_(d_statuses),
+               Domain.billing_cycle.in_(RECURRING), Domain.do_not_renew.is_(False), d_driving.is_not(None), d_driving <= horizon),
+        ItemType.DOMAIN, Domain.id)
     ).all()
     for r in rows:
         if not in_window(r.due, r.billing_cycle, domain=True):
             continue
-        after, anchor = _period(r.due, r.billing_cycle, r.due_day)
-        years = CYCLE_MONTHS[r.billing_cycle] / 12  # type: ignore[index]
-        period = f"{int(years)} Year/s" if years >= 1 else f"{CYCLE_MONTHS[r.billing_cycle]} Month/s"  # type: ignore[index]
-        line = Line(ItemType.DOMAIN, r.id,
-                    f"Domain Renewal - {r.domain} - {period} ({_text(r.due)} - {_text(after - timedelta(days=1))})",
-                    Decimal(r.amount), bool(r.taxed), r.due, r.payment_method, after - timedelta(days=1),
-                    attach_to=service_by_domain.get((r.client_id, r.domain.lower())))
-        due.add(r.client_id, line, ThingUpdate(ItemType.DOMAIN, r.id,
-                                               {"next_invoice_date": after, "due_day": anchor}), r.stale)
+        months = CYCLE_MONTHS[r.billing_cycle]  # type: ignore[index]
+        period = f"{months // 12} Year/s" if months >= 12 else f"{months} Month/s"
+        line, upd = _recurring_line(ItemType.DOMAIN, r.id, f"Domain Renewal - {r.domain} - {period}", r.amount,
+                                    r.taxed, r.due, r.billing_cycle, r.due_day, r.payment_method,
+                                    attach_to=service_by_domain.get((r.client_id, r.domain.lower())))
+        candidates.append(_Candidate(r.client_id, line, upd))
 
     # --- billable items -------------------------------------------------------------------
     actions = [InvoiceAction.NEXT_RUN, InvoiceAction.NEXT_INVOICE, InvoiceAction.DUE_DATE, InvoiceAction.RECUR]
-    rows = session.execute(
-        select(BillableItem, BilledPeriod.invoice_id.label("stale"))
-        .outerjoin(BilledPeriod, _stale_claim(ItemType.BILLABLE, BillableItem.id, BillableItem.due_date))
-        .where(BillableItem.client_id.in_(ids), BillableItem.invoice_action.in_(actions),
-               wanted(ItemType.BILLABLE, BillableItem.id),
-               ~_claimed(ItemType.BILLABLE, BillableItem.id, BillableItem.due_date))
-        .order_by(BillableItem.client_id, BillableItem.id)
+    rows = session.execute(restrict(
+        select(BillableItem.id, BillableItem.client_id, BillableItem.description, BillableItem.amount,
+               BillableItem.invoice_action, BillableItem.due_date, BillableItem.recur_every,
+               BillableItem.recur_cycle, BillableItem.recur_for, BillableItem.invoice_count,
+               BillableItem.payment_method, BillableItem.taxed)
+        .where(among(session, BillableItem.client_id, ids), BillableItem.invoice_action.in_(actions)),
+        ItemType.BILLABLE, BillableItem.id)
     ).all()
     window = as_of + timedelta(days=settings.invoice_generation_days)
-    for item, stale in rows:
-        action = item.invoice_action
-        if action == InvoiceAction.RECUR:
-            if item.recur_for and item.invoice_count >= item.recur_for:
+    for r in rows:
+        if r.invoice_action == InvoiceAction.RECUR:
+            exhausted = bool(r.recur_for) and r.invoice_count >= r.recur_for
+            if exhausted or r.recur_every < 1 or r.recur_cycle not in RECUR_UNITS:
                 continue
-            if item.recur_every < 1 or item.recur_cycle not in ("Days", "Weeks", "Months", "Years"):
+            if chosen is None and r.due_date > window:
                 continue
-            if selected is None and item.due_date > window:
-                continue
-            values = {"invoice_count": item.invoice_count + 1,
-                      "due_date": advance_period(item.due_date, item.recur_every, item.recur_cycle)}
+            values = {"invoice_count": r.invoice_count + 1,
+                      "due_date": advance_period(r.due_date, r.recur_every, r.recur_cycle)}
         else:
-            if item.invoice_count > 0:
+            if r.invoice_count > 0:
                 continue
-            if action == InvoiceAction.DUE_DATE and selected is None and item.due_date > window:
+            if r.invoice_action == InvoiceAction.DUE_DATE and chosen is None and r.due_date > window:
                 continue
             values = {"invoice_count": 1}
-        line = Line(ItemType.BILLABLE, item.id, item.description, Decimal(item.amount), bool(item.taxed),
-                    item.due_date, item.payment_method,
-                    rides_next_invoice=action == InvoiceAction.NEXT_INVOICE and selected is None)
-        due.add(item.client_id, line, ThingUpdate(ItemType.BILLABLE, item.id, values), stale)
+        rides = r.invoice_action == InvoiceAction.NEXT_INVOICE and chosen is None
+        line = Line(ItemType.BILLABLE, r.id, r.description, Decimal(r.amount), bool(r.taxed), r.due_date,
+                    r.payment_method, rides_next_invoice=rides)
+        candidates.append(_Candidate(r.client_id, line, ThingUpdate(ItemType.BILLABLE, r.id, values)))
+
+    # --- drop what is already billed ----------------------------------------------------------
+    claims = _claims_of(session, [c.line for c in candidates])
+    today = _invoiced_on(session, ids, as_of) if continuous and chosen is None else set()
+    for c in candidates:
+        key = (c.line.item_type, c.line.item_id, c.line.due_date)
+        status = claims.get(key)
+        if status is not None and status != InvoiceStatus.CANCELLED:
+            continue  # already billed for this due date
+        if c.line.key in today:
+            continue  # continuous generation: one period per thing per day, even if run twice
+        if status == InvoiceStatus.CANCELLED:
+            due.stale_claims.add(key)
+        due.add(c.client_id, c.line, c.update)
     return due
 
 
-def _selectable_statuses() -> tuple[str, ...]:
-    """Invoice selected items: an admin may invoice anything that is not over."""
-    return ("Pending", "Active", "Suspended")
+def _claims_of(session: Session, lines: Sequence[Line]) -> dict[tuple[str, int, date], str]:
+    """Status of the invoice holding the claim on each line's (type, id, due date), if any.
+
+    Exact primary-key look-ups: on PostgreSQL the keys travel as arrays and are joined to the
+    index (a plan that does not depend on fresh statistics, which a billing run keeps outdating);
+    elsewhere one query per thing type over the key prefix.
+    """
+    found: dict[tuple[str, int, date], str] = {}
+    if not lines:
+        return found
+    if is_postgres(session):
+        rows = session.execute(text(
+            "SELECT bp.item_type, bp.item_id, bp.due_date, i.status"
+            " FROM unnest(CAST(:types AS varchar[]), CAST(:ids AS integer[]), CAST(:dates AS date[]))"
+            " AS k(item_type, item_id, due_date)"
+            " JOIN billed_periods bp ON bp.item_type = k.item_type AND bp.item_id = k.item_id"
+            " AND bp.due_date = k.due_date"
+            " JOIN invoices i ON i.id = bp.invoice_id"),
+            {"types": [ln.item_type for ln in lines], "ids": [ln.item_id for ln in lines],
+             "dates": [ln.due_date for ln in lines]})
+        return {(t, i, d): status for t, i, d, status in rows}
+    by_type: dict[str, list[Line]] = {}
+    for ln in lines:
+        by_type.setdefault(ln.item_type, []).append(ln)
+    for item_type, group in by_type.items():
+        rows = session.execute(
+            select(BilledPeriod.item_id, BilledPeriod.due_date, Invoice.status)
+            .join(Invoice, Invoice.id == BilledPeriod.invoice_id)
+            .where(BilledPeriod.item_type == item_type,
+                   BilledPeriod.item_id.in_(sorted({ln.item_id for ln in group})),
+                   BilledPeriod.due_date >= min(ln.due_date for ln in group)))
+        for item_id, due_date, status in rows:
+            found[(item_type, item_id, due_date)] = status
+    return found
 
 
-def _selectable_domain_statuses() -> tuple[str, ...]:
-    return ("Pending", "Pending Transfer", "Active", "Grace", "Redemption", "Expired")
+def _invoiced_on(session: Session, client_ids: Sequence[int], day: date) -> set[tuple[str, int]]:
+    """Things of these clients on an invoice created on ``day`` that is not Cancelled."""
+    rows = session.execute(
+        select(BilledPeriod.item_type, BilledPeriod.item_id)
+        .join(Invoice, Invoice.id == BilledPeriod.invoice_id)
+        .where(among(session, Invoice.client_id, client_ids), Invoice.date_created == day,
+               Invoice.status != InvoiceStatus.CANCELLED))
+    return {(t, i) for t, i in rows}
 
 
-#: Table of each thing type, for writing ``ThingUpdate``s.
-THING_TABLES = {ItemType.SERVICE: Service, ItemType.ADDON: Addon, ItemType.DOMAIN: Domain,
-                ItemType.BILLABLE: BillableItem}
+#: Invoice selected items: an admin may invoice anything that is not over.
+SELECTABLE_STATUSES = ("Pending", "Active", "Suspended")
+SELECTABLE_DOMAIN_STATUSES = ("Pending", "Pending Transfer", "Active", "Grace", "Redemption", "Expired")

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from ..db import is_postgres
+from ..db import among, is_postgres
+from .bulk import insert_rows, insert_rows_returning_ids, update_rows
 from .invoice_plan import ClientInfo, InvoicePlan
 from .models import (
     BilledPeriod,
@@ -48,7 +49,7 @@ def lock_clients(session: Session, client_ids: Sequence[int]) -> dict[int, Clien
                Currency.minor_units, ClientGroup.separate_invoices.label("group_separate"))
         .outerjoin(Currency, Currency.id == Client.currency_id)
         .outerjoin(ClientGroup, ClientGroup.id == Client.group_id)
-        .where(Client.id.in_(sorted(set(client_ids))))
+        .where(among(session, Client.id, sorted(set(client_ids))))
         .order_by(Client.id)
         .with_for_update(of=Client)
     )
@@ -122,9 +123,8 @@ def store_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: st
             "total": t.total, "credit_applied": p.credit_applied, "amount_paid": ZERO,
             "balance_due": max(p.balance_due, ZERO),
         })
-    result = session.execute(
-        insert(Invoice).returning(Invoice.id, Invoice.number, sort_by_parameter_order=True), rows)
-    stored = [StoredInvoice(r.id, r.number, p) for r, p in zip(result.all(), plans, strict=True)]
+    ids = insert_rows_returning_ids(session, Invoice.__table__, rows)
+    stored = [StoredInvoice(i, row["number"], p) for i, row, p in zip(ids, rows, plans, strict=True)]
 
     items, claims, credit_rows, balances = [], [], [], {}
     for s in stored:
@@ -143,10 +143,8 @@ def store_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: st
                 "description": f"Credit Applied to Invoice #{s.number}", "amount": -s.plan.credit_applied,
                 "source": source,
             })
-    if items:
-        session.execute(insert(InvoiceItem), items)
-    if claims:
-        session.execute(insert(BilledPeriod), claims)
+    insert_rows(session, InvoiceItem.__table__, items)
+    insert_rows(session, BilledPeriod.__table__, claims)
     if balances:
         _spend_credit(session, balances, credit_rows)
     return stored
@@ -160,6 +158,6 @@ def _spend_credit(session: Session, spent: dict[int, Decimal], credit_rows: list
         running[row["client_id"]] += row["amount"]
         row["balance_after"] = running[row["client_id"]]
     # The CHECK constraint (credit_balance >= 0) is the last guard if a plan overspent.
-    session.execute(update(Client), [{"id": cid, "credit_balance": running[cid]} for cid in spent])
-    session.execute(insert(CreditHistory), credit_rows)
+    update_rows(session, Client.__table__, [{"id": cid, "credit_balance": running[cid]} for cid in spent])
+    insert_rows(session, CreditHistory.__table__, credit_rows)
 

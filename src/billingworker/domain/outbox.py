@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from .bulk import insert_rows_returning_ids
 from .models import OutboxEmail
 
 
@@ -39,10 +39,7 @@ def queue_emails(session: Session, emails: Sequence[QueuedEmail]) -> list[int]:
         }
         for e in emails
     ]
-    result = session.execute(
-        insert(OutboxEmail).returning(OutboxEmail.id, sort_by_parameter_order=True), rows
-    )
-    return [row.id for row in result]
+    return insert_rows_returning_ids(session, OutboxEmail.__table__, rows)
 
 
 def queue_email(session: Session, email: QueuedEmail) -> int:

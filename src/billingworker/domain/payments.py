@@ -16,6 +16,7 @@ from decimal import Decimal
 from sqlalchemy import and_, exists, insert, select, update
 from sqlalchemy.orm import Session
 
+from ..db import for_update
 from .credit import change_credit
 from .cycles import next_due_date
 from .due_things import THING_TABLES
@@ -71,8 +72,8 @@ def apply_payment(
     client_id = session.execute(select(Invoice.client_id).where(Invoice.id == invoice_id)).scalar()
     if client_id is None:
         raise NotFound("invoice_id", invoice_id, "invoice")
-    session.execute(select(Client.id).where(Client.id == client_id).with_for_update())
-    invoice = session.execute(select(Invoice).where(Invoice.id == invoice_id).with_for_update()).scalar_one()
+    session.execute(for_update(select(Client.id).where(Client.id == client_id)))
+    invoice = session.execute(for_update(select(Invoice).where(Invoice.id == invoice_id))).scalar_one()
 
     existing = session.execute(select(Transaction.id).where(
         Transaction.gateway == gateway, Transaction.transaction_id == transaction_id)).scalar()
@@ -142,7 +143,7 @@ def settle_paid_invoices(session: Session, invoice_ids: Sequence[int]) -> None:
 def advance_paid_periods(session: Session, item_type: str, item_id: int) -> date | None:
     """Move the thing's ``next_due_date`` past every consecutive paid period; returns the new date."""
     table = THING_TABLES[item_type]
-    thing = session.execute(select(table).where(table.id == item_id).with_for_update()).scalar()
+    thing = session.execute(for_update(select(table).where(table.id == item_id))).scalar()
     if thing is None or thing.next_due_date is None:
         return None
     current = thing.next_due_date
