@@ -166,6 +166,7 @@ def _current_rss_mb() -> float:
 @dataclass
 class RunFigures:
     batches: int = 0
+    batches_seen: int = 0
     clients_processed: int = 0
     invoices_created: int = 0
     items_invoiced: int = 0
@@ -184,8 +185,11 @@ class RunFigures:
 
 
 def run_generation(url: str, as_of: date, batch_size: int, *, send_email: bool = True,
-                   trace_memory: bool = False, progress: bool = True) -> dict:
+                   trace_memory: bool = False, progress: bool = True, worker: int = 0, workers: int = 1) -> dict:
     """One day's generation over every client, as the actor would run it: a batch per transaction.
+
+    With ``workers`` > 1, this process takes every ``workers``-th batch starting at ``worker``,
+    as several Dramatiq worker processes share the fan-out's batch messages in production.
 
     Meant to run in a fresh process, so that the peak RSS is the generation's own. Returns the
     figures as a plain dict (it crosses a process boundary).
@@ -212,6 +216,10 @@ def run_generation(url: str, as_of: date, batch_size: int, *, send_email: bool =
                 figures.listing_statements += counter.statements - before
                 if client_ids is None:
                     break
+                index = figures.batches_seen
+                figures.batches_seen += 1
+                if index % workers != worker:
+                    continue
                 session = new_session()
                 try:
                     result = generate_for_clients(session, client_ids, as_of, send_email=send_email)
@@ -252,10 +260,30 @@ def run_generation(url: str, as_of: date, batch_size: int, *, send_email: bool =
     return asdict(figures)
 
 
-def run_in_child(url: str, as_of: date, batch_size: int, **kwargs: Any) -> RunFigures:
-    """``run_generation`` in a fresh (spawned) process: its peak RSS is the generation's alone."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return RunFigures(**pool.submit(run_generation, url, as_of, batch_size, **kwargs).result())
+def run_in_child(url: str, as_of: date, batch_size: int, *, workers: int = 1, **kwargs: Any) -> RunFigures:
+    """``run_generation`` in fresh (spawned) processes, ``workers`` of them side by side.
+
+    The figures are summed; the time is the slowest worker's and the peak RSS the largest
+    single worker's (memory per worker process is what an operator sizes).
+    """
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_generation, url, as_of, batch_size, worker=n, workers=workers,
+                               progress=kwargs.pop("progress", True) if n == 0 else False, **kwargs)
+                   for n in range(workers)]
+        parts = [RunFigures(**f.result()) for f in futures]
+    total = RunFigures()
+    for part in parts:
+        for name in ("batches", "clients_processed", "invoices_created", "items_invoiced", "emails_queued",
+                     "failures", "statements", "listing_statements", "executemany", "executemany_rows"):
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+        total.failure_samples += part.failure_samples
+    total.batches_seen = parts[0].batches_seen
+    total.seconds = max(p.seconds for p in parts)
+    total.rss_before_mb = max(p.rss_before_mb for p in parts)
+    total.peak_rss_mb = max(p.peak_rss_mb for p in parts)
+    peaks = [p.tracemalloc_peak_mb for p in parts if p.tracemalloc_peak_mb is not None]
+    total.tracemalloc_peak_mb = max(peaks) if peaks else None
+    return total
 
 
 # --------------------------------------------------------------------------- checking
@@ -465,6 +493,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "services, to show that memory does not grow with the number of clients")
     parser.add_argument("--repeat", action="store_true",
                         help="run the same day a second time and check that it creates nothing")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes sharing the batches, as Dramatiq workers share the fan-out "
+                             "(default 2: one per core of the reference machine)")
     parser.add_argument("--in-process", action="store_true",
                         help="generate in this process (for a profiler); peak RSS then includes seeding")
     args = parser.parse_args(argv)
@@ -489,14 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     def measure(target_url: str) -> RunFigures:
         if args.in_process:
             return RunFigures(**run_generation(target_url, args.as_of, args.batch_size, **options))
-        return run_in_child(target_url, args.as_of, args.batch_size, **options)
+        return run_in_child(target_url, args.as_of, args.batch_size, workers=args.workers, **options)
 
     engine = create_db_engine(url)
     try:
         due_before = estimate_due(engine, args.as_of)
         figures = None
         if generate:
-            print(f"generating due invoices as of {args.as_of}, batch size {args.batch_size}", flush=True)
+            print(f"generating due invoices as of {args.as_of}, batch size {args.batch_size}, "
+                  f"{1 if args.in_process else args.workers} worker process(es)", flush=True)
             figures = measure(url)
             print(f"\ngenerate due invoices, as of {args.as_of}")
             print_figures(figures, book_counts(engine), args.batch_size)

@@ -118,11 +118,14 @@ def message(actor_name: str, queue_name: str = "billing", **kwargs: Any) -> Mess
 def redis_client() -> Iterator[redis.Redis]:
     """The test Redis database, empty before and after the test."""
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=10)
+    error: redis.RedisError | None = None
     try:
         client.ping()
     except redis.RedisError as exc:
+        error = exc
+    if error is not None:  # failed outside the except block: one clear line, no chained traceback
         client.close()
-        pytest.fail(f"Redis at {REDIS_URL} does not answer ({exc}). The integration tests need it: start it "
+        pytest.fail(f"Redis at {REDIS_URL} does not answer ({error}). The integration tests need it: start it "
                     "(e.g. `redis-server --daemonize yes`) or point TEST_REDIS_URL at one.", pytrace=False)
     client.flushdb()
     yield client

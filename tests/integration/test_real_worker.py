@@ -158,6 +158,7 @@ def test_a_message_written_with_bare_redis_commands_is_processed_like_a_python_o
     assert [(i.client_id, i.kind) for i in invoices] == [(a.id, "standard"), (b.id, "standard"),
                                                          (c.id, "add_funds")]
     assert invoices[2].total == Decimal("25.00")
+    assert worker.jobs_done("create_add_funds_invoice") == 2, "both copies ran; the request_id made one invoice"
     # ... and acked every message by its redis_message_id: nothing left behind in Redis
     assert not any(pending_messages(redis_client).values())
     assert redis_client.llen(f"{NAMESPACE}:billing") == 0
@@ -190,6 +191,7 @@ def test_bad_input_is_dead_lettered_after_one_attempt_with_the_field_named(worke
     assert all(d["options"].get("retries", 0) == 0 for d in dead.values()), "validation errors are not retried"
     # ... with one job_failures row each (one attempt) naming the field and the rule
     failures = {r.message_id: r for r in rows(pg_engine, "SELECT * FROM job_failures")}
+    assert count(pg_engine, "job_failures") == 2
     assert set(failures) == {negative.message_id, floating}
     assert {(r.actor, r.field, r.error) for r in failures.values()} == {("apply_payment", "amount", "ValidationError")}
     assert "must not be negative" in failures[negative.message_id].reason
@@ -222,6 +224,7 @@ def test_the_same_message_delivered_twice_has_the_effect_of_one(worker, broker, 
         (billed.id, "standard", "Unpaid"), (funded.id, "add_funds", "Unpaid"), (drafted.id, "standard", "Draft")])
     assert count(pg_engine, "email_log") == 2 and len(eml_files(mail_dir)) == 2
     assert count(pg_engine, "email_outbox") == 2
+    assert [worker.jobs_done(m.actor_name) for m in sent] == [2, 2, 2], "every copy was delivered and ran"
     assert {r.key for r in rows(pg_engine, "SELECT key FROM job_receipts")} == {
         f"message:{m.message_id}" for m in sent[1:]}
     assert count(pg_engine, "job_failures") == 0 and dead_letters(redis_client) == []

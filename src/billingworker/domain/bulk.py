@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 
-from sqlalchemy import Table, insert, text, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -46,17 +46,26 @@ def insert_rows(session: Session, table: Table, rows: Sequence[dict]) -> None:
             copy.write_row([row[c] for c in columns])
 
 
+def reserve_ids(session: Session, table: Table, count: int) -> list[int]:
+    """``count`` new primary keys for ``table``, to insert rows with later in this transaction.
+
+    PostgreSQL: taken from the table's sequence (never handed out twice). SQLite: the next ids
+    after the largest, which nobody else can take because the transaction holds the writer
+    lock from its first statement (BEGIN IMMEDIATE, see db.py).
+    """
+    if count <= 0:
+        return []
+    if is_postgres(session):
+        return list(session.execute(
+            text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
+            {"t": table.name, "n": count}).scalars())
+    top = session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
+    return list(range(top + 1, top + count + 1))
+
+
 def insert_rows_returning_ids(session: Session, table: Table, rows: Sequence[dict]) -> list[int]:
     """INSERT ``rows`` and return their new ids, in the order of ``rows``."""
-    if not rows:
-        return []
-    if not is_postgres(session):
-        result = session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows))
-        return [r[0] for r in result]
-    # Take the ids from the table's sequence first: the order of ids is then ours, not the server's.
-    ids = list(session.execute(
-        text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
-        {"t": table.name, "n": len(rows)}).scalars())
+    ids = reserve_ids(session, table, len(rows))
     insert_rows(session, table, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
     return ids
 

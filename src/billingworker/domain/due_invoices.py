@@ -23,7 +23,7 @@ from .bulk import update_rows
 from .due_things import THING_TABLES, DueThings, find_due
 from .failures import ClientFailure
 from .invoice_plan import ClientInfo, InvoicePlan, TaxContext, plan_invoices
-from .invoice_store import StoredInvoice, lock_clients, store_invoices
+from .invoice_store import StoredInvoice, finish_invoices, insert_invoice_lines, lock_clients
 from .models import Client, ClientStatus, InvoiceStatus
 from .money import ZERO
 from .outbox import QueuedEmail, queue_emails
@@ -164,16 +164,17 @@ def _generate_one(session: Session, client: ClientInfo, as_of: date, settings: B
 def write_plans(session: Session, plans: list[InvoicePlan], due: DueThings, result: GenerationResult, *,
            send_email: bool) -> list[StoredInvoice]:
     claimed = {c for p in plans for c in p.billed_periods}
-    stored = store_invoices(session, plans, source=SOURCE, released_claims=sorted(due.stale_claims & claimed))
+    stored = insert_invoice_lines(session, plans, released_claims=sorted(due.stale_claims & claimed))
     write_thing_updates(session, [due.updates[ln.key] for p in plans for ln in p.lines if ln.key in due.updates])
-    paid = [s.id for s in stored if s.plan.status == InvoiceStatus.PAID]
-    if paid:
-        settle_paid_invoices(session, paid)
     email_ids = []
     if send_email:
         email_ids = queue_emails(session, [
             QueuedEmail("invoice_created", s.plan.client_id, {"invoice_id": s.id}, f"invoice_created:{s.id}")
             for s in stored])
+    finish_invoices(session, stored, source=SOURCE)
+    paid = [s.id for s in stored if s.plan.status == InvoiceStatus.PAID]
+    if paid:
+        settle_paid_invoices(session, paid)
     result.invoices_created += len(stored)
     result.items_invoiced += sum(len(s.plan.lines) for s in stored)
     result.total += sum((s.plan.totals.total for s in stored), ZERO)

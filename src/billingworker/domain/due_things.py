@@ -129,7 +129,8 @@ def find_due(
                func.coalesce(Product.name, Service.name).label("name"))
         .outerjoin(Product, Product.id == Service.product_id)
         .where(among(session, Service.client_id, ids), Service.status.in_(statuses),
-               Service.billing_cycle.in_(RECURRING), s_driving.is_not(None), s_driving <= horizon), ItemType.SERVICE, Service.id)
+               Service.billing_cycle.in_(RECURRING), s_driving.is_not(None), s_driving <= horizon),
+        ItemType.SERVICE, Service.id)
     ).all()
     services = [r for r in rows if in_window(r.due, r.billing_cycle)]
 
@@ -180,7 +181,8 @@ def find_due(
         select(Domain.id, Domain.client_id, Domain.domain, Domain.amount, Domain.billing_cycle,
                Domain.payment_method, d_driving.label("due"), Domain.due_day, Domain.taxed)
         .where(among(session, Domain.client_id, ids), Domain.status.in_(d_statuses),
-               Domain.billing_cycle.in_(RECURRING), Domain.do_not_renew.is_(False), d_driving.is_not(None), d_driving <= horizon),
+               Domain.billing_cycle.in_(RECURRING), Domain.do_not_renew.is_(False), d_driving.is_not(None),
+               d_driving <= horizon),
         ItemType.DOMAIN, Domain.id)
     ).all()
     for r in rows:

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ..db import among, is_postgres
-from .bulk import insert_rows, insert_rows_returning_ids, update_rows
+from .bulk import insert_rows, reserve_ids, update_rows
 from .invoice_plan import ClientInfo, InvoicePlan
 from .models import (
     BilledPeriod,
@@ -81,21 +81,30 @@ def allocate_invoice_numbers(session: Session, count: int) -> int:
     return last - count + 1
 
 
-@dataclass(frozen=True)
+@dataclass
 class StoredInvoice:
     id: int
-    number: int | None
     plan: InvoicePlan
+    #: Given by ``finish_invoices`` (NULL for a Draft).
+    number: int | None = None
 
 
 def store_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: str,
                    released_claims: Sequence[tuple[str, int, date]] = ()) -> list[StoredInvoice]:
-    """Insert the planned invoices, their items and billed-period claims in the caller's transaction.
+    """``insert_invoice_lines`` then ``finish_invoices``: for callers with nothing to do in between."""
+    stored = insert_invoice_lines(session, plans, released_claims=released_claims)
+    finish_invoices(session, stored, source=source)
+    return stored
 
-    ``released_claims`` are claims held by Cancelled invoices that these plans take over. A claim
-    held by any other invoice makes the insert fail (primary key): the caller's transaction is then
-    rolled back and nothing is billed twice. Credit the plans spend is taken from the client rows
-    (which the caller has locked) with a credit-history entry each.
+
+def insert_invoice_lines(session: Session, plans: Sequence[InvoicePlan], *,
+                         released_claims: Sequence[tuple[str, int, date]] = ()) -> list[StoredInvoice]:
+    """Reserve the invoices' ids and insert their items and billed-period claims.
+
+    The invoice rows themselves are written by ``finish_invoices``, which must run before the
+    commit (the items' foreign key is checked at commit). ``released_claims`` are claims held by
+    Cancelled invoices that these plans take over. A claim held by any other invoice makes the
+    insert fail (primary key): the caller rolls back and nothing is billed twice.
     """
     if not plans:
         return []
@@ -108,25 +117,9 @@ def store_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: st
             ),
             [{"t": t, "i": i, "d": d} for t, i, d in released_claims],
         )
-    numbered = [p for p in plans if p.status != InvoiceStatus.DRAFT]
-    first = allocate_invoice_numbers(session, len(numbered)) if numbered else 0
-    numbers = iter(range(first, first + len(numbered)))
-    rows = []
-    for p in plans:
-        t = p.totals
-        rows.append({
-            "number": next(numbers) if p.status != InvoiceStatus.DRAFT else None,
-            "client_id": p.client_id, "currency_id": p.currency_id, "kind": p.kind, "status": p.status,
-            "date_created": p.date_created, "date_due": p.date_due, "date_paid": p.date_paid,
-            "payment_method": p.payment_method, "subtotal": t.subtotal, "tax1": t.tax1, "tax2": t.tax2,
-            "tax_name1": t.name1, "tax_name2": t.name2, "tax_rate1": t.rate1, "tax_rate2": t.rate2,
-            "total": t.total, "credit_applied": p.credit_applied, "amount_paid": ZERO,
-            "balance_due": max(p.balance_due, ZERO),
-        })
-    ids = insert_rows_returning_ids(session, Invoice.__table__, rows)
-    stored = [StoredInvoice(i, row["number"], p) for i, row, p in zip(ids, rows, plans, strict=True)]
-
-    items, claims, credit_rows, balances = [], [], [], {}
+    ids = reserve_ids(session, Invoice.__table__, len(plans))
+    stored = [StoredInvoice(i, p) for i, p in zip(ids, plans, strict=True)]
+    items, claims = [], []
     for s in stored:
         for ln in s.plan.lines:
             items.append({
@@ -136,6 +129,39 @@ def store_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: st
             })
         claims.extend({"item_type": t, "item_id": i, "due_date": d, "invoice_id": s.id}
                       for t, i, d in s.plan.billed_periods)
+    insert_rows(session, InvoiceItem.__table__, items)
+    insert_rows(session, BilledPeriod.__table__, claims)
+    return stored
+
+
+def finish_invoices(session: Session, stored: Sequence[StoredInvoice], *, source: str) -> None:
+    """Number and write the invoice rows, and take the credit they spend; the last writes before
+    the commit.
+
+    Numbers come last because taking them locks the sequence row until the commit: the later
+    they are taken, the shorter other workers wait. Credit is taken from the client rows (which
+    the caller has locked) with a credit-history entry naming the invoice number.
+    """
+    if not stored:
+        return
+    numbered = [s for s in stored if s.plan.status != InvoiceStatus.DRAFT]
+    first = allocate_invoice_numbers(session, len(numbered)) if numbered else 0
+    for n, s in enumerate(numbered):
+        s.number = first + n
+    rows = []
+    for s in stored:
+        p, t = s.plan, s.plan.totals
+        rows.append({
+            "id": s.id, "number": s.number, "client_id": p.client_id, "currency_id": p.currency_id,
+            "kind": p.kind, "status": p.status, "date_created": p.date_created, "date_due": p.date_due,
+            "date_paid": p.date_paid, "payment_method": p.payment_method, "subtotal": t.subtotal,
+            "tax1": t.tax1, "tax2": t.tax2, "tax_name1": t.name1, "tax_name2": t.name2, "tax_rate1": t.rate1,
+            "tax_rate2": t.rate2, "total": t.total, "credit_applied": p.credit_applied,
+            "balance_due": max(p.balance_due, ZERO),
+        })
+    insert_rows(session, Invoice.__table__, rows)
+    credit_rows, balances = [], {}
+    for s in stored:
         if s.plan.credit_applied > 0:
             balances[s.plan.client_id] = balances.get(s.plan.client_id, ZERO) + s.plan.credit_applied
             credit_rows.append({
@@ -143,11 +169,8 @@ def store_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: st
                 "description": f"Credit Applied to Invoice #{s.number}", "amount": -s.plan.credit_applied,
                 "source": source,
             })
-    insert_rows(session, InvoiceItem.__table__, items)
-    insert_rows(session, BilledPeriod.__table__, claims)
     if balances:
         _spend_credit(session, balances, credit_rows)
-    return stored
 
 
 def _spend_credit(session: Session, spent: dict[int, Decimal], credit_rows: list[dict]) -> None:

@@ -97,7 +97,10 @@ class InvoiceItem(Base):
     __table_args__ = (Index("ix_invoice_items_thing", "item_type", "item_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id", ondelete="CASCADE"), index=True)
+    #: Checked at commit (deferred): a billing run writes the items before their invoice row, so
+    #: that the invoice number (a lock held until commit) is taken last.
+    invoice_id: Mapped[int] = mapped_column(
+        ForeignKey("invoices.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True)
     client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
     #: service, addon, domain, billable, add_funds, late_fee, prorata, manual.
     item_type: Mapped[str] = mapped_column(String(20))
@@ -125,7 +128,8 @@ class BilledPeriod(Base):
     item_type: Mapped[str] = mapped_column(String(20), primary_key=True)
     item_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     due_date: Mapped[date] = mapped_column(Date, primary_key=True)
-    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id", ondelete="CASCADE"), index=True)
+    invoice_id: Mapped[int] = mapped_column(
+        ForeignKey("invoices.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True)
 
 
 class InvoiceSequence(Base):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 05:05:17.836859
+Create Date: 2026-11-25 05:26:11.794438
 """
 
 from alembic import op
@@ -409,7 +409,7 @@ def upgrade() -> None:
     sa.Column('item_id', sa.Integer(), nullable=False),
     sa.Column('due_date', sa.Date(), nullable=False),
     sa.Column('invoice_id', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['invoice_id'], ['invoices.id'], name=op.f('fk_billed_periods_invoice_id_invoices'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['invoice_id'], ['invoices.id'], name=op.f('fk_billed_periods_invoice_id_invoices'), ondelete='CASCADE', initially='DEFERRED', deferrable=True),
     sa.PrimaryKeyConstraint('item_type', 'item_id', 'due_date', name=op.f('pk_billed_periods'))
     )
     with op.batch_alter_table('billed_periods', schema=None) as batch_op:
@@ -475,7 +475,7 @@ def upgrade() -> None:
     sa.Column('due_date', sa.Date(), nullable=True),
     sa.Column('period_end', sa.Date(), nullable=True),
     sa.ForeignKeyConstraint(['client_id'], ['clients.id'], name=op.f('fk_invoice_items_client_id_clients'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['invoice_id'], ['invoices.id'], name=op.f('fk_invoice_items_invoice_id_invoices'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['invoice_id'], ['invoices.id'], name=op.f('fk_invoice_items_invoice_id_invoices'), ondelete='CASCADE', initially='DEFERRED', deferrable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_invoice_items'))
     )
     with op.batch_alter_table('invoice_items', schema=None) as batch_op:
