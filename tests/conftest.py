@@ -73,6 +73,8 @@ def wipe(engine: Engine) -> None:
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
+            # A session a test forgot to close would make TRUNCATE wait forever: fail instead.
+            conn.execute(text("SET LOCAL lock_timeout = '20s'"))
             conn.execute(text("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE"))
         else:
             for name in tables:
@@ -103,6 +105,17 @@ def engine(request) -> Iterator[Engine]:
 @pytest.fixture
 def session(engine) -> Iterator[Session]:
     s = session_factory(engine)()
+    try:
+        yield s
+    finally:
+        s.rollback()
+        s.close()
+
+
+@pytest.fixture
+def pg_session(pg_engine) -> Iterator[Session]:
+    """A PostgreSQL-only session (concurrency tests), closed after the test."""
+    s = session_factory(pg_engine)()
     try:
         yield s
     finally:
