@@ -22,7 +22,8 @@ from billingworker.domain.models import Base
 from billingworker.migrate import upgrade_engine
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-PG_TEST_DB = os.environ.get("TEST_PG_DATABASE", "billingworker_test")
+# One database per test run, so that two runs on one server (a developer and CI) never meet.
+PG_TEST_DB = os.environ.get("TEST_PG_DATABASE", f"billingworker_test_{os.getpid()}")
 PG_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_TEST_DB
 
 
@@ -126,3 +127,12 @@ def pg_session(pg_engine) -> Iterator[Session]:
 def pytest_sessionfinish(session, exitstatus):
     for engine in _engines.values():
         engine.dispose()
+    if "TEST_PG_DATABASE" not in os.environ:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{PG_TEST_DB}" WITH (FORCE)'))
+        except Exception:  # noqa: BLE001 - a server that went away has nothing to clean
+            pass
+        finally:
+            admin.dispose()

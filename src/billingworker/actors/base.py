@@ -60,9 +60,10 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES) -> C
                 log.warning("job %s message %s refused: %s", name, message_id, exc)
                 _record_refusal(name, message_id, kwargs, exc)
                 raise
+            # What the job did goes to the log (and the database), not to a result backend:
+            # nothing waits for job results here.
             log.info("job %s message %s done in %.3fs: %s", name, message_id, time.perf_counter() - started,
                      result)
-            return result
 
         return dramatiq.actor(run, actor_name=name, queue_name=queue_name, max_retries=max_retries,
                               min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS, time_limit=TIME_LIMIT_MS,

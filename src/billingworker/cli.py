@@ -1,0 +1,163 @@
+"""The operator's and developer's entry point: ``billingworker --help``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .config import get_config
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log what the jobs do.")
+def main(verbose: bool) -> None:
+    """billingworker: the billing automation worker."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@main.group()
+def db() -> None:
+    """The shared database's schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Create or upgrade the schema (Alembic migrations) at DATABASE_URL."""
+    from .migrate import upgrade
+
+    url = get_config().database_url
+    upgrade(url, revision)
+    click.echo(f"database at {_safe(url)} is at revision {revision}")
+
+
+@main.command()
+@click.option("--database", type=click.Path(path_type=Path), default=Path("var/demo.sqlite3"), show_default=True,
+              help="The SQLite file (recreated).")
+@click.option("--mail-dir", type=click.Path(path_type=Path), default=Path("var/demo-mail"), show_default=True,
+              help="Where the emails are written.")
+@click.option("--threads", default=4, show_default=True, help="Worker threads.")
+def demo(database: Path, mail_dir: Path, threads: int) -> None:
+    """Run one day's generate_due_invoices on a fresh SQLite demo database, no server needed."""
+    from .demo import DemoPaths, run_demo
+
+    summary = run_demo(DemoPaths(database.resolve(), mail_dir.resolve()), workers=threads)
+    if summary["invoices"] == 0:
+        sys.exit("demo created no invoice: something is wrong")
+
+
+@main.command()
+@click.argument("actor")
+@click.argument("arguments", nargs=-1)
+def enqueue(actor: str, arguments: tuple[str, ...]) -> None:
+    """Send a job to the broker: billingworker enqueue generate_due_invoices client_id=12 as_of='"2026-01-15"'.
+
+    Each argument is NAME=VALUE where VALUE is JSON (a bare word is taken as a string).
+    """
+    from .actors import broker
+
+    kwargs = {}
+    for arg in arguments:
+        name, sep, raw = arg.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{arg!r} is not NAME=VALUE", param_hint="ARGUMENTS")
+        try:
+            kwargs[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            kwargs[name] = raw
+    try:
+        target = broker.get_actor(actor)
+    except Exception:  # noqa: BLE001 - dramatiq raises ActorNotFound
+        names = ", ".join(sorted(broker.get_declared_actors()))
+        raise click.BadParameter(f"{actor!r} is not a job; jobs: {names}", param_hint="ACTOR") from None
+    message = target.send(**kwargs)
+    click.echo(f"enqueued {actor} {json.dumps(kwargs)} as message {message.message_id}")
+
+
+@main.command()
+@click.option("--limit", default=50, show_default=True)
+@click.option("--client", "client_id", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+def failures(limit: int, client_id: int | None, as_json: bool) -> None:
+    """Clients and messages the jobs could not process, newest first."""
+    from sqlalchemy import select
+
+    from .db import get_engine, unit_of_work
+    from .domain.models import JobFailure
+
+    with unit_of_work(get_engine()) as session:
+        stmt = select(JobFailure).order_by(JobFailure.id.desc()).limit(limit)
+        if client_id is not None:
+            stmt = stmt.where(JobFailure.client_id == client_id)
+        rows = list(session.execute(stmt).scalars())
+    if as_json:
+        click.echo(json.dumps([{"id": r.id, "actor": r.actor, "message_id": r.message_id, "client_id": r.client_id,
+                                "error": r.error, "field": r.field, "reason": r.reason,
+                                "at": r.created_at.isoformat() if r.created_at else None} for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo("no failures recorded")
+    for r in rows:
+        click.echo(f"{r.created_at:%Y-%m-%d %H:%M}  {r.actor:<24} client {r.client_id!s:<8} {r.error}: {r.reason}")
+
+
+@main.group()
+def outbox() -> None:
+    """The email outbox."""
+
+
+@outbox.command("relay")
+def outbox_relay() -> None:
+    """Re-enqueue emails still queued five minutes after they were written (a crash's leftovers)."""
+    from .actors import relay_outbox
+
+    relay_outbox.send()
+    click.echo("relay_outbox enqueued")
+
+
+@main.group()
+def settings() -> None:
+    """Installation settings (SPEC §2), kept in the shared database."""
+
+
+@settings.command("show")
+def settings_show() -> None:
+    from dataclasses import asdict
+
+    from .db import get_engine, unit_of_work
+    from .domain.settings import load_settings
+
+    with unit_of_work(get_engine()) as session:
+        for name, value in asdict(load_settings(session)).items():
+            click.echo(f"{name} = {value}")
+
+
+@settings.command("set")
+@click.argument("assignments", nargs=-1, required=True)
+def settings_set(assignments: tuple[str, ...]) -> None:
+    """billingworker settings set invoice_generation_days=10 late_fee_amount='"5.00"'"""
+    from .db import get_engine, unit_of_work
+    from .domain.settings import save_settings
+
+    values = {}
+    for arg in assignments:
+        name, _, raw = arg.partition("=")
+        try:
+            values[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name] = raw
+    with unit_of_work(get_engine()) as session:
+        save_settings(session, **values)
+        session.commit()
+    click.echo("saved")
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
