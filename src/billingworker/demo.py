@@ -121,8 +121,8 @@ def seed_demo(session: Session, today: date) -> None:
 
 def run_demo(paths: DemoPaths, *, workers: int = 4, echo=click.echo) -> dict:
     """Seed, run the day's generation through the real actors and a worker pool, summarise."""
-    for path in (paths.database, paths.database.with_suffix(".sqlite3-wal"), paths.database.with_suffix(".sqlite3-shm")):
-        path.unlink(missing_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{paths.database}{suffix}").unlink(missing_ok=True)
     paths.mail.mkdir(parents=True, exist_ok=True)
     for old in paths.mail.glob("*.eml"):
         old.unlink()

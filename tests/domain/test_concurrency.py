@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from datetime import date
 from decimal import Decimal
 
@@ -90,7 +91,7 @@ def test_workers_on_different_clients_share_one_gap_free_number_sequence(pg_engi
             f.service(s, c, next_due_date=date(2026, 1, 12 + n), domain=f"s{n}.com")
     s.commit()
     batches = [[clients[0].id, clients[1].id], [clients[2].id, clients[3].id], [clients[4].id, clients[5].id]]
-    race(pg_engine, *[(lambda ids: lambda session: generate_for_clients(session, ids, TODAY))(b) for b in batches])
+    race(pg_engine, *[partial(lambda ids, session: generate_for_clients(session, ids, TODAY), b) for b in batches])
     numbers = sorted(s.execute(select(Invoice.number)).scalars())
     assert numbers == list(range(1, 19))
 
@@ -121,10 +122,11 @@ def test_two_payments_that_together_overpay_leave_the_excess_as_credit_once(pg_e
     s.commit()
     [inv_id] = generate_for_clients(s, [c.id], TODAY).invoice_ids
     s.commit()
-    pays = [(lambda t: lambda session: apply_payment(session, inv_id, Decimal("7.00"), gateway="bank",
-                                                     transaction_id=t, as_of=TODAY, now=f_now()))(t)
-            for t in ("a", "b")]
-    race(pg_engine, *pays)
+    def pay(txid, session):
+        return apply_payment(session, inv_id, Decimal("7.00"), gateway="bank", transaction_id=txid, as_of=TODAY,
+                             now=f_now())
+
+    race(pg_engine, partial(pay, "a"), partial(pay, "b"))
     s.expire_all()
     inv = s.get(Invoice, inv_id)
     assert (inv.status, inv.amount_paid, inv.balance_due) == ("Paid", Decimal("14.00"), 0)
@@ -143,9 +145,10 @@ def test_credit_applied_to_two_invoices_at_once_never_goes_below_zero(pg_engine,
     ids = generate_for_clients(s, [c.id], TODAY).invoice_ids
     s.get(Client, c.id).credit_balance = Decimal("15.00")
     s.commit()
-    apply = [(lambda i: lambda session: apply_credit_to_invoice(session, i, as_of=TODAY, source="test").applied)(i)
-             for i in ids]
-    applied = race(pg_engine, *apply)
+    def apply(invoice_id, session):
+        return apply_credit_to_invoice(session, invoice_id, as_of=TODAY, source="test").applied
+
+    applied = race(pg_engine, *[partial(apply, i) for i in ids])
     assert sorted(applied) == [Decimal("5.00"), Decimal("10.00")]
     s.expire_all()
     assert s.get(Client, c.id).credit_balance == 0

@@ -226,7 +226,7 @@ def test_the_same_message_delivered_twice_has_the_effect_of_one(worker, broker, 
     assert count(pg_engine, "email_outbox") == 2
     assert [worker.jobs_done(m.actor_name) for m in sent] == [2, 2, 2], "every copy was delivered and ran"
     assert {r.key for r in rows(pg_engine, "SELECT key FROM job_receipts")} == {
-        f"message:{m.message_id}" for m in sent[1:]}
+        f"{m.actor_name}:message:{m.message_id}" for m in sent[1:]}
     assert count(pg_engine, "job_failures") == 0 and dead_letters(redis_client) == []
 
 

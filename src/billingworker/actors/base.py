@@ -26,7 +26,8 @@ from ..runtime import runtime
 
 log = logging.getLogger("billingworker.jobs")
 
-#: Retries of transient errors: 1 s, 2 s, 4 s ... capped at 5 minutes, 10 times (about 25 min).
+#: Retries of transient errors: about 1 s, 2 s, 4 s ... capped at 5 minutes, 10 times (10 to 20 minutes
+#: in all, with Dramatiq's jitter): long enough to ride out a database or SMTP restart.
 MAX_RETRIES = 10
 MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 300_000
@@ -56,7 +57,7 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES) -> C
                 except TypeError as exc:
                     raise ValidationError("arguments", sorted(kwargs), f"do not fit {name}{signature}: {exc}") from None
                 result = fn(*args, **kwargs)
-            except ValidationError as exc:
+            except (ValidationError, Conflict) as exc:
                 log.warning("job %s message %s refused: %s", name, message_id, exc)
                 _record_refusal(name, message_id, kwargs, exc)
                 raise
@@ -72,13 +73,15 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES) -> C
     return decorate
 
 
-def _record_refusal(actor: str, message_id: str, kwargs: dict, exc: ValidationError) -> None:
+def _record_refusal(actor: str, message_id: str, kwargs: dict, exc: ValidationError | Conflict) -> None:
     """Write the refusal in its own transaction (the job's own work was rolled back)."""
     client_id = kwargs.get("client_id")
     client_id = client_id if isinstance(client_id, int) and not isinstance(client_id, bool) else None
     try:
         with unit_of_work(runtime().engine) as session:
-            record_failures(session, [ClientFailure(client_id, exc.field, exc.value, exc.rule)], actor=actor,
+            failure = (ClientFailure(client_id, exc.field, exc.value, exc.rule) if isinstance(exc, ValidationError)
+                       else ClientFailure(client_id, "", None, str(exc)))
+            record_failures(session, [failure], actor=actor,
                             message_id=message_id, now=runtime().clock.now(), error=type(exc).__name__)
             session.commit()
     except Exception:  # noqa: BLE001 - the refusal itself must still reach the dead-letter queue

@@ -9,6 +9,7 @@ from ..broker import EMAIL_QUEUE
 from ..db import unit_of_work
 from ..domain.delivery import deliver_email as deliver
 from ..domain.delivery import pending_email_ids, record_delivery_failure
+from ..domain.errors import ValidationError
 from ..runtime import runtime
 from .arguments import parse_id
 from .base import MAX_RETRIES, job
@@ -35,8 +36,10 @@ def deliver_email(email_id):
         message = CurrentMessage.get_current_message()
         retries = message.options.get("retries", 0) if message is not None else 0
         with unit_of_work(rt.engine) as session:
+            # An email that cannot be rendered (its invoice is gone...) will never go: park it
+            # as failed so that the relay stops offering it, and let it dead-letter.
             record_delivery_failure(session, email_id, f"{type(exc).__name__}: {exc}",
-                                    give_up=retries >= MAX_RETRIES)
+                                    give_up=retries >= MAX_RETRIES or isinstance(exc, ValidationError))
             session.commit()
         raise
     return {"email_id": email_id, "status": result.status}
@@ -45,9 +48,10 @@ def deliver_email(email_id):
 @job(queue_name=EMAIL_QUEUE)
 def relay_outbox(limit=1000):
     """Re-enqueue outbox emails that are still queued ``RELAY_AFTER`` after they were written."""
+    limit = parse_id("limit", limit)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        ids = pending_email_ids(session, created_before=rt.clock.now() - RELAY_AFTER, limit=int(limit))
+        ids = pending_email_ids(session, created_before=rt.clock.now() - RELAY_AFTER, limit=limit)
     for email_id in ids:
         deliver_email.send(email_id)
     return {"relayed": len(ids)}
