@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from functools import partial
 from datetime import date
 from decimal import Decimal
+from functools import partial
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
