@@ -12,6 +12,8 @@ from typing import Any
 from .errors import ValidationError
 
 ZERO = Decimal("0")
+#: Money columns are NUMERIC(18, 4): 14 digits before the point.
+MAX_AMOUNT = Decimal(10) ** 14
 
 
 def quantum(minor_units: int) -> Decimal:
@@ -53,6 +55,8 @@ def parse_money(field: str, value: Any, *, minor_units: int = 2, allow_zero: boo
         raise ValidationError(field, value, "must be a decimal string")
     if not amount.is_finite():
         raise ValidationError(field, value, "is not a finite number")
+    if abs(amount) >= MAX_AMOUNT:
+        raise ValidationError(field, value, f"is too large (the largest amount is {MAX_AMOUNT - 1})")
     if amount != round_money(amount, minor_units):
         raise ValidationError(field, value, f"has more than {minor_units} decimal places")
     if amount < 0 and not allow_negative:
