@@ -137,9 +137,6 @@ def test_a_line_without_payment_method_pays_like_the_first_line_due_the_same_day
     assert groups[2][0].payment_method == ""
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: invoice_plan.py plan_invoices takes the invoice's payment method "
-                   "from group[0]; when an addon (or domain) that joined its parent's group comes first, the "
-                   "invoice gets the addon's method instead of the group's (parent's) method")
 def test_the_invoice_pays_with_the_groups_method_whatever_the_line_order():
     lines = [addon(10, parent=1, due=D1, method="paypal"), service(1, D1, "stripe"), service(2, D1, "stripe")]
     plans = plan(lines)
@@ -220,9 +217,6 @@ def test_a_zero_total_invoice_is_paid_at_creation(auto_apply_credit):
     assert (p.totals.total, p.credit_applied, p.status, p.date_paid) == (D("0.00"), D("0"), "Paid", TODAY)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: invoice_plan.py apply_credit_to_plans takes min(balance, balance_due) "
-                   "without a floor at zero: a negative-total invoice (e.g. a negative billable item) gets a "
-                   "negative credit_applied, which raises the balance spent on the following invoices")
 def test_credit_applied_is_never_negative_nor_more_than_the_balance():
     lines = [billable(30, due=D1, method="stripe", amount="-5.00"), service(1, D2, amount="20.00")]
     plans = plan(lines, credit="10.00")

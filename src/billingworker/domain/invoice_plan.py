@@ -151,7 +151,9 @@ def plan_invoices(
             currency_id=client.currency_id,
             date_created=as_of,
             date_due=date_due,
-            payment_method=group[0].payment_method,
+            # The invoice pays like its parent things, not like an addon that joined them.
+            payment_method=next((ln.payment_method for ln in group if ln.attach_to is None),
+                                group[0].payment_method),
             lines=tuple(group),
             totals=totals_for(group, tax, client.minor_units),
         ))
@@ -163,7 +165,7 @@ def apply_credit_to_plans(plans: Sequence[InvoicePlan], balance: Decimal, as_of:
     """Spend ``balance`` on the plans in order: min(balance, balance due) each (SPEC §8)."""
     out = []
     for plan in sorted(plans, key=lambda p: (p.date_due, p.payment_method)):
-        take = min(balance, plan.balance_due) if balance > 0 else ZERO
+        take = min(balance, max(plan.balance_due, ZERO)) if balance > 0 else ZERO
         balance -= take
         out.append(settle_if_free(replace(plan, credit_applied=take), as_of))
     return out

@@ -28,8 +28,10 @@ def round_money(amount: Decimal, minor_units: int = 2) -> Decimal:
 
 def format_money(amount: Decimal, prefix: str = "", suffix: str = "", minor_units: int = 2) -> str:
     """``$12.50 USD``-style text for emails and statements."""
-    text = f"{round_money(amount, minor_units):,.{minor_units}f}"
-    return f"{prefix}{text}{(' ' + suffix) if suffix else ''}"
+    rounded = round_money(amount, minor_units)
+    text = f"{abs(rounded):,.{minor_units}f}"
+    sign = "-" if rounded < 0 else ""
+    return f"{sign}{prefix}{text}{(' ' + suffix) if suffix else ''}"
 
 
 def parse_money(field: str, value: Any, *, minor_units: int = 2, allow_zero: bool = False,

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy import exists, insert, select
 from sqlalchemy.orm import Session
 
-from ..db import for_update
+from ..db import among, for_update
+from .bulk import update_rows
 from .credit import change_credit
 from .cycles import next_due_date
 from .due_things import THING_TABLES
@@ -127,40 +128,57 @@ def settle_paid_invoices(session: Session, invoice_ids: Sequence[int]) -> None:
     """
     rows = session.execute(
         select(InvoiceItem.item_type, InvoiceItem.item_id)
-        .where(InvoiceItem.invoice_id.in_(invoice_ids),
+        .where(among(session, InvoiceItem.invoice_id, invoice_ids),
                InvoiceItem.item_type.in_([ItemType.SERVICE, ItemType.ADDON, ItemType.DOMAIN]),
                InvoiceItem.item_id.is_not(None))
         .distinct()
     ).all()
-    for item_type, item_id in sorted(rows):
-        advance_paid_periods(session, item_type, item_id)
+    by_type: dict[str, list[int]] = {}
+    for item_type, item_id in rows:
+        by_type.setdefault(item_type, []).append(item_id)
+    for item_type, ids in sorted(by_type.items()):
+        advance_paid_periods(session, item_type, sorted(ids))
     for inv in session.execute(select(Invoice).where(
-            Invoice.id.in_(invoice_ids), Invoice.kind == InvoiceKind.ADD_FUNDS,
+            among(session, Invoice.id, invoice_ids), Invoice.kind == InvoiceKind.ADD_FUNDS,
             Invoice.status == InvoiceStatus.PAID)).scalars():
         _credit_add_funds(session, inv)
 
 
-def advance_paid_periods(session: Session, item_type: str, item_id: int) -> date | None:
-    """Move the thing's ``next_due_date`` past every consecutive paid period; returns the new date."""
-    table = THING_TABLES[item_type]
-    thing = session.execute(for_update(select(table).where(table.id == item_id))).scalar()
-    if thing is None or thing.next_due_date is None:
-        return None
-    current = thing.next_due_date
-    for _ in range(MAX_PERIODS_PER_SETTLEMENT):
-        paid = session.execute(select(exists().where(
-            BilledPeriod.item_type == item_type, BilledPeriod.item_id == item_id,
-            BilledPeriod.due_date == current,
-            and_(Invoice.id == BilledPeriod.invoice_id, Invoice.status == InvoiceStatus.PAID)))).scalar()
-        if not paid:
-            break
-        current = next_due_date(current, thing.billing_cycle, thing.due_day)
-    if current != thing.next_due_date:
-        values = {"next_due_date": current}
-        if thing.next_invoice_date is None or thing.next_invoice_date < current:
-            values["next_invoice_date"] = current
-        session.execute(update(table).where(table.id == item_id).values(**values))
-    return current
+def advance_paid_periods(session: Session, item_type: str, item_ids: Sequence[int]) -> dict[int, date]:
+    """Move each thing's ``next_due_date`` past every consecutive paid period.
+
+    Locks the things' rows (in id order). Three statements whatever the number of things: read
+    them, read their Paid billed periods from the earliest due date on, write what moved.
+    Returns the new next due date of every thing that moved.
+    """
+    table = THING_TABLES[item_type].__table__
+    things = session.execute(
+        select(table.c.id, table.c.next_due_date, table.c.next_invoice_date, table.c.billing_cycle,
+               table.c.due_day)
+        .where(among(session, table.c.id, item_ids), table.c.next_due_date.is_not(None))
+        .order_by(table.c.id).with_for_update()).all()
+    if not things:
+        return {}
+    paid = set(session.execute(
+        select(BilledPeriod.item_id, BilledPeriod.due_date)
+        .join(Invoice, Invoice.id == BilledPeriod.invoice_id)
+        .where(BilledPeriod.item_type == item_type, among(session, BilledPeriod.item_id, [t.id for t in things]),
+               BilledPeriod.due_date >= min(t.next_due_date for t in things),
+               Invoice.status == InvoiceStatus.PAID)).all())
+    moved: dict[int, date] = {}
+    changes = []
+    for t in things:
+        current = t.next_due_date
+        for _ in range(MAX_PERIODS_PER_SETTLEMENT):
+            if (t.id, current) not in paid:
+                break
+            current = next_due_date(current, t.billing_cycle, t.due_day)
+        if current != t.next_due_date:
+            moved[t.id] = current
+            next_invoice = t.next_invoice_date if t.next_invoice_date and t.next_invoice_date >= current else current
+            changes.append({"id": t.id, "next_due_date": current, "next_invoice_date": next_invoice})
+    update_rows(session, table, changes)
+    return moved
 
 
 def _credit_add_funds(session: Session, invoice: Invoice) -> None:

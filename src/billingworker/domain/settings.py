@@ -76,6 +76,15 @@ class BillingSettings:
 _FIELDS = {f.name: f for f in fields(BillingSettings)}
 
 
+def _whole(raw: Any) -> int:
+    """A whole number: an int, or a string of digits; never a float or a bool."""
+    if isinstance(raw, bool) or isinstance(raw, float):
+        raise TypeError
+    if isinstance(raw, str) and not raw.strip().lstrip("-").isdigit():
+        raise ValueError
+    return int(raw)
+
+
 def _convert(name: str, raw: Any) -> Any:
     default = getattr(BillingSettings(), name)
     try:
@@ -84,20 +93,27 @@ def _convert(name: str, raw: Any) -> Any:
                 raise TypeError
             return raw
         if isinstance(default, Decimal):
-            if isinstance(raw, float):
+            if isinstance(raw, float | bool) or not isinstance(raw, int | str):
                 raise TypeError
-            return Decimal(str(raw))
+            value = Decimal(str(raw))
+            if not value.is_finite():
+                raise ValueError
+            return value
         if isinstance(default, tuple):
-            return tuple(str(v) for v in raw)
-        if isinstance(default, dict):
-            return {str(k): int(v) for k, v in dict(raw).items()}
-        if name == "domain_invoice_generation_days":
-            return None if raw is None else int(raw)
-        if isinstance(default, int):
-            if isinstance(raw, bool):
+            if not isinstance(raw, list | tuple) or not all(isinstance(v, str) for v in raw):
                 raise TypeError
-            return int(raw)
-        return str(raw)
+            return tuple(raw)
+        if isinstance(default, dict):
+            if not isinstance(raw, dict):
+                raise TypeError
+            return {str(k): _whole(v) for k, v in raw.items()}
+        if name == "domain_invoice_generation_days":
+            return None if raw is None else _whole(raw)
+        if isinstance(default, int):
+            return _whole(raw)
+        if not isinstance(raw, str):
+            raise TypeError
+        return raw
     except (TypeError, ValueError, ArithmeticError):
         raise ValidationError(f"settings.{name}", raw, f"is not a valid value (default {default!r})") from None
 
@@ -122,10 +138,11 @@ def load_settings(session: Session) -> BillingSettings:
 
 def save_settings(session: Session, **values: Any) -> None:
     """Write settings (used by the CLI, the demo and tests). Validates before writing."""
-    settings_from_mapping(values)
-    for name, value in values.items():
+    for name in values:
         if name not in _FIELDS:
             raise ValidationError("settings", name, "is not a known setting")
+    settings_from_mapping({k: str(v) if isinstance(v, Decimal) else v for k, v in values.items()})
+    for name, value in values.items():
         encoded = json.dumps(str(value) if isinstance(value, Decimal) else value)
         row = session.get(Setting, name)
         if row is None:
