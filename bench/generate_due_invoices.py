@@ -477,7 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "default $BENCH_DATABASE_URL or %(default)s")
     parser.add_argument("--clients", type=int, default=50_000, help="clients to seed (default %(default)s)")
     parser.add_argument("--services", type=int, default=200_000, help="services to seed (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=500, help="clients per batch (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="clients per batch (default %(default)s)")
     parser.add_argument("--as-of", type=date.fromisoformat, default=date.fromisoformat(DEFAULT_AS_OF),
                         help="the day to generate for, YYYY-MM-DD (default %(default)s)")
     parser.add_argument("--random-seed", type=int, default=42, help="seed of the data generator")

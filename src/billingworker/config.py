@@ -36,7 +36,7 @@ class Config:
             mail_url=env.get("MAIL_URL", DEFAULT_MAIL_URL),
             time_zone=env.get("BILLING_TIME_ZONE", "UTC"),
             mail_from=env.get("MAIL_FROM", "Billing <billing@example.com>"),
-            fan_out_batch_size=int(env.get("FAN_OUT_BATCH_SIZE", "500")),
+            fan_out_batch_size=int(env.get("FAN_OUT_BATCH_SIZE", "1000")),
             exports_dir=Path(env.get("EXPORTS_DIR", "var/exports")),
         )
 
