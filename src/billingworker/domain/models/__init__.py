@@ -15,6 +15,7 @@ from .catalog import (
     ThingStatus,
 )
 from .clients import Client, ClientGroup, ClientStatus, ClientUser, Contact, Currency, PayMethod, User
+from .collections import CaptureStatus, InvoiceLateFee, InvoiceReminder, PaymentCapture, ReminderStage
 from .invoices import (
     THING_TYPES,
     BilledPeriod,
@@ -30,6 +31,7 @@ from .invoices import (
 from .jobs import JobFailure, JobReceipt
 from .messaging import EmailLog, OutboxEmail, OutboxStatus
 from .records import Affiliate, ClientFile, ClientNote, Order, Quote, Ticket
+from .runs import DailyRun, DailyRunBatch, DailyRunTask
 
 __all__ = [
     "MONEY", "Base", "Addon", "BillableItem", "CancelRequest", "Domain", "DomainStatus", "InvoiceAction",
@@ -37,5 +39,6 @@ __all__ = [
     "ClientUser", "Contact", "Currency", "PayMethod", "User", "THING_TYPES", "BilledPeriod",
     "CreditHistory", "Invoice", "InvoiceItem", "InvoiceKind", "InvoiceSequence", "InvoiceStatus",
     "ItemType", "Transaction", "JobFailure", "JobReceipt", "EmailLog", "OutboxEmail", "OutboxStatus",
-    "Affiliate", "ClientFile", "ClientNote", "Order", "Quote", "Ticket",
+    "Affiliate", "ClientFile", "ClientNote", "Order", "Quote", "Ticket", "CaptureStatus", "InvoiceLateFee",
+    "InvoiceReminder", "PaymentCapture", "ReminderStage", "DailyRun", "DailyRunBatch", "DailyRunTask",
 ]

@@ -93,6 +93,11 @@ class Client(Base):
     separate_invoices: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
     updated_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
+    #: Consecutive daily-run failures; reset by a success. At the threshold the client is parked.
+    failure_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: A parked client is skipped by the daily run until an operator unparks it.
+    parked_at: Mapped[datetime | None]
+    parked_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class User(Base):

@@ -40,3 +40,5 @@ class JobFailure(Base):
     field: Mapped[str] = mapped_column(String(100), default="", server_default="")
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+    #: The daily run it happened in, if any.
+    run_id: Mapped[int | None] = mapped_column(Integer, index=True)

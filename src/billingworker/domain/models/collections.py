@@ -1,0 +1,89 @@
+"""Collections (SPEC §5, §6, §8): reminders sent, late fees added, card captures attempted.
+
+Each table is the database's "once" guard for its job: a primary key or unique index makes the
+second reminder, fee or charge for the same invoice fail, however many workers try.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from sqlalchemy import Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base, money_column
+
+
+class ReminderStage(StrEnum):
+    """Reminder stages in the order they fall due; the value is the email template's name."""
+
+    UNPAID = "invoice_payment_reminder"
+    FIRST_OVERDUE = "first_invoice_overdue_notice"
+    SECOND_OVERDUE = "second_invoice_overdue_notice"
+    THIRD_OVERDUE = "third_invoice_overdue_notice"
+
+
+class InvoiceReminder(Base):
+    """One row per (invoice, stage), ever: ``sent``, or ``skipped`` when a later stage was
+    already due (a missed day is caught up with the latest stage only)."""
+
+    __tablename__ = "invoice_reminders"
+
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(40), primary_key=True)
+    #: sent | skipped
+    status: Mapped[str] = mapped_column(String(10))
+    sent_on: Mapped[date] = mapped_column(Date)
+    outbox_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class InvoiceLateFee(Base):
+    """The late fee of an invoice: at most one per invoice, ever (primary key)."""
+
+    __tablename__ = "invoice_late_fees"
+
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id", ondelete="CASCADE"), primary_key=True)
+    invoice_item_id: Mapped[int | None] = mapped_column(Integer)
+    amount: Mapped[Decimal] = money_column()
+    applied_on: Mapped[date] = mapped_column(Date)
+
+
+class CaptureStatus(StrEnum):
+    PENDING = "pending"  # recorded, gateway not (yet) answered: never charged again blindly
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"  # the card said no: retried on the schedule
+    ERROR = "error"  # the gateway failed (network, 5xx): retried on the schedule
+
+
+class PaymentCapture(Base):
+    """One attempt to charge an invoice's balance to the client's stored card.
+
+    Recorded as ``pending`` (and committed) before the gateway is called; its id is the
+    idempotency key sent to the gateway. At most one attempt per invoice per day, at most one
+    pending and at most one succeeded per invoice (unique indexes).
+    """
+
+    __tablename__ = "payment_captures"
+    __table_args__ = (
+        UniqueConstraint("invoice_id", "attempt_on", name="uq_payment_captures_invoice_day"),
+        Index("uq_payment_captures_succeeded", "invoice_id", unique=True,
+              postgresql_where=text("status = 'succeeded'"), sqlite_where=text("status = 'succeeded'")),
+        Index("uq_payment_captures_pending", "invoice_id", unique=True,
+              postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    pay_method_id: Mapped[int | None] = mapped_column(ForeignKey("pay_methods.id", ondelete="SET NULL"))
+    attempt_on: Mapped[date] = mapped_column(Date)
+    gateway: Mapped[str] = mapped_column(String(50))
+    amount: Mapped[Decimal] = money_column()
+    status: Mapped[str] = mapped_column(String(12), default=CaptureStatus.PENDING, server_default="pending")
+    #: The gateway's transaction id once it answered.
+    gateway_reference: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
+    updated_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))

@@ -1,0 +1,68 @@
+"""The daily run (SPEC §15): what it did, task by task, for an operator to read."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base
+
+
+class DailyRun(Base):
+    """One daily run. A real run is unique per installation day (partial unique index), so it
+    fires once however many schedulers or crontabs trigger it; dry runs are not limited."""
+
+    __tablename__ = "daily_runs"
+    __table_args__ = (
+        Index("uq_daily_runs_day", "run_date", unique=True,
+              postgresql_where=text("NOT dry_run"), sqlite_where=text("NOT dry_run")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_date: Mapped[date] = mapped_column(Date)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    #: running | succeeded | failed
+    status: Mapped[str] = mapped_column(String(12), default="running", server_default="running")
+    #: Who asked: scheduler, cron, cli, job.
+    trigger: Mapped[str] = mapped_column(String(30), default="", server_default="")
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    #: JSON: the dry run's preview, or notes.
+    summary: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+
+
+class DailyRunTask(Base):
+    """One task of a run (generate, credit, capture, late fees, reminders) and its counts."""
+
+    __tablename__ = "daily_run_tasks"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("daily_runs.id", ondelete="CASCADE"), primary_key=True)
+    task: Mapped[str] = mapped_column(String(30), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    #: pending | running | done
+    status: Mapped[str] = mapped_column(String(10), default="pending", server_default="pending")
+    batches_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    batches_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    clients: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    invoices_created: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    emails_queued: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    fees_added: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    captures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    credit_applied: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class DailyRunBatch(Base):
+    """A batch of a task that completed: written with the batch's work, so a redelivered batch
+    message is counted once."""
+
+    __tablename__ = "daily_run_batches"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("daily_runs.id", ondelete="CASCADE"), primary_key=True)
+    task: Mapped[str] = mapped_column(String(30), primary_key=True)
+    batch_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    done_at: Mapped[datetime]
