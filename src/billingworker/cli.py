@@ -161,3 +161,8 @@ def _safe(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+from .ops.cli import register as _register_ops  # noqa: E402 - operator commands live in ops/
+
+_register_ops(main)

@@ -1,0 +1,1 @@
+"""What operators see: status, dead letters, metrics, health, structured logs."""
