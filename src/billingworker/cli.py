@@ -54,8 +54,14 @@ def demo(database: Path, mail_dir: Path, threads: int) -> None:
 @main.command()
 @click.argument("actor")
 @click.argument("arguments", nargs=-1)
-def enqueue(actor: str, arguments: tuple[str, ...]) -> None:
-    """Send a job to the broker: billingworker enqueue generate_due_invoices client_id=12 as_of='"2026-01-15"'.
+@click.option("--as-of", default=None, help="daily-run: the day to run (YYYY-MM-DD); default today.")
+@click.option("--dry-run", is_flag=True, help="daily-run: report what the day would do, write nothing.")
+def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: bool) -> None:
+    """Send a job to the broker.
+
+    \b
+    billingworker enqueue daily-run [--as-of 2026-01-15] [--dry-run]
+    billingworker enqueue generate_due_invoices client_id=12 as_of=2026-01-15
 
     Each argument is NAME=VALUE where VALUE is JSON (a bare word is taken as a string).
     """
@@ -70,13 +76,105 @@ def enqueue(actor: str, arguments: tuple[str, ...]) -> None:
             kwargs[name] = json.loads(raw)
         except json.JSONDecodeError:
             kwargs[name] = raw
+    if actor == "daily-run":
+        actor = "run_daily_automation"
+        kwargs.update({"as_of": as_of, "dry_run": dry_run, "trigger": "cron"})
     try:
         target = broker.get_actor(actor)
     except Exception:  # noqa: BLE001 - dramatiq raises ActorNotFound
         names = ", ".join(sorted(broker.get_declared_actors()))
-        raise click.BadParameter(f"{actor!r} is not a job; jobs: {names}", param_hint="ACTOR") from None
+        raise click.BadParameter(f"{actor!r} is not a job; jobs: daily-run, {names}", param_hint="ACTOR") from None
     message = target.send(**kwargs)
     click.echo(f"enqueued {actor} {json.dumps(kwargs)} as message {message.message_id}")
+
+
+@main.command()
+@click.option("--tick", default=30.0, show_default=True, help="Seconds between looks at the clock.")
+def scheduler(tick: float) -> None:
+    """Fire the daily run at the configured local time, once per day (run as many as you like)."""
+    import signal
+    import threading
+
+    from . import runtime as rt
+    from .scheduler import Scheduler
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    current = rt.runtime()
+    Scheduler(current.engine, current.clock).run_forever(stop, tick)
+
+
+@main.command("daily-run")
+@click.option("--as-of", default=None, help="The day to run (YYYY-MM-DD); default today.")
+@click.option("--dry-run", is_flag=True, help="Report what the day would do; write nothing.")
+@click.option("--threads", default=4, show_default=True)
+def daily_run(as_of: str | None, dry_run: bool, threads: int) -> None:
+    """Run the day in the foreground (in-process broker and workers), with progress."""
+    import os
+    import time as _time
+    from datetime import date
+
+    os.environ["BROKER_URL"] = "stub://"
+    from dramatiq import Worker
+    from sqlalchemy import select
+
+    from . import runtime as rt
+    from .actors import broker
+    from .actors.daily import dry_run_day, start_day
+    from .db import unit_of_work
+    from .domain.models import DailyRun, DailyRunTask
+
+    current = rt.runtime()
+    day = date.fromisoformat(as_of) if as_of else current.clock.today()
+    if dry_run:
+        report = dry_run_day(day)
+        for task, result in report.items():
+            click.echo(f"{task:<24} clients {result.clients:>7}  invoices {result.invoices_created:>6}  "
+                       f"fees {result.fees_added:>5}  captures {result.captures:>5}  emails {result.emails_queued:>6}  "
+                       f"failures {len(result.failures):>4}  amount {result.amount}  ({len(result.preview)} lines)")
+            for line in result.preview[:50]:
+                click.echo(f"    {json.dumps(line)}")
+        return
+    worker = Worker(broker, worker_threads=threads)
+    worker.start()
+    try:
+        started = start_day(day, trigger="cli")
+        if not started["started"]:
+            click.echo(f"{day}: {started['reason']}")
+            return
+        run_id = started["run_id"]
+        while True:
+            with unit_of_work(current.engine) as session:
+                run = session.get(DailyRun, run_id)
+                tasks = list(session.execute(select(DailyRunTask).where(DailyRunTask.run_id == run_id)
+                                             .order_by(DailyRunTask.position)).scalars())
+            line = "  ".join(f"{t.task}: {t.batches_done}/{t.batches_total}" for t in tasks if t.status != "pending")
+            click.echo(f"\r{line}", nl=False)
+            if run.status != "running":
+                break
+            _time.sleep(0.5)
+        broker.join("emails", fail_fast=False)
+        click.echo(f"\nrun {run_id} for {day}: {run.status}")
+        for t in tasks:
+            click.echo(f"  {t.task:<24} clients {t.clients:>7}  invoices {t.invoices_created:>6}  "
+                       f"fees {t.fees_added:>5}  captures {t.captures:>5}  credit {t.credit_applied:>5}  emails {t.emails_queued:>6}  "
+                       f"failures {t.failures:>4}")
+    finally:
+        worker.stop()
+
+
+@main.command()
+@click.argument("client_id", type=int)
+def unpark(client_id: int) -> None:
+    """Let the daily run process a parked client again."""
+    from .db import get_engine, unit_of_work
+    from .domain.daily_run import unpark as unpark_client
+
+    with unit_of_work(get_engine()) as session:
+        changed = unpark_client(session, client_id)
+        session.commit()
+    click.echo(f"client {client_id} unparked" if changed else f"client {client_id} was not parked")
 
 
 @main.command()

@@ -7,6 +7,15 @@ from ..broker import setup_broker
 
 broker = setup_broker()
 
+from .daily import (  # noqa: E402
+    advance_daily_run,
+    apply_late_fees,
+    capture_due_payments,
+    run_daily_automation,
+    run_daily_batch,
+    run_task_batch,
+    send_overdue_reminders,
+)
 from .emails import deliver_email, relay_outbox  # noqa: E402
 from .invoicing import (  # noqa: E402
     create_add_funds_invoice,
@@ -18,6 +27,8 @@ from .invoicing import (  # noqa: E402
 from .payments import apply_payment  # noqa: E402
 
 __all__ = [
+    "advance_daily_run", "apply_late_fees", "capture_due_payments", "run_daily_automation", "run_daily_batch",
+    "run_task_batch", "send_overdue_reminders",
     "broker", "apply_payment", "create_add_funds_invoice", "create_invoice", "deliver_email",
     "generate_due_invoices", "generate_due_invoices_batch", "invoice_selected_items", "relay_outbox",
 ]

@@ -26,9 +26,9 @@ class ClientFailure:
 
 
 def record_failures(session: Session, failures: Sequence[ClientFailure], *, actor: str, message_id: str,
-                    now: datetime, error: str = "ValidationError") -> None:
+                    now: datetime, error: str = "ValidationError", run_id: int | None = None) -> None:
     """Write the failures to ``job_failures`` in the caller's transaction."""
     if failures:
         session.execute(insert(JobFailure), [
             {"actor": actor, "message_id": message_id, "client_id": f.client_id, "error": error,
-             "field": f.field, "reason": f.message, "created_at": now} for f in failures])
+             "field": f.field, "reason": f.message, "created_at": now, "run_id": run_id} for f in failures])

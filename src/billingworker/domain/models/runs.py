@@ -43,6 +43,9 @@ class DailyRunTask(Base):
     position: Mapped[int] = mapped_column(Integer)
     #: pending | running | done
     status: Mapped[str] = mapped_column(String(10), default="pending", server_default="pending")
+    #: JSON list of [first client id, last client id] per batch, fixed when the task starts, so
+    #: that a resumed task re-sends exactly the batches it began with.
+    batches: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     batches_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     batches_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     clients: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-25 05:46:59.861123
+Create Date: 2026-11-25 05:50:38.644889
 """
 
 from alembic import op
@@ -44,6 +44,7 @@ def upgrade() -> None:
     sa.Column('task', sa.String(length=30), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=10), server_default='pending', nullable=False),
+    sa.Column('batches', sa.Text(), server_default='[]', nullable=False),
     sa.Column('batches_total', sa.Integer(), server_default='0', nullable=False),
     sa.Column('batches_done', sa.Integer(), server_default='0', nullable=False),
     sa.Column('clients', sa.Integer(), server_default='0', nullable=False),
