@@ -158,8 +158,8 @@ def daily_run(as_of: str | None, dry_run: bool, threads: int) -> None:
         click.echo(f"\nrun {run_id} for {day}: {run.status}")
         for t in tasks:
             click.echo(f"  {t.task:<24} clients {t.clients:>7}  invoices {t.invoices_created:>6}  "
-                       f"fees {t.fees_added:>5}  captures {t.captures:>5}  credit {t.credit_applied:>5}  emails {t.emails_queued:>6}  "
-                       f"failures {t.failures:>4}")
+                       f"fees {t.fees_added:>5}  captures {t.captures:>5}  credit {t.credit_applied:>5}  "
+                       f"emails {t.emails_queued:>6}  failures {t.failures:>4}")
     finally:
         worker.stop()
 
