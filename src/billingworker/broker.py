@@ -36,6 +36,13 @@ def make_broker(url: str) -> Broker:
         raise ValueError(f"BROKER_URL: {url!r} is not redis://, amqp:// or stub://")
     # CurrentMessage lets a job know its own message id (the key of its run-once receipt).
     broker.add_middleware(CurrentMessage())
+    if not url.startswith("stub:"):
+        # PROMETHEUS_PORT set: Dramatiq's Prometheus middleware, serving our queue and daily-run
+        # gauges on the same port (docs/operations.md). Off when unset, as in the tests.
+        from .ops.metrics import worker_metrics
+
+        if (metrics := worker_metrics()) is not None:
+            broker.add_middleware(metrics)
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker

@@ -51,6 +51,12 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES) -> C
         def run(*args: Any, **kwargs: Any) -> Any:
             message_id = current_message_id()
             started = time.perf_counter()
+
+            def fields(outcome: str, **more: Any) -> dict[str, Any]:
+                # The structured fields of every job log line (docs/operations.md).
+                return {"actor": name, "message_id": message_id, "client_id": _log_client_id(kwargs),
+                        "outcome": outcome, "duration_ms": round((time.perf_counter() - started) * 1000, 1), **more}
+
             try:
                 try:
                     signature.bind(*args, **kwargs)
@@ -58,19 +64,32 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES) -> C
                     raise ValidationError("arguments", sorted(kwargs), f"do not fit {name}{signature}: {exc}") from None
                 result = fn(*args, **kwargs)
             except (ValidationError, Conflict) as exc:
-                log.warning("job %s message %s refused: %s", name, message_id, exc)
+                log.warning("job %s message %s refused: %s", name, message_id, exc, extra=fields("refused"))
                 _record_refusal(name, message_id, kwargs, exc)
+                raise
+            except BaseException as exc:  # also Dramatiq's time limit, an Interrupt
+                # Dramatiq logs the traceback and retries; this line carries the job's fields.
+                log.warning("job %s message %s failed: %s", name, message_id, type(exc).__name__,
+                            extra=fields("error", error=type(exc).__name__))
                 raise
             # What the job did goes to the log (and the database), not to a result backend:
             # nothing waits for job results here.
             log.info("job %s message %s done in %.3fs: %s", name, message_id, time.perf_counter() - started,
-                     result)
+                     result, extra=fields("ok"))
 
         return dramatiq.actor(run, actor_name=name, queue_name=queue_name, max_retries=max_retries,
                               min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS, time_limit=TIME_LIMIT_MS,
                               throws=(ValidationError, Conflict))
 
     return decorate
+
+
+def _log_client_id(kwargs: dict) -> int | None:
+    """The message's client, for the log: an integer ``client_id`` (or a string of digits)."""
+    value = kwargs.get("client_id")
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _record_refusal(actor: str, message_id: str, kwargs: dict, exc: ValidationError | Conflict) -> None:

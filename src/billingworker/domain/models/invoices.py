@@ -176,6 +176,7 @@ class CreditHistory(Base):
     amount: Mapped[Decimal] = money_column()
     balance_after: Mapped[Decimal] = money_column()
     invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id", ondelete="SET NULL"))
-    #: Who did it: "job:<actor>" or "admin:<id>".
+    #: Who did it: "job:<actor>", "admin:<id>", "gateway:<name>" (a payment kept as credit) or
+    #: "add_funds" (a paid add-funds invoice; also the guard that credits it once).
     source: Mapped[str] = mapped_column(String(100), default="", server_default="")
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))

@@ -1,0 +1,202 @@
+"""Payment gateways: one seam, ``PaymentGateway.capture(request)``, and a registry by name.
+
+- ``TestGateway`` (``"testgateway"``): deterministic by card, in memory; the twin used by tests
+  and the demo. Its process-wide instance is ``TEST_GATEWAY``.
+- ``gateway_for(name)`` returns the gateway a pay method names (``PayMethod.gateway_name``).
+
+The contract every gateway keeps:
+
+- ``capture`` charges ``request.amount`` to the stored card ``request.token`` **at most once per
+  ``request.idempotency_key``**: a second call with the same key returns the first answer and
+  charges nothing. The capture job relies on it to recover from a crash (it asks again with the
+  same key) and to let two workers race safely.
+- A decline is an answer, not an exception: ``CaptureResult(status="declined", ...)``.
+- ``GatewayUnavailable`` means the gateway could not be reached and **nothing was charged**
+  (connection refused, DNS failure, a documented "not processed" reply). The attempt is recorded
+  as ``error`` and retried on the schedule with a new key.
+- Any other exception means the outcome is unknown (a timeout after the request was sent): the
+  attempt stays ``pending`` and the next run asks again with the same key. Never turn an
+  ambiguous failure into ``GatewayUnavailable``: a retry with a new key could charge twice.
+- Card numbers are never logged, stored or put in a message; only the last four digits. Pass
+  gateway messages through ``redact_card_numbers`` if the gateway might echo one.
+
+Adding a real gateway is one class and one line::
+
+    class StripeGateway:
+        name = "stripe"
+
+        def __init__(self, api_key: str) -> None: ...
+
+        def capture(self, request: CaptureRequest) -> CaptureResult:
+            # POST /v1/payment_intents with Idempotency-Key: request.idempotency_key,
+            # amount in minor units, confirm=true, payment_method=request.token ...
+            ...
+
+    register_gateway("stripe", lambda: StripeGateway(os.environ["STRIPE_API_KEY"]))
+
+The name is the ``gateway_name`` that pay methods store; it is also the ``gateway`` of the
+transactions the payments record.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal, Protocol
+
+from billingworker.domain.errors import BillingError, ValidationError
+
+CaptureOutcome = Literal["succeeded", "declined", "error"]
+CAPTURE_OUTCOMES: tuple[str, ...] = ("succeeded", "declined", "error")
+
+
+class GatewayUnavailable(BillingError):
+    """The gateway could not be reached and charged nothing; the attempt may be retried."""
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """Charge ``amount`` (in ``currency``, major units) to the stored card ``token``.
+
+    ``token`` is the gateway's reference to the card (never a card number); it is left out of
+    ``repr`` so that a logged request does not carry it.
+    """
+
+    idempotency_key: str
+    amount: Decimal
+    currency: str
+    token: str = field(repr=False)
+    last_four: str
+    description: str
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    #: succeeded | declined | error
+    status: CaptureOutcome
+    #: The gateway's id for the charge (or the declined attempt); "" if it gave none.
+    transaction_id: str
+    #: What the gateway said, for the operator: "card declined", "insufficient funds" ...
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in CAPTURE_OUTCOMES:
+            raise ValidationError("status", self.status, f"must be one of {', '.join(CAPTURE_OUTCOMES)}")
+
+
+class PaymentGateway(Protocol):
+    name: str
+
+    def capture(self, request: CaptureRequest) -> CaptureResult:
+        """Charge the card once per idempotency key; see the module docstring for the contract."""
+        ...
+
+
+#: 12 to 19 digits, optionally split by spaces or dashes: what a card number looks like.
+_CARD_NUMBER = re.compile(r"(?<!\d)\d(?:[ -]?\d){11,18}(?!\d)")
+
+
+def redact_card_numbers(text: str) -> str:
+    """``text`` with anything shaped like a card number masked down to its last four digits."""
+
+    def mask(match: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", match.group())
+        return "****" + digits[-4:]
+
+    return _CARD_NUMBER.sub(mask, text)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A charge the ``TestGateway`` made (no token, no card number)."""
+
+    idempotency_key: str
+    transaction_id: str
+    amount: Decimal
+    currency: str
+    last_four: str
+
+
+class TestGateway:
+    """Deterministic by card, in memory, thread-safe.
+
+    The last four digits of the token (or, if the token does not end in digits, ``last_four``)
+    decide: ``0002`` is declined ("card declined"), ``0119`` raises ``GatewayUnavailable`` (a
+    transient failure, nothing charged, nothing remembered), anything else (``4242``...) succeeds.
+    An idempotency key seen before returns its first answer without charging again. ``charges``
+    lists the real charges; ``calls`` counts every call, replays included.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name says
+    name = "testgateway"
+
+    def __init__(self) -> None:
+        self.charges: list[Charge] = []
+        self.declines: list[str] = []
+        self.calls = 0
+        self._answers: dict[str, CaptureResult] = {}
+        # Held for the whole capture: two calls with one key at the same moment charge once.
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TestGateway(charges={len(self.charges)}, declines={len(self.declines)})"
+
+    @staticmethod
+    def _card_tail(request: CaptureRequest) -> str:
+        tail = request.token[-4:]
+        return tail if len(tail) == 4 and tail.isdigit() else request.last_four
+
+    def capture(self, request: CaptureRequest) -> CaptureResult:
+        with self._lock:
+            self.calls += 1
+            answer = self._answers.get(request.idempotency_key)
+            if answer is not None:
+                return answer
+            tail = self._card_tail(request)
+            if tail == "0119":
+                raise GatewayUnavailable("testgateway: temporarily unavailable (nothing charged)")
+            if tail == "0002":
+                self.declines.append(request.idempotency_key)
+                answer = CaptureResult("declined", f"test_decline_{len(self.declines)}", "card declined")
+            else:
+                txn = f"test_charge_{len(self.charges) + 1}"
+                self.charges.append(Charge(request.idempotency_key, txn, request.amount, request.currency,
+                                           request.last_four))
+                answer = CaptureResult("succeeded", txn, "approved")
+            self._answers[request.idempotency_key] = answer
+            return answer
+
+    def charges_for(self, idempotency_key: str) -> list[Charge]:
+        return [c for c in self.charges if c.idempotency_key == idempotency_key]
+
+
+#: The process-wide test gateway, so a replayed key is recognised across runs of one process.
+TEST_GATEWAY = TestGateway()
+
+_FACTORIES: dict[str, Callable[[], PaymentGateway]] = {}
+
+
+def register_gateway(name: str, factory: Callable[[], PaymentGateway]) -> None:
+    """Make ``gateway_for(name)`` return ``factory()``; registering a name again replaces it."""
+    if not name or len(name) > 50:
+        raise ValidationError("name", name, "must be 1 to 50 characters (a pay method's gateway_name)")
+    _FACTORIES[name] = factory
+
+
+def gateway_for(name: str) -> PaymentGateway:
+    """The gateway registered as ``name``; ``ValidationError`` for a name nobody registered."""
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        known = ", ".join(sorted(_FACTORIES)) or "none"
+        raise ValidationError("gateway", name, f"is not a registered payment gateway (registered: {known})")
+    return factory()
+
+
+def registered_gateways() -> tuple[str, ...]:
+    return tuple(sorted(_FACTORIES))
+
+
+register_gateway(TestGateway.name, lambda: TEST_GATEWAY)

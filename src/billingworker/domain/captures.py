@@ -1,0 +1,387 @@
+"""Auto CC capture (SPEC §8, settings in §2): charge the balance of due invoices to the client's
+default stored card, through a payment gateway, never twice for one invoice.
+
+The gateway is never called inside a transaction: holding the client's lock across a network
+call would stall every other job of that client, and a rollback after the charge would forget
+money that moved. So ``capture_for_clients`` runs its own transactions, in three steps:
+
+1. **Recover.** A ``pending`` attempt that exists when the call starts was left by a run that
+   crashed (or is still running) between recording it and recording the gateway's answer. It is
+   asked again with its SAME idempotency key (``capture-<id>``): a gateway that already charged
+   returns that first answer and charges nothing; one that never saw the request charges now.
+   Either way the invoice is charged once. A gateway that does not answer leaves it pending
+   (and the invoice gets no new attempt) until a later run gets an answer.
+2. **Record.** One transaction locks the clients, picks the invoices due an attempt today, inserts
+   a ``pending`` ``payment_captures`` row for each and commits. The row is the promise not to
+   charge blindly again: at most one pending and one succeeded row per invoice, one attempt per
+   invoice per day (unique indexes), and a second worker waits for the client lock and then
+   sees the rows the first committed.
+3. **Charge and finish.** Each row is sent to the gateway (outside any transaction), then its
+   answer is recorded in a new transaction per row: a success marks it ``succeeded`` and pays
+   the invoice through ``payments.apply_payment`` (idempotent per gateway transaction id; it
+   advances what the invoice billed and queues the payment confirmation); a decline or a gateway
+   error is recorded with the gateway's message and retried on the schedule.
+
+Card numbers are never logged or stored: only the card's last four digits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..adapters.gateway import (
+    CaptureRequest,
+    CaptureResult,
+    GatewayUnavailable,
+    PaymentGateway,
+    redact_card_numbers,
+)
+from ..adapters.gateway import gateway_for as registered_gateway
+from ..db import among, for_update
+from .errors import ValidationError
+from .failures import ClientFailure
+from .invoice_store import lock_clients
+from .models import (
+    CaptureStatus,
+    Client,
+    ClientStatus,
+    Currency,
+    Invoice,
+    InvoiceKind,
+    InvoiceStatus,
+    PaymentCapture,
+    PayMethod,
+)
+from .money import ZERO, round_money
+from .payments import apply_payment
+from .settings import BillingSettings, load_settings
+from .tasks import TaskResult
+
+log = logging.getLogger(__name__)
+
+TASK = "capture_due_payments"
+#: Pay method types that are cards; only those with a gateway token can be charged by the job.
+CARD_TYPES = ("CreditCard", "RemoteCreditCard")
+FAILED = (CaptureStatus.DECLINED, CaptureStatus.ERROR)
+
+
+def attempt_due(date_due: date, as_of: date, failed_on: Sequence[date], settings: BillingSettings) -> bool:
+    """Whether the schedule allows an attempt on ``as_of``, given the days earlier attempts failed.
+
+    The first attempt: any day from ``date_due - card_capture_days_before_due`` on. After a
+    failure: never with ``card_capture_attempt_once``; the next day and every day after with
+    ``card_capture_retry_weeks`` 0; otherwise only on ``date_due + 7k`` days, k = 1..N (a retry
+    day the run missed is not caught up, and there is none after the N-th week).
+    """
+    if as_of < date_due - timedelta(days=settings.card_capture_days_before_due):
+        return False
+    if not failed_on:
+        return True
+    if settings.card_capture_attempt_once or as_of <= max(failed_on):
+        return False
+    weeks = settings.card_capture_retry_weeks
+    if weeks <= 0:
+        return True
+    days = (as_of - date_due).days
+    return days > 0 and days % 7 == 0 and days // 7 <= weeks
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """A pending capture, with what the gateway needs (held in memory only)."""
+
+    capture_id: int
+    client_id: int
+    invoice_id: int
+    invoice_label: str
+    amount: Decimal
+    currency: str
+    gateway: str
+    token: str = field(repr=False)
+    last_four: str
+    #: True for a pending row from an earlier run (asked again, never charged anew blindly).
+    recovered: bool = False
+
+    def request(self) -> CaptureRequest:
+        return CaptureRequest(idempotency_key=f"capture-{self.capture_id}", amount=self.amount,
+                              currency=self.currency, token=self.token, last_four=self.last_four,
+                              description=f"Invoice {self.invoice_label}")
+
+    def line(self, outcome: str) -> dict:
+        return {"client_id": self.client_id, "invoice_id": self.invoice_id, "amount": str(self.amount),
+                "outcome": outcome}
+
+
+def capture_for_clients(
+    session_factory: Callable[[], Session],
+    client_ids: Sequence[int],
+    as_of: date,
+    gateway_for: Callable[[str], PaymentGateway] = registered_gateway,
+    *,
+    dry_run: bool = False,
+    now: datetime,
+) -> TaskResult:
+    """Charge today's due invoices of ``client_ids`` to their default cards (the module docstring
+    tells how); commits its own transactions, one per step and per capture.
+
+    Never charges an invoice twice, however often or concurrently it runs, and after a crash.
+    The caller sends ``result.email_ids`` (payment confirmations) once this returns. With
+    ``dry_run`` it returns what it would attempt in ``preview``, writes nothing and calls no gateway.
+    """
+    result = TaskResult(task=TASK)
+    if dry_run:
+        with _transaction(session_factory) as session:
+            for attempt in _pending(session, client_ids):
+                result.preview.append(attempt.line("pending: would ask the gateway again"))
+            clients, attempts = _plan(session, client_ids, as_of, gateway_for, result, dry_run=True)
+            session.rollback()
+        for attempt in attempts:
+            result.preview.append(attempt.line("would capture"))
+        result.captures = len(attempts)
+        result.amount = sum((a.amount for a in attempts), ZERO)
+        _count_clients(result, clients)
+        return result
+
+    with _transaction(session_factory) as session:
+        stale = _pending(session, client_ids)
+    for attempt in stale:
+        _charge(session_factory, attempt, gateway_for, result, as_of=as_of, now=now)
+
+    with _transaction(session_factory) as session:
+        clients, attempts = _plan(session, client_ids, as_of, gateway_for, result, dry_run=False)
+        session.commit()
+    for attempt in attempts:
+        _charge(session_factory, attempt, gateway_for, result, as_of=as_of, now=now)
+    _count_clients(result, clients)
+    return result
+
+
+@contextmanager
+def _transaction(session_factory: Callable[[], Session]) -> Iterator[Session]:
+    """A session kept only if the body commits (the unit of work of ``db.py``, for a factory)."""
+    session = session_factory()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+def _count_clients(result: TaskResult, clients: Sequence[int]) -> None:
+    failed = {f.client_id for f in result.failures}
+    result.clients = len(clients)
+    result.succeeded_clients = set(clients) - failed
+
+
+def _pending(session: Session, client_ids: Sequence[int]) -> list[_Attempt]:
+    """Pending captures of the clients as they are now: left by a crash, or by a run in flight."""
+    if not client_ids:
+        return []
+    rows = session.execute(
+        select(PaymentCapture.id, PaymentCapture.client_id, PaymentCapture.invoice_id, PaymentCapture.amount,
+               PaymentCapture.gateway, Invoice.number, Currency.code, Currency.minor_units, PayMethod.gateway_token,
+               PayMethod.card_last_four)
+        .join(Invoice, Invoice.id == PaymentCapture.invoice_id)
+        .outerjoin(Currency, Currency.id == Invoice.currency_id)
+        .outerjoin(PayMethod, PayMethod.id == PaymentCapture.pay_method_id)
+        .where(among(session, PaymentCapture.client_id, sorted(set(client_ids))),
+               PaymentCapture.status == CaptureStatus.PENDING)
+        .order_by(PaymentCapture.id)).all()
+    return [_Attempt(r.id, r.client_id, r.invoice_id, _label(r.invoice_id, r.number),
+                     round_money(Decimal(r.amount), 2 if r.minor_units is None else r.minor_units),
+                     r.code or "", r.gateway, r.gateway_token or "", r.card_last_four or "", recovered=True)
+            for r in rows]
+
+
+def _label(invoice_id: int, number: int | None) -> str:
+    return f"#{number}" if number is not None else f"id {invoice_id}"
+
+
+def _plan(session: Session, client_ids: Sequence[int], as_of: date, gateway_for: Callable[[str], PaymentGateway],
+          result: TaskResult, *, dry_run: bool) -> tuple[list[int], list[_Attempt]]:
+    """Lock the clients and choose the invoices due an attempt today; unless ``dry_run``, insert
+    a pending capture for each (the caller commits). Returns the locked clients and the attempts."""
+    clients = lock_clients(session, client_ids)
+    if not clients:
+        return [], []
+    settings = load_settings(session)
+    auto = list(session.execute(select(Client.id).where(
+        among(session, Client.id, sorted(clients)), Client.auto_cc_processing.is_(True),
+        Client.status != ClientStatus.CLOSED)).scalars())
+    if not auto:
+        return sorted(clients), []
+    cards = {pm.client_id: pm for pm in session.execute(select(PayMethod).where(
+        among(session, PayMethod.client_id, auto), PayMethod.is_default.is_(True),
+        PayMethod.type.in_(CARD_TYPES), PayMethod.gateway_token != "")).scalars()}
+    if not cards:
+        return sorted(clients), []
+    horizon = as_of + timedelta(days=max(settings.card_capture_days_before_due, 0))
+    invoices = session.execute(
+        select(Invoice.id, Invoice.client_id, Invoice.number, Invoice.date_due, Invoice.balance_due,
+               Invoice.currency_id)
+        .where(among(session, Invoice.client_id, sorted(cards)), Invoice.status == InvoiceStatus.UNPAID,
+               Invoice.kind == InvoiceKind.STANDARD, Invoice.balance_due > 0, Invoice.date_due <= horizon)
+        .order_by(Invoice.client_id, Invoice.date_due, Invoice.id)).all()
+    if not invoices:
+        return sorted(clients), []
+    history: dict[int, list[tuple[str, date]]] = {}
+    for invoice_id, status, attempt_on in session.execute(
+            select(PaymentCapture.invoice_id, PaymentCapture.status, PaymentCapture.attempt_on)
+            .where(among(session, PaymentCapture.invoice_id, [i.id for i in invoices]))):
+        history.setdefault(invoice_id, []).append((status, attempt_on))
+    currencies = {r.id: r for r in session.execute(select(Currency.id, Currency.code, Currency.minor_units))}
+    client_currency = {cid: info.currency_id for cid, info in clients.items()}
+
+    attempts: list[_Attempt] = []
+    refused_gateways: set[tuple[int, str]] = set()
+    for inv in invoices:
+        past = history.get(inv.id, [])
+        if any(s in (CaptureStatus.SUCCEEDED, CaptureStatus.PENDING) for s, _ in past):
+            continue
+        if any(day == as_of for _, day in past):
+            continue
+        failed_on = [day for s, day in past if s in FAILED]
+        if not attempt_due(inv.date_due, as_of, failed_on, settings):
+            continue
+        card = cards[inv.client_id]
+        try:
+            gateway_for(card.gateway_name)
+        except (ValidationError, KeyError):
+            if (inv.client_id, card.gateway_name) not in refused_gateways:
+                refused_gateways.add((inv.client_id, card.gateway_name))
+                result.failures.append(ClientFailure(inv.client_id, "pay_method.gateway_name", card.gateway_name,
+                                                     "is not a registered payment gateway"))
+            continue
+        currency = currencies.get(inv.currency_id or client_currency.get(inv.client_id))
+        if currency is None or not currency.code:
+            result.failures.append(ClientFailure(inv.client_id, "invoice.currency_id", inv.currency_id,
+                                                 f"has no currency, so invoice {inv.id} cannot be charged"))
+            continue
+        amount = round_money(Decimal(inv.balance_due), currency.minor_units)
+        capture_id = 0
+        if not dry_run:
+            capture_id = _insert_pending(session, inv.id, inv.client_id, card, as_of, amount)
+            if capture_id is None:
+                continue
+        attempts.append(_Attempt(capture_id, inv.client_id, inv.id, _label(inv.id, inv.number), amount,
+                                 currency.code, card.gateway_name, card.gateway_token, card.card_last_four))
+    return sorted(clients), attempts
+
+
+def _insert_pending(session: Session, invoice_id: int, client_id: int, card: PayMethod, as_of: date,
+                    amount: Decimal) -> int | None:
+    """The pending row, or None if the unique indexes say another worker already made one
+    (a path that does not lock the client, such as another application): already done."""
+    capture = PaymentCapture(invoice_id=invoice_id, client_id=client_id, pay_method_id=card.id, attempt_on=as_of,
+                             gateway=card.gateway_name, amount=amount, status=CaptureStatus.PENDING)
+    try:
+        with session.begin_nested():
+            session.add(capture)
+            session.flush()
+    except IntegrityError:
+        return None
+    return capture.id
+
+
+def _charge(session_factory: Callable[[], Session], attempt: _Attempt, gateway_for: Callable[[str], PaymentGateway],
+            result: TaskResult, *, as_of: date, now: datetime) -> None:
+    """Send one pending capture to its gateway (no transaction open) and record the answer."""
+    card = f"card ending {attempt.last_four or '????'}"
+    try:
+        gateway = gateway_for(attempt.gateway)
+        answer = gateway.capture(attempt.request())
+    except GatewayUnavailable as exc:
+        if attempt.recovered:
+            # The gateway is down now: that says nothing about the first request. Ask again later.
+            _unanswered(result, attempt, f"gateway {attempt.gateway} unavailable: {exc}")
+            return
+        # Our only request with this key charged nothing: a failed attempt, retried on the schedule.
+        answer = CaptureResult("error", "", f"gateway unavailable: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any other failure: the charge may or may not have happened
+        _unanswered(result, attempt, f"gateway {attempt.gateway} gave no answer ({type(exc).__name__}: {exc})")
+        return
+    message = redact_card_numbers(answer.message)[:2000]
+    outcome = _finish(session_factory, attempt, answer, message, result, as_of=as_of, now=now)
+    log.info("capture %s of invoice %s (%s, %s %s): %s %s", attempt.capture_id, attempt.invoice_id, card,
+             attempt.amount, attempt.currency, outcome, message)
+    result.preview.append(attempt.line(outcome))
+
+
+def _unanswered(result: TaskResult, attempt: _Attempt, reason: str) -> None:
+    reason = redact_card_numbers(reason)[:2000]
+    log.warning("capture %s of invoice %s stays pending: %s", attempt.capture_id, attempt.invoice_id, reason)
+    result.failures.append(ClientFailure(attempt.client_id, "invoice_id", attempt.invoice_id,
+                                         f"capture {attempt.capture_id} stays pending, asked again next run: {reason}"))
+    result.preview.append(attempt.line(CaptureStatus.PENDING.value))
+
+
+def _finish(session_factory: Callable[[], Session], attempt: _Attempt, answer: CaptureResult, message: str,
+            result: TaskResult, *, as_of: date, now: datetime) -> str:
+    """Record the gateway's answer in its own transaction; returns the outcome recorded.
+
+    Locks the client row, then the capture row (the lock order of ``invoice_store``). A success
+    always counts, even if a racing worker recorded a failure for the same key first: money that
+    moved is never forgotten. Any other answer only finishes a capture that is still pending.
+    """
+    with _transaction(session_factory) as session:
+        session.execute(for_update(select(Client.id).where(Client.id == attempt.client_id)))
+        capture = session.execute(
+            for_update(select(PaymentCapture).where(PaymentCapture.id == attempt.capture_id))).scalar_one_or_none()
+        if capture is None:
+            return _vanished(result, attempt, answer)
+        if answer.status != "succeeded":
+            if capture.status != CaptureStatus.PENDING:
+                return str(capture.status)  # a racing worker finished it first
+            capture.status = CaptureStatus.DECLINED if answer.status == "declined" else CaptureStatus.ERROR
+            capture.gateway_reference = answer.transaction_id[:255]
+            capture.error = message or answer.status
+            capture.updated_at = now
+            session.commit()
+            result.failures.append(ClientFailure(
+                attempt.client_id, "invoice_id", attempt.invoice_id,
+                f"card capture {capture.status} (card ending {attempt.last_four}): {capture.error}"))
+            return str(capture.status)
+        if capture.status == CaptureStatus.SUCCEEDED:
+            return CaptureStatus.SUCCEEDED  # a racing worker recorded it (and its payment) first
+        other = session.execute(select(PaymentCapture.id).where(
+            PaymentCapture.invoice_id == capture.invoice_id, PaymentCapture.status == CaptureStatus.SUCCEEDED,
+            PaymentCapture.id != capture.id)).scalar()
+        if other is None:
+            capture.status = CaptureStatus.SUCCEEDED
+            capture.error = ""
+        else:
+            # Two different keys both charged: record the money (it becomes credit) and say so.
+            capture.status = CaptureStatus.ERROR
+            capture.error = f"charged after capture {other} had already succeeded: refund or keep as credit"
+            result.failures.append(ClientFailure(attempt.client_id, "invoice_id", attempt.invoice_id, capture.error))
+        capture.gateway_reference = answer.transaction_id[:255]
+        capture.updated_at = now
+        session.flush()
+        payment = apply_payment(session, capture.invoice_id, Decimal(capture.amount), gateway=capture.gateway,
+                                transaction_id=answer.transaction_id or f"capture-{capture.id}", as_of=as_of, now=now)
+        session.commit()
+    if payment.outcome == "recorded":
+        result.email_ids.extend(payment.email_ids)
+    if other is None:
+        result.captures += 1
+        result.amount += attempt.amount
+    return str(capture.status)
+
+
+def _vanished(result: TaskResult, attempt: _Attempt, answer: CaptureResult) -> str:
+    """The capture row is gone (its invoice or client was deleted while the gateway answered)."""
+    if answer.status == "succeeded":
+        reason = (f"charged {attempt.amount} {attempt.currency} (gateway transaction {answer.transaction_id}) "
+                  "but the capture's invoice was deleted meanwhile: record or refund it by hand")
+        log.error("capture %s of invoice %s: %s", attempt.capture_id, attempt.invoice_id, reason)
+        result.failures.append(ClientFailure(attempt.client_id, "invoice_id", attempt.invoice_id, reason))
+    return "vanished"

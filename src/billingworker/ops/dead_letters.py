@@ -1,0 +1,181 @@
+"""Dead-lettered messages on Redis: list, show, requeue, purge.
+
+Dramatiq keeps the dead letters of queue ``Q`` in the sorted set ``dramatiq:Q.XQ`` (redis id,
+scored by the time in ms it died) and their JSON in the hash ``dramatiq:Q.XQ.msgs``, for 7
+days. A dead message carries the options of its last attempt (``retries``, ``traceback`` of
+the attempt before, ``requeue_timestamp``); a refused one (bad input) carries none, its reason
+is in ``job_failures``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .errors import DeadLetterNotFound
+from .queues import NAMESPACE
+
+#: Options of the last attempt that a requeued message must not carry: it starts afresh.
+_ATTEMPT_OPTIONS = ("traceback", "requeue_timestamp", "eta")
+
+#: Move one dead letter back to its queue, if it is still the one we read (a concurrent purge,
+#: requeue or Dramatiq's 7-day expiry wins cleanly). Same order as Dramatiq's enqueue: the
+#: hash before the list, so a worker never pops an id whose message is not written yet.
+_REQUEUE = """
+-- KEYS: Q.XQ, Q.XQ.msgs, Q, Q.msgs   ARGV: dead id, dead JSON (as read), new id, new JSON
+if redis.call("hget", KEYS[2], ARGV[1]) ~= ARGV[2] then
+    return 0
+end
+redis.call("zrem", KEYS[1], ARGV[1])
+redis.call("hdel", KEYS[2], ARGV[1])
+redis.call("hset", KEYS[4], ARGV[3], ARGV[4])
+redis.call("rpush", KEYS[3], ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead message. ``id`` is its redis id (the ``Q.XQ`` member), not always its message id."""
+
+    queue: str
+    id: str
+    died_at_ms: int
+    raw: bytes | None
+
+    @property
+    def message(self) -> dict[str, Any]:
+        if self.raw is None:
+            return {}
+        try:
+            decoded = json.loads(self.raw)
+        except ValueError:
+            return {"undecodable": self.raw.decode("utf-8", "replace")}
+        return decoded if isinstance(decoded, dict) else {"undecodable": decoded}
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message.get("message_id", ""))
+
+    @property
+    def actor(self) -> str:
+        return str(self.message.get("actor_name", ""))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        options = self.message.get("options")
+        return options if isinstance(options, dict) else {}
+
+    @property
+    def retries(self) -> int:
+        retries = self.options.get("retries", 0)
+        return retries if isinstance(retries, int) else 0
+
+    @property
+    def error(self) -> str:
+        """The exception line of the traceback it carries ("" if none): what an operator reads."""
+        lines = [line for line in str(self.options.get("traceback", "")).splitlines() if line.strip()]
+        if self.raw is None:
+            return "message body missing from the .XQ.msgs hash"
+        return lines[-1].strip() if lines else ""
+
+    def age_seconds(self, now_ms: int | None = None) -> float:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        return max(0.0, (now_ms - self.died_at_ms) / 1000)
+
+    def summary(self, now_ms: int | None = None) -> dict[str, Any]:
+        return {"queue": self.queue, "id": self.id, "message_id": self.message_id, "actor": self.actor,
+                "kwargs": self.message.get("kwargs"), "died_at_ms": self.died_at_ms,
+                "age_seconds": round(self.age_seconds(now_ms), 3), "retries": self.retries, "error": self.error}
+
+
+class DeadLetters:
+    """The dead-letter queues of one Redis broker (the database of BROKER_URL)."""
+
+    def __init__(self, client: redis.Redis, *, namespace: str = NAMESPACE) -> None:
+        self.client = client
+        self.namespace = namespace
+        self._requeue = client.register_script(_REQUEUE)
+
+    def _keys(self, queue: str) -> tuple[str, str, str, str]:
+        base = f"{self.namespace}:{queue}"
+        return f"{base}.XQ", f"{base}.XQ.msgs", base, f"{base}.msgs"
+
+    def list(self, queue: str, *, limit: int | None = None) -> list[DeadLetter]:
+        """The dead letters of ``queue``, oldest death first."""
+        xq, xq_msgs, _, _ = self._keys(queue)
+        members = self.client.zrange(xq, 0, -1 if limit is None else limit - 1, withscores=True)
+        if not members:
+            return []
+        bodies = self.client.hmget(xq_msgs, [m for m, _ in members])
+        return [DeadLetter(queue, m.decode(), int(score), body)
+                for (m, score), body in zip(members, bodies, strict=True)]
+
+    def count(self, queue: str) -> int:
+        return self.client.zcard(self._keys(queue)[0])
+
+    def find(self, ident: str, queues: tuple[str, ...]) -> DeadLetter:
+        """The dead letter whose redis id, else whose message id, is ``ident``, in ``queues``."""
+        for queue in queues:
+            xq, xq_msgs, _, _ = self._keys(queue)
+            score = self.client.zscore(xq, ident)
+            if score is not None:
+                return DeadLetter(queue, ident, int(score), self.client.hget(xq_msgs, ident))
+        for queue in queues:
+            for letter in self.list(queue):
+                if letter.message_id == ident:
+                    return letter
+        raise DeadLetterNotFound(ident, queues)
+
+    def requeue(self, letter: DeadLetter) -> str | None:
+        """Put ``letter`` back at the end of its queue, as a fresh attempt; returns its new redis id.
+
+        Atomic (one Lua script): the dead copy is removed and the live one written together.
+        ``options.retries`` is 0 again and the last attempt's traceback is dropped; the
+        ``message_id`` is kept (run-once receipts key on it) and a fresh ``redis_message_id``
+        names the new hash entry. None if the letter was purged or requeued meanwhile.
+        """
+        message = letter.message
+        if letter.raw is None or "undecodable" in message:
+            raise ValueError(f"dead letter {letter.id} has no decodable message to requeue")
+        new_id = str(uuid.uuid4())
+        options = {k: v for k, v in letter.options.items() if k not in _ATTEMPT_OPTIONS}
+        options.update(retries=0, redis_message_id=new_id)
+        message = {**message, "queue_name": letter.queue, "options": options}
+        data = json.dumps(message, separators=(",", ":"))
+        moved = self._requeue(keys=list(self._keys(letter.queue)), args=[letter.id, letter.raw, new_id, data])
+        return new_id if moved else None
+
+    def requeue_all(self, queue: str) -> list[str]:
+        """Requeue every dead letter of ``queue`` (each atomically); returns the new redis ids."""
+        new_ids = []
+        for letter in self.list(queue):
+            if letter.raw is None or "undecodable" in letter.message:
+                continue
+            new_id = self.requeue(letter)
+            if new_id:
+                new_ids.append(new_id)
+        return new_ids
+
+    def purge(self, letter: DeadLetter) -> bool:
+        """Drop one dead letter for good; False if it was already gone."""
+        xq, xq_msgs, _, _ = self._keys(letter.queue)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(xq, letter.id)
+        pipe.hdel(xq_msgs, letter.id)
+        removed, _ = pipe.execute()
+        return bool(removed)
+
+    def purge_all(self, queue: str) -> int:
+        """Drop every dead letter of ``queue``; returns how many there were."""
+        xq, xq_msgs, _, _ = self._keys(queue)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zcard(xq)
+        pipe.delete(xq, xq_msgs)
+        count, _ = pipe.execute()
+        return count

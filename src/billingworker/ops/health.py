@@ -1,0 +1,148 @@
+"""``billingworker health``: is this installation able to bill? For orchestrators and monitors.
+
+Three checks, each answering ok or the reason it is not: the database answers ``SELECT 1``,
+the broker answers (Redis ``PING``, an AMQP connection), and the last real daily run did not
+fail and a run succeeded recently enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.pool import NullPool
+
+from ..db import create_db_engine, unit_of_work
+from .logs import redact_text
+from .queues import CONNECT_TIMEOUT, broker_kind, redis_client, safe_url
+from .runs import last_real_run, last_succeeded_run
+
+#: Hours since the last successful daily run after which the installation is unhealthy: a day
+#: plus slack for a run that starts late or takes long.
+DEFAULT_MAX_AGE_HOURS = 26.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Health:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+def check_health(database_url: str, broker_url: str, *, now: datetime, run_check: bool = True,
+                 max_age_hours: float = DEFAULT_MAX_AGE_HOURS) -> Health:
+    """Run every check (none stops the others) and say what each found. ``now`` is aware (UTC)."""
+    try:
+        engine = _engine(database_url)
+    except Exception as exc:  # noqa: BLE001 - a malformed DATABASE_URL is the finding
+        checks = [Check("database", False, f"DATABASE_URL cannot be used: {_first_line(exc)}"),
+                  check_broker(broker_url)]
+        if run_check:
+            checks.append(Check("daily_run", False, "not checked: the database does not answer"))
+        return Health(checks)
+    try:
+        checks = [check_database(engine, database_url), check_broker(broker_url)]
+        if run_check:
+            if checks[0].ok:
+                checks.append(check_daily_run(engine, now=now, max_age_hours=max_age_hours))
+            else:
+                checks.append(Check("daily_run", False, "not checked: the database does not answer"))
+    finally:
+        engine.dispose()
+    return Health(checks)
+
+
+def _engine(url: str) -> Engine:
+    # A throwaway engine without a pool: a health probe must not keep connections open.
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT} if url.startswith("postgres") else {}
+    if connect_args:
+        return create_db_engine(url, poolclass=NullPool, connect_args=connect_args)
+    return create_db_engine(url, poolclass=NullPool)
+
+
+def check_database(engine: Engine, url: str) -> Check:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to answer is the finding
+        return Check("database", False, f"{_safe_db(url)} does not answer: {_first_line(exc)}")
+    return Check("database", True, f"{_safe_db(url)} answers")
+
+
+def check_broker(url: str) -> Check:
+    try:
+        kind = broker_kind(url)
+        if kind == "redis":
+            client = redis_client(url)
+            try:
+                client.ping()
+            finally:
+                client.close()
+        elif kind == "rabbitmq":
+            import pika
+
+            params = pika.URLParameters(url)
+            params.socket_timeout = CONNECT_TIMEOUT
+            pika.BlockingConnection(params).close()
+        else:
+            return Check("broker", True, "stub:// (in-process broker): nothing to reach")
+    except Exception as exc:  # noqa: BLE001 - any failure to answer is the finding
+        return Check("broker", False, f"{safe_url(url)} does not answer: {_first_line(exc)}")
+    return Check("broker", True, f"{safe_url(url)} answers")
+
+
+def check_daily_run(engine: Engine, *, now: datetime, max_age_hours: float = DEFAULT_MAX_AGE_HOURS) -> Check:
+    """Unhealthy when the last real run failed, or no run succeeded in the last ``max_age_hours``.
+
+    A run still going is fine as long as the previous success is recent enough (a run stuck
+    for a day fails the age rule).
+    """
+    try:
+        with unit_of_work(engine) as session:
+            last = last_real_run(session)
+            success = last_succeeded_run(session)
+    except Exception as exc:  # noqa: BLE001 - e.g. the schema is not migrated
+        return Check("daily_run", False, f"cannot read daily_runs: {_first_line(exc)}")
+    if last is None:
+        return Check("daily_run", False, "no daily run has ever run")
+    if last.status == "failed":
+        return Check("daily_run", False, f"the last daily run (#{last.id} of {last.run_date}) failed")
+    if success is None or success.finished_at is None:
+        return Check("daily_run", False, f"no daily run has succeeded yet (last: #{last.id} of {last.run_date}, "
+                                         f"{last.status})")
+    age = now - success.finished_at
+    if age > timedelta(hours=max_age_hours):
+        return Check("daily_run", False, f"the last successful daily run (#{success.id} of {success.run_date}) "
+                                         f"finished {age.total_seconds() / 3600:.1f} h ago (limit {max_age_hours:g} h)")
+    detail = f"#{success.id} of {success.run_date} succeeded {age.total_seconds() / 3600:.1f} h ago"
+    if last.id != success.id:
+        detail += f"; #{last.id} of {last.run_date} is {last.status}"
+    return Check("daily_run", True, detail)
+
+
+def _safe_db(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparseable URL is shown as nothing rather than leaked
+        return "DATABASE_URL"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return redact_text(f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "))

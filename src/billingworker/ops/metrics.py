@@ -1,0 +1,225 @@
+"""Prometheus metrics: queue depth, dead letters, oldest message age, live workers, the last
+daily run's counts and success time, parked clients.
+
+``OpsCollector`` reads the broker and the database at scrape time (a few Redis commands and
+three small queries): nothing is cached, so every process that serves it reports the same
+truth. It is served by ``billingworker metrics`` and, when ``PROMETHEUS_PORT`` is set, by
+each ``dramatiq`` master next to Dramatiq's own worker metrics (see ``worker_metrics``).
+
+prometheus_client is imported only inside functions: Dramatiq's Prometheus middleware needs
+``PROMETHEUS_MULTIPROC_DIR`` set *before* the library's first import in a worker process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import Engine
+
+from ..broker import QUEUES
+from ..db import get_engine, unit_of_work
+from .queues import NAMESPACE, read_broker_state
+from .runs import TASK_COUNTS, count_parked, last_real_run, last_succeeded_run
+
+log = logging.getLogger("billingworker.metrics")
+
+#: The port ``billingworker metrics`` listens on by default: next to 9191, the port we give the
+#: workers' exporter (``PROMETHEUS_PORT``), so both can run on one host.
+DEFAULT_METRICS_PORT = 9192
+RUN_STATUSES = ("running", "succeeded", "failed")
+
+
+class OpsCollector:
+    """A prometheus_client collector (``collect``/``describe``) over the broker and the database.
+
+    A source that does not answer is reported by ``billingworker_ops_source_up{source=...} 0``
+    and its gauges are left out; the scrape itself never fails.
+    """
+
+    def __init__(self, broker_url: str, database_url: str | None = None, *, engine: Engine | None = None,
+                 queues: tuple[str, ...] = QUEUES, namespace: str = NAMESPACE,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.broker_url = broker_url
+        self.database_url = database_url
+        self._engine = engine
+        self.queues = queues
+        self.namespace = namespace
+        self.clock = clock
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = get_engine(self.database_url)
+        return self._engine
+
+    def describe(self) -> Iterable[Any]:
+        # Nothing to describe up front: registering must not query the broker or the database.
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("billingworker_ops_source_up",
+                               "1 if the source answered this scrape, 0 if not.", labels=["source"])
+        try:
+            families = list(self._broker_families())
+        except Exception:  # noqa: BLE001 - a down broker is a metric, not a failed scrape
+            log.warning("metrics: the broker does not answer", exc_info=True)
+            up.add_metric(["broker"], 0)
+        else:
+            up.add_metric(["broker"], 1)
+            yield from families
+        try:
+            families = list(self._database_families())
+        except Exception:  # noqa: BLE001 - same for the database
+            log.warning("metrics: the database does not answer", exc_info=True)
+            up.add_metric(["database"], 0)
+        else:
+            up.add_metric(["database"], 1)
+            yield from families
+        yield up
+
+    def _broker_families(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        state = read_broker_state(self.broker_url, self.queues, namespace=self.namespace,
+                                  now_ms=int(self.clock() * 1000))
+        messages = GaugeMetricFamily("billingworker_queue_messages",
+                                     "Messages in a queue: waiting, delayed (retry backoff) or in progress.",
+                                     labels=["queue", "state"])
+        dead = GaugeMetricFamily("billingworker_dead_letters", "Dead-lettered messages of a queue.",
+                                 labels=["queue"])
+        age = GaugeMetricFamily("billingworker_queue_oldest_message_age_seconds",
+                                "Age of the first waiting message of a queue (0 when none waits).", labels=["queue"])
+        for q in state.queues:
+            for name in ("waiting", "delayed", "in_progress"):
+                value = getattr(q, name)
+                if value is not None:
+                    messages.add_metric([q.queue, name], value)
+            if q.dead is not None:
+                dead.add_metric([q.queue], q.dead)
+            if q.oldest_age_seconds is not None:
+                age.add_metric([q.queue], q.oldest_age_seconds)
+        yield from (messages, dead, age)
+        if state.workers is not None:
+            yield GaugeMetricFamily("billingworker_live_workers",
+                                    "Worker processes seen by the broker (Redis heartbeats in the last minute, "
+                                    "RabbitMQ consumers).", value=state.workers)
+
+    def _database_families(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        with unit_of_work(self.engine) as session:
+            last = last_real_run(session)
+            success = last_succeeded_run(session)
+            parked = count_parked(session)
+        status = GaugeMetricFamily("billingworker_daily_run_last_status",
+                                   "1 for the status of the last daily run (dry runs aside).", labels=["status"])
+        counts = GaugeMetricFamily("billingworker_daily_run_last_count",
+                                   "Counts of each task of the last daily run.", labels=["task", "count"])
+        if last is not None:
+            for name in RUN_STATUSES:
+                status.add_metric([name], 1 if last.status == name else 0)
+            for task in last.tasks:
+                for name in TASK_COUNTS:
+                    counts.add_metric([task.task, name], task.counts[name])
+        yield status
+        yield counts
+        if last is not None:
+            yield GaugeMetricFamily("billingworker_daily_run_last_failures",
+                                    "job_failures rows written during the last daily run.", value=last.failures)
+            yield GaugeMetricFamily("billingworker_daily_run_last_start_timestamp_seconds",
+                                    "When the last daily run started (Unix time).",
+                                    value=last.started_at.timestamp() if last.started_at else 0)
+        yield GaugeMetricFamily("billingworker_daily_run_last_success_timestamp_seconds",
+                                "When the last successful daily run finished (Unix time; 0 if none ever did).",
+                                value=success.finished_at.timestamp() if success and success.finished_at else 0)
+        yield GaugeMetricFamily("billingworker_parked_clients",
+                                "Clients the daily run skips until an operator unparks them.", value=parked)
+
+
+def make_registry(*collectors: Any) -> Any:
+    """A registry of its own (not prometheus_client's global one) holding ``collectors``."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+def serve(registry: Any, port: int, host: str = "0.0.0.0") -> None:
+    """Serve ``registry`` on http://host:port/metrics until interrupted."""
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    log.info("serving metrics on http://%s:%s/metrics", host, port)
+    try:
+        while thread.is_alive():
+            thread.join(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+
+
+# --- inside the workers -------------------------------------------------------------------------
+
+def prometheus_port() -> int | None:
+    """``PROMETHEUS_PORT`` as a port number; None (off) when unset or empty."""
+    raw = os.environ.get("PROMETHEUS_PORT", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"PROMETHEUS_PORT: {raw!r} is not a port number")
+    return int(raw)
+
+
+def worker_metrics():
+    """Dramatiq's Prometheus middleware when ``PROMETHEUS_PORT`` is set, else None.
+
+    Its exposition process (one per ``dramatiq`` command, whatever ``--processes``) serves on
+    ``PROMETHEUS_PORT`` both Dramatiq's worker metrics and ``OpsCollector``: one port per host,
+    instead of Dramatiq's own server on ``dramatiq_prom_port``.
+    """
+    if prometheus_port() is None:
+        return None
+    # Found, not imported: importing it here, before Dramatiq sets PROMETHEUS_MULTIPROC_DIR,
+    # would keep the worker's metrics out of the shared files.
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise RuntimeError("PROMETHEUS_PORT is set but prometheus-client is not installed")
+    from dramatiq.middleware.prometheus import Prometheus
+
+    class WorkerMetrics(Prometheus):
+        @property
+        def forks(self):
+            return [serve_worker_metrics]
+
+        def after_enqueue(self, broker, message, delay):
+            # A process that only sends (billingworker enqueue, the scheduler) never boots
+            # the metrics: nothing to count there.
+            if hasattr(self, "total_retried_messages"):
+                super().after_enqueue(broker, message, delay)
+
+    return WorkerMetrics()
+
+
+def serve_worker_metrics() -> int:
+    """The exposition process forked by ``dramatiq`` (see ``worker_metrics``)."""
+    from dramatiq.middleware.prometheus import DB_PATH
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = DB_PATH
+    from prometheus_client import multiprocess
+
+    from ..config import get_config
+
+    cfg = get_config()
+    registry = make_registry(OpsCollector(cfg.broker_url, cfg.database_url))
+    multiprocess.MultiProcessCollector(registry, path=DB_PATH)
+    serve(registry, prometheus_port() or 9191, os.environ.get("PROMETHEUS_HOST", "0.0.0.0"))
+    return 0

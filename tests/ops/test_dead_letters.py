@@ -1,0 +1,152 @@
+"""``billingworker dead-letters``: list, show, requeue and purge what Dramatiq dead-lettered."""
+
+from __future__ import annotations
+
+import json
+
+from billingworker.db import unit_of_work
+from billingworker.domain.models import JobFailure
+from billingworker.ops.dead_letters import DeadLetters
+
+from .conftest import NAMESPACE, NOW, cli, kill, message, take
+
+TRACEBACK = ("Traceback (most recent call last):\n  File \"billingworker/actors/payments.py\", line 40\n"
+             "psycopg.OperationalError: server closed the connection unexpectedly\n")
+XQ, XQ_MSGS = f"{NAMESPACE}:billing.XQ", f"{NAMESPACE}:billing.XQ.msgs"
+Q, Q_MSGS = f"{NAMESPACE}:billing", f"{NAMESPACE}:billing.msgs"
+
+
+def stored(redis_client, key: str, member: str) -> dict:
+    return json.loads(redis_client.hget(key, member))
+
+
+def test_list_shows_actor_retries_and_the_exception_line(redis_broker, pg_engine):
+    # Given: a message that exhausted its retries, and one refused at once (bad input)
+    tired = kill(redis_broker, message(retries=10, traceback=TRACEBACK))
+    refused_message = message("create_invoice")
+    refused = kill(redis_broker, refused_message)
+    with unit_of_work(pg_engine) as session:
+        session.add(JobFailure(actor="create_invoice", message_id=refused_message.message_id, error="ValidationError",
+                               field="amount", reason="10.5 is a float", created_at=NOW))
+        session.commit()
+
+    # When
+    result = cli(pg_engine, "dead-letters", "list", "--json")
+
+    # Then
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for r in json.loads(result.output)}
+    assert rows[tired]["actor"] == "apply_payment" and rows[tired]["retries"] == 10
+    assert rows[tired]["error"] == "psycopg.OperationalError: server closed the connection unexpectedly"
+    assert rows[tired]["age_seconds"] < 60
+    # the refusal's reason comes from job_failures
+    assert rows[refused]["retries"] == 0
+    assert rows[refused]["error"] == "ValidationError: amount 10.5 is a float"
+    table = cli(pg_engine, "dead-letters", "list").output
+    assert "apply_payment" in table and tired in table
+
+
+def test_show_prints_the_whole_message_by_redis_id_or_message_id(redis_broker, pg_engine):
+    msg = message(retries=3, traceback=TRACEBACK)
+    dead_id = kill(redis_broker, msg)
+
+    by_redis_id = cli(pg_engine, "dead-letters", "show", dead_id, "--json")
+    by_message_id = cli(pg_engine, "dead-letters", "show", msg.message_id, "--json")
+
+    assert by_redis_id.exit_code == 0, by_redis_id.output
+    shown = json.loads(by_redis_id.output)
+    assert shown["message_id"] == msg.message_id and shown["kwargs"] == {"invoice_id": 7, "amount": "10.00"}
+    assert shown["options"]["traceback"] == TRACEBACK
+    assert by_message_id.output == by_redis_id.output
+    human = cli(pg_engine, "dead-letters", "show", dead_id).output
+    assert human.startswith(f"queue billing   redis id {dead_id}")
+    assert human.rstrip().endswith("psycopg.OperationalError: server closed the connection unexpectedly")
+
+
+def test_show_of_an_unknown_id_fails_with_the_queues_searched(redis_client, pg_engine):
+    result = cli(pg_engine, "dead-letters", "show", "nope")
+
+    assert result.exit_code == 1
+    assert "no dead letter 'nope' in billing.XQ, emails.XQ" in result.output
+
+
+def test_requeue_puts_the_message_back_with_retries_reset(redis_broker, redis_client, pg_engine):
+    # Given
+    msg = message(retries=10, traceback=TRACEBACK, requeue_timestamp=123)
+    dead_id = kill(redis_broker, msg)
+
+    # When
+    result = cli(pg_engine, "dead-letters", "requeue", dead_id)
+
+    # Then: gone from the dead letters, back at the end of the queue, in the list and the hash
+    assert result.exit_code == 0, result.output
+    assert redis_client.zcard(XQ) == 0 and redis_client.hlen(XQ_MSGS) == 0
+    [new_id] = [i.decode() for i in redis_client.lrange(Q, 0, -1)]
+    assert new_id != dead_id and f"as {new_id}" in result.output
+    back = stored(redis_client, Q_MSGS, new_id)
+    assert back["options"] == {"retries": 0, "redis_message_id": new_id}
+    assert back["message_id"] == msg.message_id and back["kwargs"] == msg.kwargs
+    assert back["queue_name"] == "billing" and back["args"] == []
+    # ... and a worker takes it and acknowledges it by its redis id
+    consumer, proxy = take(redis_broker)
+    assert proxy.message_id == msg.message_id and proxy.options["retries"] == 0
+    consumer.ack(proxy)
+    assert redis_client.hlen(Q_MSGS) == 0
+    consumer.close()
+
+
+def test_requeue_all_of_a_queue(redis_broker, redis_client, pg_engine):
+    for _ in range(3):
+        kill(redis_broker, message(retries=10, traceback=TRACEBACK))
+    kill(redis_broker, message("deliver_email", "emails"), queue="emails")
+
+    assert cli(pg_engine, "dead-letters", "requeue", "--all").exit_code == 2  # which queue?
+    result = cli(pg_engine, "dead-letters", "requeue", "--all", "--queue", "billing")
+
+    assert result.exit_code == 0, result.output
+    assert "requeued 3 dead letters to billing" in result.output
+    assert redis_client.llen(Q) == 3 and redis_client.zcard(XQ) == 0
+    assert {stored(redis_client, Q_MSGS, i)["options"]["retries"] for i in redis_client.lrange(Q, 0, -1)} == {0}
+    assert redis_client.zcard(f"{NAMESPACE}:emails.XQ") == 1  # the other queue is untouched
+
+
+def test_a_requeue_loses_cleanly_to_a_purge_that_came_first(redis_broker, redis_client):
+    store = DeadLetters(redis_client)
+    kill(redis_broker, message())
+    [letter] = store.list("billing")
+
+    assert store.purge(letter)
+    assert store.requeue(letter) is None
+    assert redis_client.llen(Q) == 0 and redis_client.hlen(Q_MSGS) == 0
+
+
+def test_purge_one_asks_first_unless_yes(redis_broker, redis_client, pg_engine):
+    keep = kill(redis_broker, message())
+    drop = kill(redis_broker, message())
+
+    refused = cli(pg_engine, "dead-letters", "purge", drop, input="n\n")
+    assert refused.exit_code == 1 and redis_client.zcard(XQ) == 2
+
+    result = cli(pg_engine, "dead-letters", "purge", drop, "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert [m.decode() for m in redis_client.zrange(XQ, 0, -1)] == [keep]
+    assert redis_client.hkeys(XQ_MSGS) == [keep.encode()]
+
+
+def test_purge_all_of_a_queue(redis_broker, redis_client, pg_engine):
+    for _ in range(2):
+        kill(redis_broker, message())
+
+    result = cli(pg_engine, "dead-letters", "purge", "--all", "--queue", "billing", input="y\n")
+
+    assert result.exit_code == 0, result.output
+    assert "purged 2 dead letters of billing" in result.output
+    assert redis_client.exists(XQ, XQ_MSGS) == 0
+
+
+def test_dead_letters_need_a_redis_broker(pg_engine):
+    result = cli(pg_engine, "dead-letters", "list", broker_url="amqp://guest:guest@127.0.0.1:5672/%2F")
+
+    assert result.exit_code == 1
+    assert "billing.XQ" in result.output and "amqp://guest:***@" in result.output

@@ -1,0 +1,129 @@
+"""``billingworker status``: the queue counts Dramatiq's keys hold, the workers, the daily runs."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pika
+import pytest
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+from billingworker.ops.queues import read_broker_state, safe_url
+
+from .conftest import NAMESPACE, RABBITMQ_URL, REDIS_URL, add_parked_client, add_run, cli, kill, message, take
+
+
+def test_status_json_counts_what_dramatiq_put_in_redis(redis_broker, redis_client, engine):
+    # Given: on billing, one dead letter, one message a worker holds, two waiting (the first
+    # enqueued two minutes ago) and one retry waiting for its backoff; nothing on emails
+    kill(redis_broker, message())
+    redis_broker.enqueue(message())
+    consumer, _held = take(redis_broker)
+    redis_broker.enqueue(message(age_s=120))
+    redis_broker.enqueue(message())
+    redis_broker.enqueue(message(), delay=60_000)
+    # ... and a worker that stopped beating two minutes ago
+    redis_client.zadd(f"{NAMESPACE}:__heartbeats__", {"gone-worker": int(time.time() * 1000) - 120_000})
+    # ... and in the database, a run with two failures and a parked client
+    run_id = add_run(engine, failures=2, invoices=5)
+    client_id = add_parked_client(engine)
+
+    # When
+    result = cli(engine, "status", "--json")
+
+    # Then
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["errors"] == []
+    queues = {q["queue"]: q for q in status["queues"]}
+    billing = queues["billing"]
+    assert (billing["waiting"], billing["delayed"], billing["in_progress"], billing["dead"]) == (2, 1, 1, 1)
+    assert 119 <= billing["oldest_age_seconds"] < 180
+    emails = queues["emails"]
+    assert (emails["waiting"], emails["delayed"], emails["in_progress"], emails["dead"]) == (0, 0, 0, 0)
+    assert emails["oldest_age_seconds"] == 0
+    # only the test's own broker has beaten within the last minute
+    assert status["broker"] == {"kind": "redis", "url": REDIS_URL, "workers": 1, "note": ""}
+    [run] = status["daily_runs"]
+    assert (run["id"], run["status"], run["failures"], run["dry_run"]) == (run_id, "succeeded", 2, False)
+    assert run["tasks"][0]["counts"]["invoices_created"] == 5
+    assert status["parked_clients"]["total"] == 1
+    [parked] = status["parked_clients"]["clients"]
+    assert (parked["id"], parked["name"], parked["reason"]) == (client_id, "Analytical Ltd (Ada Lovelace)",
+                                                                "generate: no currency")
+    consumer.close()
+
+
+def test_status_table_is_readable(redis_broker, pg_engine):
+    redis_broker.enqueue(message(age_s=3700))
+    add_run(pg_engine, failures=1)
+    add_parked_client(pg_engine)
+
+    result = cli(pg_engine, "status")
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"Broker {REDIS_URL} (redis): live workers 1"
+    header = next(line for line in lines if line.startswith("queue"))
+    billing = next(line for line in lines if line.startswith("billing"))
+    assert header.split("  ")[0] == "queue" and "oldest waiting" in header
+    assert billing.split()[:5] == ["billing", "1", "0", "0", "0"] and "1h 01m" in billing
+    assert any("succeeded" in line for line in lines)
+    assert any(line.startswith("generate") for line in lines)
+    assert any("Analytical Ltd" in line for line in lines)
+
+
+def test_status_with_no_runs_and_an_empty_broker(redis_client, pg_engine):
+    result = cli(pg_engine, "status", "--json")
+
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["daily_runs"] == [] and status["parked_clients"] == {"total": 0, "clients": []}
+    assert status["broker"]["workers"] == 0
+    assert "Daily runs: none yet" in cli(pg_engine, "status").output
+
+
+def test_status_reports_what_does_not_answer_and_exits_1(pg_engine):
+    result = cli(pg_engine, "status", "--json", broker_url="redis://127.0.0.1:1/0")
+
+    assert result.exit_code == 1
+    status = json.loads(result.output)
+    assert status["errors"][0].startswith("broker: ConnectionError")
+    assert status["queues"] == [] and status["daily_runs"] == []  # the database still answered
+
+
+def test_status_on_rabbitmq_counts_ready_dead_and_delayed_and_says_na_for_the_rest():
+    queue = f"ops_test_{uuid.uuid4().hex[:8]}"
+    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    try:
+        broker.declare_queue(queue)
+        broker.enqueue(message(queue=queue))
+        broker.enqueue(message(queue=queue))
+        broker.enqueue(message(queue=queue), delay=60_000)
+
+        state = read_broker_state(RABBITMQ_URL, (queue, "ops_test_never_declared"))
+
+        assert state.kind == "rabbitmq" and state.url == safe_url(RABBITMQ_URL) == "amqp://guest:***@127.0.0.1:5672/%2F"
+        declared, missing = state.queues
+        assert (declared.waiting, declared.delayed, declared.dead) == (2, 1, 0)
+        assert declared.in_progress is None and declared.oldest_age_seconds is None
+        assert missing.waiting == 0 and "not declared yet" in missing.note
+        assert state.workers == 0
+    finally:
+        connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        channel = connection.channel()
+        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+            channel.queue_delete(name)
+        connection.close()
+        broker.close()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:s3cret@redis.internal:6379/0", "redis://:***@redis.internal:6379/0"),
+    ("amqp://billing:pw@mq/vhost", "amqp://billing:***@mq/vhost"),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+])
+def test_broker_urls_are_shown_without_their_password(url, shown):
+    assert safe_url(url) == shown
