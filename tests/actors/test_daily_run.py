@@ -34,7 +34,9 @@ DAY = date(2026, 1, 10)
 def book(session):
     """Row counts of every table: the dry run must leave them all as they were."""
     session.rollback()
-    return {t.name: session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+    counts = {t.name: session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+    session.rollback()  # SQLite: do not keep the writer lock while the workers run
+    return counts
 
 
 def seed_day(session):
@@ -156,6 +158,7 @@ def test_a_run_that_lost_its_messages_is_resumed_by_the_scheduler(session, engin
     broker.flush_all()  # ...and are lost
     session.rollback()
     assert session.execute(select(DailyRun.status)).scalar_one() == "running"
+    session.rollback()
     worker = Worker(broker, worker_timeout=50, worker_threads=2)
     worker.start()
     try:
@@ -164,7 +167,9 @@ def test_a_run_that_lost_its_messages_is_resumed_by_the_scheduler(session, engin
             scheduler.tick()
             drain()
             session.rollback()
-            if session.execute(select(DailyRun.status)).scalar_one() != "running":
+            status = session.execute(select(DailyRun.status)).scalar_one()
+            session.rollback()
+            if status != "running":
                 break
         assert session.execute(select(DailyRun.status)).scalar_one() == "succeeded"
         assert session.scalar(select(func.count()).select_from(Invoice)) == 3

@@ -36,12 +36,9 @@ def fees(session: Session, **settings) -> None:
     save_settings(session, **values)
 
 
-def run(session: Session, *clients: Client, as_of: date = LATE, dry_run: bool = False):
-    result = apply_late_fees_for_clients(session, [c.id for c in clients], as_of, dry_run=dry_run)
-    if dry_run:
-        session.rollback()
-    else:
-        session.commit()
+def run(session: Session, *clients: Client, as_of: date = LATE):
+    result = apply_late_fees_for_clients(session, [c.id for c in clients], as_of)
+    session.commit()
     return result
 
 
@@ -232,6 +229,7 @@ def test_a_second_run_adds_nothing(session):
     again = run(session, c)
     later = run(session, c, as_of=date(2026, 3, 1))
     assert (first.fees_added, again.fees_added, later.fees_added) == (1, 0, 0)
+    assert again.failures == [] and later.failures == [], "already done is not an error"
     assert len(items(session, inv)) == 2
     assert fresh(session, inv).total == Decimal("15.00")
 
@@ -243,7 +241,8 @@ def test_a_fee_recorded_by_another_path_is_not_added_again(session):
     session.add(InvoiceLateFee(invoice_id=inv.id, invoice_item_id=None, amount=Decimal("5.00"),
                                applied_on=date(2026, 1, 21)))
     session.commit()
-    assert run(session, c).fees_added == 0
+    result = run(session, c)
+    assert (result.fees_added, result.failures) == (0, [])
     assert len(items(session, inv)) == 1
 
 
@@ -297,8 +296,9 @@ def test_a_dry_run_writes_nothing_and_predicts_the_real_run(session):
     make_invoice(session, c, lines=[("Domain", "12.00", False)])
     session.commit()
     before = book(session)
-    preview = run(session, c, dry_run=True)
-    assert book(session) == before
+    preview = apply_late_fees_for_clients(session, [c.id], LATE, dry_run=True)
+    assert book(session) == before, "nothing written, even before the caller rolls back"
+    session.rollback()
     assert (preview.fees_added, preview.amount) == (2, Decimal("4.53"))
     real = run(session, c)
     assert real.preview == preview.preview and real.amount == preview.amount

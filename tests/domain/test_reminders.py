@@ -69,12 +69,9 @@ def make_invoice(session: Session, client: Client, *, due: date = DUE, created: 
     return invoice
 
 
-def run(session: Session, *clients: Client, as_of: date, dry_run: bool = False):
-    result = send_reminders_for_clients(session, [c.id for c in clients], as_of, dry_run=dry_run)
-    if dry_run:
-        session.rollback()
-    else:
-        session.commit()
+def run(session: Session, *clients: Client, as_of: date):
+    result = send_reminders_for_clients(session, [c.id for c in clients], as_of)
+    session.commit()
     return result
 
 
@@ -193,6 +190,7 @@ def test_running_twice_on_a_day_sends_once(session):
     first = run(session, c, as_of=FIRST_DAY)
     second = run(session, c, as_of=FIRST_DAY)
     assert len(first.email_ids) == 1 and second.email_ids == []
+    assert second.failures == [], "already done is not an error"
     assert count(session, OutboxEmail) == 1
     assert rows(session, inv) == {UNPAID.value: "skipped", FIRST.value: "sent"}
 
@@ -262,13 +260,30 @@ def test_one_batch_handles_many_invoices_of_many_clients(session):
     assert result.emails_queued == 3
 
 
+def test_a_clash_with_another_writer_costs_only_that_client(session):
+    # Given another application queued a's first notice itself, without recording the stage
+    a, b = f.client(session), f.client(session)
+    a_inv, b_inv = make_invoice(session, a), make_invoice(session, b)
+    session.add(OutboxEmail(template=FIRST.value, client_id=a.id, context="{}",
+                            dedupe_key=f"{FIRST.value}:{a_inv.id}"))
+    session.commit()
+    # When the batch runs, the outbox's dedupe key refuses a's notice
+    result = run(session, a, b, as_of=FIRST_DAY)
+    # Then a is reported and left untouched, and b still gets its notice
+    assert [(x.client_id, x.field) for x in result.failures] == [(a.id, "invoice_reminders")]
+    assert result.succeeded_clients == {b.id}
+    assert [line["invoice_id"] for line in result.preview] == [b_inv.id]
+    assert rows(session, a_inv) == {} and rows(session, b_inv) == {UNPAID.value: "skipped", FIRST.value: "sent"}
+    assert count(session, OutboxEmail) == 2
+
 def test_a_dry_run_writes_nothing_and_predicts_the_real_run(session):
     c = f.client(session)
     inv = make_invoice(session, c)
     session.commit()
     before = book(session)
-    preview = run(session, c, as_of=SECOND_DAY, dry_run=True)
-    assert book(session) == before
+    preview = send_reminders_for_clients(session, [c.id], SECOND_DAY, dry_run=True)
+    assert book(session) == before, "nothing written, even before the caller rolls back"
+    session.rollback()
     assert preview.email_ids == []
     assert preview.preview == [{"client_id": c.id, "invoice_id": inv.id, "stage": SECOND.value,
                                 "skipped": [UNPAID.value, FIRST.value]}]

@@ -166,12 +166,15 @@ def dry_run_day(day: date) -> dict[str, TaskResult]:
         with unit_of_work(rt.engine) as session:
             ids = eligible_clients(session, first, last)
             for task in TASK_NAMES:
-                fn = task_function(task)
-                if task in SELF_COMMITTING:
-                    report[task].merge(fn(session_factory(rt.engine), ids, day, now=rt.clock.now(), dry_run=True))
-                else:
-                    report[task].merge(run_batch(fn, task, session, ids, day, dry_run=True))
+                if task not in SELF_COMMITTING:
+                    report[task].merge(run_batch(task_function(task), task, session, ids, day, dry_run=True))
             session.rollback()
+        # Tasks that open their own sessions run once the batch's session is closed (on SQLite a
+        # second session would wait for the first one's writer lock).
+        for task in TASK_NAMES:
+            if task in SELF_COMMITTING:
+                report[task].merge(task_function(task)(session_factory(rt.engine), ids, day, now=rt.clock.now(),
+                                                       dry_run=True))
     return report
 
 

@@ -208,22 +208,31 @@ def _label(invoice_id: int, number: int | None) -> str:
 
 def _plan(session: Session, client_ids: Sequence[int], as_of: date, gateway_for: Callable[[str], PaymentGateway],
           result: TaskResult, *, dry_run: bool) -> tuple[list[int], list[_Attempt]]:
-    """Lock the clients and choose the invoices due an attempt today; unless ``dry_run``, insert
-    a pending capture for each (the caller commits). Returns the locked clients and the attempts."""
-    clients = lock_clients(session, client_ids)
+    """Lock the clients and choose the invoices due an attempt today, then insert a pending
+    capture for each (the caller commits). Returns the clients and the attempts.
+
+    A ``dry_run`` reads the same rows without locking or writing: the daily run's preview calls
+    it while its own session holds the clients' locks, and a preview must never wait for them.
+    """
+    if dry_run:
+        client_currency = dict(session.execute(select(Client.id, Client.currency_id).where(
+            among(session, Client.id, sorted(set(client_ids))))).all()) if client_ids else {}
+    else:
+        client_currency = {cid: info.currency_id for cid, info in lock_clients(session, client_ids).items()}
+    clients = sorted(client_currency)
     if not clients:
         return [], []
     settings = load_settings(session)
     auto = list(session.execute(select(Client.id).where(
-        among(session, Client.id, sorted(clients)), Client.auto_cc_processing.is_(True),
+        among(session, Client.id, clients), Client.auto_cc_processing.is_(True),
         Client.status != ClientStatus.CLOSED)).scalars())
     if not auto:
-        return sorted(clients), []
+        return clients, []
     cards = {pm.client_id: pm for pm in session.execute(select(PayMethod).where(
         among(session, PayMethod.client_id, auto), PayMethod.is_default.is_(True),
         PayMethod.type.in_(CARD_TYPES), PayMethod.gateway_token != "")).scalars()}
     if not cards:
-        return sorted(clients), []
+        return clients, []
     horizon = as_of + timedelta(days=max(settings.card_capture_days_before_due, 0))
     invoices = session.execute(
         select(Invoice.id, Invoice.client_id, Invoice.number, Invoice.date_due, Invoice.balance_due,
@@ -232,14 +241,13 @@ def _plan(session: Session, client_ids: Sequence[int], as_of: date, gateway_for:
                Invoice.kind == InvoiceKind.STANDARD, Invoice.balance_due > 0, Invoice.date_due <= horizon)
         .order_by(Invoice.client_id, Invoice.date_due, Invoice.id)).all()
     if not invoices:
-        return sorted(clients), []
+        return clients, []
     history: dict[int, list[tuple[str, date]]] = {}
     for invoice_id, status, attempt_on in session.execute(
             select(PaymentCapture.invoice_id, PaymentCapture.status, PaymentCapture.attempt_on)
             .where(among(session, PaymentCapture.invoice_id, [i.id for i in invoices]))):
         history.setdefault(invoice_id, []).append((status, attempt_on))
     currencies = {r.id: r for r in session.execute(select(Currency.id, Currency.code, Currency.minor_units))}
-    client_currency = {cid: info.currency_id for cid, info in clients.items()}
 
     attempts: list[_Attempt] = []
     refused_gateways: set[tuple[int, str]] = set()
@@ -274,7 +282,7 @@ def _plan(session: Session, client_ids: Sequence[int], as_of: date, gateway_for:
                 continue
         attempts.append(_Attempt(capture_id, inv.client_id, inv.id, _label(inv.id, inv.number), amount,
                                  currency.code, card.gateway_name, card.gateway_token, card.card_last_four))
-    return sorted(clients), attempts
+    return clients, attempts
 
 
 def _insert_pending(session: Session, invoice_id: int, client_id: int, card: PayMethod, as_of: date,

@@ -137,13 +137,14 @@ def record_batch(session: Session, run_id: int, task: str, batch_no: int, result
         failures=DailyRunTask.failures + len(result.failures))).one()
     record_failures(session, result.failures, actor=task, message_id=message_id, now=now, run_id=run_id,
                     error="Failed")
-    note_outcomes(session, result, now=now)
+    note_outcomes(session, result, now=now, run_id=run_id)
     return True, done >= total
 
 
-def note_outcomes(session: Session, result: TaskResult, *, now: datetime) -> list[int]:
+def note_outcomes(session: Session, result: TaskResult, *, now: datetime, run_id: int | None = None) -> list[int]:
     """Failure streaks: a failing client's count grows and at ``PARK_AFTER_FAILURES`` it is parked;
-    a client that went through the task resets its count. Returns the clients parked now."""
+    a client that went through the task, and failed no other task of the run, resets its count.
+    Returns the clients parked now."""
     failed = sorted({f.client_id for f in result.failures if f.client_id is not None})
     if failed:
         session.execute(update(Client).where(among(session, Client.id, failed))
@@ -157,7 +158,13 @@ def note_outcomes(session: Session, result: TaskResult, *, now: datetime) -> lis
                 parked_at=now, parked_reason=f"{result.task}: {reasons.get(client_id, 'failed')}"[:2000]))
     else:
         parked = []
-    ok = sorted(result.succeeded_clients - set(failed))
+    ok = result.succeeded_clients - set(failed)
+    if ok and run_id is not None:
+        from .models import JobFailure
+
+        ok -= set(session.execute(select(JobFailure.client_id).where(
+            JobFailure.run_id == run_id, among(session, JobFailure.client_id, sorted(ok)))).scalars())
+    ok = sorted(ok)
     if ok:
         session.execute(update(Client).where(among(session, Client.id, ok), Client.failure_count > 0)
                         .values(failure_count=0))

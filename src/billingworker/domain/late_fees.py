@@ -74,10 +74,14 @@ class _Fee:
     amount: Decimal
     totals: Totals
     balance_due: Decimal
+    minor_units: int
 
     def line(self) -> dict:
-        return {"client_id": self.client_id, "invoice_id": self.invoice_id, "fee": str(self.amount),
-                "total": str(self.totals.total), "balance_due": str(self.balance_due)}
+        def text(amount: Decimal) -> str:
+            return str(round_money(amount, self.minor_units))
+
+        return {"client_id": self.client_id, "invoice_id": self.invoice_id, "fee": text(self.amount),
+                "total": text(self.totals.total), "balance_due": text(self.balance_due)}
 
 
 def apply_late_fees_for_clients(session: Session, client_ids: Sequence[int], as_of: date, *,
@@ -171,7 +175,7 @@ def _plan(session: Session, client_ids: Sequence[int], as_of: date, settings: Bi
                                 inclusive=settings.tax_type == "inclusive", compound=settings.tax_l2_compound,
                                 minor_units=minor)
         balance = max(totals.total - Decimal(inv.credit_applied) - Decimal(inv.amount_paid), ZERO)
-        fees.append(_Fee(inv.client_id, inv.id, fee, totals, balance))
+        fees.append(_Fee(inv.client_id, inv.id, fee, totals, balance, minor))
     return fees
 
 

@@ -10,7 +10,7 @@ a burst of notices. The client row locks serialise workers; the ``invoice_remind
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -52,7 +52,7 @@ def stage_dates(date_due: date, settings: BillingSettings) -> dict[ReminderStage
 
 
 def reminder_due(date_due: date, date_created: date, as_of: date, settings: BillingSettings,
-                 done: set[str] | frozenset[str] = frozenset()) -> tuple[ReminderStage, tuple[ReminderStage, ...]] | None:
+                 done: Set[str] = frozenset()) -> tuple[ReminderStage, tuple[ReminderStage, ...]] | None:
     """The stage to send on ``as_of`` and the earlier stages to mark skipped, or None.
 
     The stage is the latest enabled one whose day has come; nothing is sent if it or a later
@@ -119,8 +119,9 @@ def send_reminders_for_clients(session: Session, client_ids: Sequence[int], as_o
                 with session.begin_nested():
                     _write(session, _plan(session, [client_id], as_of, settings), as_of, result)
             except _integrity_errors(session) as exc_one:
+                reason = getattr(exc_one, "orig", None) or exc_one
                 result.failures.append(ClientFailure(client_id, "invoice_reminders", None,
-                                                     f"could not be recorded: {exc_one}"))
+                                                     f"could not be recorded: {reason}"))
                 result.succeeded_clients.discard(client_id)
     return result
 

@@ -152,7 +152,7 @@ def dead_letters_show(ident: str, queue: str | None, as_json: bool) -> None:
         click.echo("\ntraceback of the last retried attempt:\n" + str(traceback).rstrip())
 
 
-def _select(store, idents: tuple[str, ...], all_: bool, queue: str | None, verb: str) -> None:
+def _check_selection(idents: tuple[str, ...], all_: bool, queue: str | None, verb: str) -> None:
     if all_ and idents:
         raise click.UsageError(f"{verb}: give message ids or --all, not both")
     if all_ and not queue:
@@ -171,7 +171,7 @@ def dead_letters_requeue(idents: tuple[str, ...], all_: bool, queue: str | None)
     Fix the cause first: a requeued message that fails again is retried and dead-lettered again.
     """
     with _dead_letter_store() as store:
-        _select(store, idents, all_, queue, "requeue")
+        _check_selection(idents, all_, queue, "requeue")
         if all_:
             new_ids = store.requeue_all(queue)
             click.echo(f"requeued {len(new_ids)} dead letters to {queue}")
@@ -194,7 +194,7 @@ def dead_letters_requeue(idents: tuple[str, ...], all_: bool, queue: str | None)
 def dead_letters_purge(idents: tuple[str, ...], all_: bool, queue: str | None, yes: bool) -> None:
     """Drop dead letters for good (asks first, unless --yes)."""
     with _dead_letter_store() as store:
-        _select(store, idents, all_, queue, "purge")
+        _check_selection(idents, all_, queue, "purge")
         if all_:
             count = store.count(queue)
             if not count:

@@ -27,7 +27,7 @@ SECRET_KEY_PARTS = ("password", "passwd", "token", "secret", "apikey", "api_key"
 CARD_NUMBER = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?!\w)")
 #: ``password=x``, ``"token": "x"``, ``'api_secret': 'x'``, ``?token=x&`` ...
 SECRET_ASSIGNMENT = re.compile(
-    r"(?i)(\b[\w-]*(?:password|passwd|token|secret|api_?key)[\w-]*[\"']?\s*[:=]\s*[\"']?)([^\s\"',;&}\]]+)")
+    r"(?i)(\b[\w-]*(?:password|passwd|token|secret|api_?key)[\w-]*[\"']?\s*[:=]\s*[\"']?)([^\s\"',;&)}\]]+)")
 #: The password of ``scheme://user:password@host``.
 URL_PASSWORD = re.compile(r"(\b[a-z][\w+.-]*://[^:/\s@]*:)([^@\s/]+)(@)", re.IGNORECASE)
 
