@@ -9,6 +9,7 @@ Message-ID (``message_id_for``), so receivers can drop the duplicate.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,8 +24,9 @@ from billingworker.adapters.mailer import Mailer, build_message
 from .emails import render_outbox_email
 from .errors import ValidationError
 from .models import EmailLog, OutboxEmail, OutboxStatus
+from .reminders import reminder_still_wanted
 
-DeliveryStatus = Literal["sent", "already_sent", "missing"]
+DeliveryStatus = Literal["sent", "already_sent", "skipped", "missing"]
 #: Longest ``last_error`` kept on an outbox row, in characters.
 MAX_ERROR_LENGTH = 2000
 #: ``email_log.subject`` is VARCHAR(500).
@@ -90,6 +92,16 @@ def deliver_email(session: Session, email_id: int, mailer: Mailer, *, sender: st
     message_id = message_id_for(email_id, sender)
     if outbox.status == OutboxStatus.SENT:
         return DeliveryResult(email_id, "already_sent", message_id=message_id, template=outbox.template)
+    if outbox.status == OutboxStatus.SKIPPED:
+        return DeliveryResult(email_id, "skipped", message_id=message_id, template=outbox.template)
+
+    if outbox.status == OutboxStatus.QUEUED and not reminder_still_wanted(
+            session, outbox.template, json.loads(outbox.context or "{}")):
+        # A reminder whose invoice was paid (or cancelled) after it was queued: SPEC §5.
+        outbox.status = OutboxStatus.SKIPPED
+        outbox.sent_at = now
+        session.flush()
+        return DeliveryResult(email_id, "skipped", message_id=message_id, template=outbox.template)
 
     rendered = render_outbox_email(session, outbox)
     message = build_message(rendered, sender=sender, message_id=message_id, date=now)

@@ -15,6 +15,8 @@ class OutboxStatus(StrEnum):
     QUEUED = "queued"
     SENT = "sent"
     FAILED = "failed"
+    #: Not sent on purpose: a reminder whose invoice was paid or cancelled before delivery.
+    SKIPPED = "skipped"
 
 
 class OutboxEmail(Base):
