@@ -86,7 +86,7 @@ def test_capture_due_payments_job_charges_once(session, worker, mailer):
 
 
 def test_collection_jobs_refuse_bad_input(session, worker):
-    for job, kwargs, field in [(send_overdue_reminders, {"client_id": 999}, "client_id"),
+    for job, kwargs, _field in [(send_overdue_reminders, {"client_id": 999}, "client_id"),
                                (apply_late_fees, {"as_of": "yesterday"}, "as_of"),
                                (capture_due_payments, {"client_id": -3}, "client_id")]:
         job.send(**kwargs)
