@@ -7,6 +7,8 @@ default and its StubBroker.join fails fast by default; we rely on neither.
 
 from __future__ import annotations
 
+import os
+
 import dramatiq
 from dramatiq.broker import Broker
 from dramatiq.brokers.stub import StubBroker
@@ -27,7 +29,14 @@ def make_broker(url: str) -> Broker:
     elif url.startswith(("redis://", "rediss://", "unix://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        broker = RedisBroker(url=url)
+        # Operator tunables (milliseconds / 1-in-N): how soon the messages of a worker that died
+        # are given to another one. Dramatiq's defaults are 60 s and 1 in 1000 broker calls.
+        options = {}
+        if os.environ.get("BROKER_HEARTBEAT_TIMEOUT_MS"):
+            options["heartbeat_timeout"] = int(os.environ["BROKER_HEARTBEAT_TIMEOUT_MS"])
+        if os.environ.get("BROKER_MAINTENANCE_CHANCE"):
+            options["maintenance_chance"] = int(os.environ["BROKER_MAINTENANCE_CHANCE"])
+        broker = RedisBroker(url=url, **options)
     elif url.startswith(("amqp://", "amqps://")):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 

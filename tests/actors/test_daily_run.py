@@ -237,3 +237,20 @@ def test_run_rows_exist_for_every_task(session):
                                "send_overdue_reminders"}
     assert "daily_runs" in inspect(session.get_bind()).get_table_names()
     assert PaymentCapture.__tablename__ == "payment_captures"
+
+
+def test_a_declined_card_is_reported_but_never_parks_the_client(session, worker, clock):
+    from billingworker.domain.daily_run import PARK_AFTER_FAILURES
+
+    c = f.client(session, auto_cc_processing=True)
+    f.card(session, c, gateway_token="tok_4000000000000002", card_last_four="0002")
+    f.service(session, c, next_due_date=date(2026, 1, 10), amount=Decimal("30.00"), payment_method="testgateway")
+    session.commit()
+    for n in range(PARK_AFTER_FAILURES + 1):
+        run_daily_automation.send(as_of=date(2026, 1, 10 + n).isoformat())
+        drain()
+    session.expire_all()
+    assert session.get(Client, c.id).parked_at is None
+    declines = session.scalar(select(func.count()).select_from(PaymentCapture).where(
+        PaymentCapture.status == "declined"))
+    assert declines == PARK_AFTER_FAILURES + 1, "retried daily, one attempt a day"

@@ -397,6 +397,30 @@ def test_a_charge_on_an_invoice_paid_meanwhile_becomes_credit(engine, session):
     assert session.execute(select(CreditHistory.amount)).scalar_one() == Decimal("10.00")
 
 
+def test_an_answer_that_cannot_be_recorded_stays_pending_and_the_others_go_on(engine, session, monkeypatch):
+    a, _, a_inv = setup(session)
+    b, _, b_inv = setup(session)
+    from billingworker.domain import captures as module
+    from billingworker.domain.errors import ValidationError
+
+    real = module.apply_payment
+
+    def broken(session, invoice_id, *args, **kw):
+        if invoice_id == a_inv:
+            raise ValidationError("invoice_id", invoice_id, "is broken in this test")
+        return real(session, invoice_id, *args, **kw)
+
+    monkeypatch.setattr(module, "apply_payment", broken)
+    gw = TestGateway()
+    result = capture(session, gw, [a, b], DUE)
+    assert result.captures == 1 and [x.client_id for x in result.failures] == [a.id]
+    assert [(x.invoice_id, x.status) for x in captures(session)] == [(a_inv, "pending"), (b_inv, "succeeded")]
+    # Fixed the next day: a's charge is recorded under its first key, never charged again
+    monkeypatch.setattr(module, "apply_payment", real)
+    assert capture(session, gw, [a, b], DUE + timedelta(days=1)).captures == 1
+    assert len(gw.charges) == 2 and invoice(session, a_inv).status == "Paid"
+
+
 # -- dry run ---------------------------------------------------------------------------------------
 
 def test_a_dry_run_previews_and_writes_nothing(engine, session):
@@ -414,6 +438,22 @@ def test_a_dry_run_previews_and_writes_nothing(engine, session):
     assert gw.calls == 0
     assert [x.status for x in captures(session)] == ["pending"] and count(session, Transaction) == 0
     assert invoice(session, inv_id).status == "Unpaid"
+
+
+def test_a_dry_run_never_waits_for_the_clients_locks(pg_engine, pg_session):
+    # The daily run's preview calls it while its own session holds the clients' row locks.
+    c, _, inv_id = setup(pg_session)
+    from billingworker.domain.invoice_store import lock_clients
+
+    holder = session_factory(pg_engine)()
+    try:
+        lock_clients(holder, [c.id])
+        result = capture_for_clients(session_factory(pg_engine), [c.id], DUE, {"testgateway": TestGateway()}.get,
+                                     now=at(DUE), dry_run=True)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert [line["outcome"] for line in result.preview] == ["would capture"]
 
 
 # -- card numbers ----------------------------------------------------------------------------------

@@ -46,12 +46,14 @@ def deliver_email(email_id):
 
 
 @job(queue_name=EMAIL_QUEUE)
-def relay_outbox(limit=1000):
-    """Re-enqueue outbox emails that are still queued ``RELAY_AFTER`` after they were written."""
+def relay_outbox(limit=1000, older_than_seconds=None):
+    """Re-enqueue outbox emails still queued ``older_than_seconds`` (default 300) after they were written."""
     limit = parse_id("limit", limit)
+    age = RELAY_AFTER if older_than_seconds is None else timedelta(
+        seconds=parse_id("older_than_seconds", older_than_seconds) if older_than_seconds else 0)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        ids = pending_email_ids(session, created_before=rt.clock.now() - RELAY_AFTER, limit=limit)
+        ids = pending_email_ids(session, created_before=rt.clock.now() - age, limit=limit)
     for email_id in ids:
         deliver_email.send(email_id)
     return {"relayed": len(ids)}

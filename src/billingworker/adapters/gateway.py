@@ -35,7 +35,8 @@ Adding a real gateway is one class and one line::
     register_gateway("stripe", lambda: StripeGateway(os.environ["STRIPE_API_KEY"]))
 
 The name is the ``gateway_name`` that pay methods store; it is also the ``gateway`` of the
-transactions the payments record.
+transactions the payments record. A factory only builds the object (it is called while the
+capture job holds the clients' locks): no network calls until ``capture``.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from ..adapters.gateway import (
@@ -143,7 +143,6 @@ def capture_for_clients(
             for attempt in _pending(session, client_ids):
                 result.preview.append(attempt.line("pending: would ask the gateway again"))
             clients, attempts = _plan(session, client_ids, as_of, gateway_for, result, dry_run=True)
-            session.rollback()
         for attempt in attempts:
             result.preview.append(attempt.line("would capture"))
         result.captures = len(attempts)
@@ -191,7 +190,10 @@ def _pending(session: Session, client_ids: Sequence[int]) -> list[_Attempt]:
                PaymentCapture.gateway, Invoice.number, Currency.code, Currency.minor_units, PayMethod.gateway_token,
                PayMethod.card_last_four)
         .join(Invoice, Invoice.id == PaymentCapture.invoice_id)
-        .outerjoin(Currency, Currency.id == Invoice.currency_id)
+        .join(Client, Client.id == PaymentCapture.client_id)
+        # The currency the first request named (the invoice's, else the client's): a gateway
+        # may refuse a replayed key whose request differs.
+        .outerjoin(Currency, Currency.id == func.coalesce(Invoice.currency_id, Client.currency_id))
         .outerjoin(PayMethod, PayMethod.id == PaymentCapture.pay_method_id)
         .where(among(session, PaymentCapture.client_id, sorted(set(client_ids))),
                PaymentCapture.status == CaptureStatus.PENDING)
@@ -318,7 +320,15 @@ def _charge(session_factory: Callable[[], Session], attempt: _Attempt, gateway_f
         _unanswered(result, attempt, f"gateway {attempt.gateway} gave no answer ({type(exc).__name__}: {exc})")
         return
     message = redact_card_numbers(answer.message)[:2000]
-    outcome = _finish(session_factory, attempt, answer, message, result, as_of=as_of, now=now)
+    try:
+        outcome = _finish(session_factory, attempt, answer, message, result, as_of=as_of, now=now)
+    except DBAPIError:
+        raise  # the database is gone: the job is retried, and its recovery asks again with this key
+    except Exception as exc:  # noqa: BLE001 - one capture's bad data must not stop the others
+        log.exception("capture %s of invoice %s: the answer could not be recorded", attempt.capture_id,
+                      attempt.invoice_id)
+        _unanswered(result, attempt, f"{answer.status} but not recorded ({type(exc).__name__}: {exc})")
+        return
     log.info("capture %s of invoice %s (%s, %s %s): %s %s", attempt.capture_id, attempt.invoice_id, card,
              attempt.amount, attempt.currency, outcome, message)
     result.preview.append(attempt.line(outcome))
@@ -328,7 +338,8 @@ def _unanswered(result: TaskResult, attempt: _Attempt, reason: str) -> None:
     reason = redact_card_numbers(reason)[:2000]
     log.warning("capture %s of invoice %s stays pending: %s", attempt.capture_id, attempt.invoice_id, reason)
     result.failures.append(ClientFailure(attempt.client_id, "invoice_id", attempt.invoice_id,
-                                         f"capture {attempt.capture_id} stays pending, asked again next run: {reason}"))
+                                         f"capture {attempt.capture_id} stays pending, asked again next run: {reason}",
+                                         parks=False))
     result.preview.append(attempt.line(CaptureStatus.PENDING.value))
 
 
@@ -356,7 +367,7 @@ def _finish(session_factory: Callable[[], Session], attempt: _Attempt, answer: C
             session.commit()
             result.failures.append(ClientFailure(
                 attempt.client_id, "invoice_id", attempt.invoice_id,
-                f"card capture {capture.status} (card ending {attempt.last_four}): {capture.error}"))
+                f"card capture {capture.status} (card ending {attempt.last_four}): {capture.error}", parks=False))
             return str(capture.status)
         if capture.status == CaptureStatus.SUCCEEDED:
             return CaptureStatus.SUCCEEDED  # a racing worker recorded it (and its payment) first

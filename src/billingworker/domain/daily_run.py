@@ -145,7 +145,7 @@ def note_outcomes(session: Session, result: TaskResult, *, now: datetime, run_id
     """Failure streaks: a failing client's count grows and at ``PARK_AFTER_FAILURES`` it is parked;
     a client that went through the task, and failed no other task of the run, resets its count.
     Returns the clients parked now."""
-    failed = sorted({f.client_id for f in result.failures if f.client_id is not None})
+    failed = sorted({f.client_id for f in result.failures if f.client_id is not None and f.parks})
     if failed:
         session.execute(update(Client).where(among(session, Client.id, failed))
                         .values(failure_count=Client.failure_count + 1))
@@ -158,7 +158,7 @@ def note_outcomes(session: Session, result: TaskResult, *, now: datetime, run_id
                 parked_at=now, parked_reason=f"{result.task}: {reasons.get(client_id, 'failed')}"[:2000]))
     else:
         parked = []
-    ok = result.succeeded_clients - set(failed)
+    ok = result.succeeded_clients - {f.client_id for f in result.failures}
     if ok and run_id is not None:
         from .models import JobFailure
 

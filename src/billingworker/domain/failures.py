@@ -19,6 +19,9 @@ class ClientFailure:
     field: str
     value: Any
     reason: str
+    #: False for failures that are the outside world saying no (a declined card), not bad data:
+    #: they are recorded and reported but never park the client.
+    parks: bool = True
 
     @property
     def message(self) -> str:
