@@ -113,6 +113,15 @@ def session(engine) -> Iterator[Session]:
         s.close()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_test_gateway():
+    """The test gateway remembers idempotency keys; ids start again at 1 in every test."""
+    from billingworker.adapters.gateway import TEST_GATEWAY
+
+    TEST_GATEWAY.__init__()
+    yield
+
+
 @pytest.fixture
 def pg_session(pg_engine) -> Iterator[Session]:
     """A PostgreSQL-only session (concurrency tests), closed after the test."""

@@ -46,6 +46,11 @@ def make_broker(url: str) -> Broker:
     # CurrentMessage lets a job know its own message id (the key of its run-once receipt).
     broker.add_middleware(CurrentMessage())
     if not url.startswith("stub:"):
+        # JSON logs in worker processes, set up after Dramatiq configured its own logging.
+        from .ops.logs import StructuredLogging
+
+        broker.add_middleware(StructuredLogging())
+    if not url.startswith("stub:"):
         # PROMETHEUS_PORT set: Dramatiq's Prometheus middleware, serving our queue and daily-run
         # gauges on the same port (docs/operations.md). Off when unset, as in the tests.
         from .ops.metrics import worker_metrics

@@ -16,8 +16,9 @@ from .config import get_config
 @click.option("-v", "--verbose", is_flag=True, help="Log what the jobs do.")
 def main(verbose: bool) -> None:
     """billingworker: the billing automation worker."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from .ops.logs import configure_logging
+
+    configure_logging(level=logging.INFO if verbose else logging.WARNING)
 
 
 @main.group()

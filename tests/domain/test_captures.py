@@ -131,7 +131,7 @@ def test_a_successful_capture_pays_the_invoice_through_the_payment_path(engine, 
     [cap] = captures(session)
     assert (cap.status, cap.gateway_reference, cap.amount, cap.attempt_on, cap.gateway) == (
         "succeeded", "test_charge_1", Decimal("10.00"), DUE, "testgateway")
-    assert charge.idempotency_key == f"capture-{cap.id}"
+    assert charge.idempotency_key == f"capture-{cap.id}-invoice-{cap.invoice_id}"
     # And the payment confirmation is queued for the caller to deliver
     [email_id] = result.email_ids
     assert session.get(OutboxEmail, email_id).template == "payment_confirmation"
@@ -307,7 +307,8 @@ def pending_row(session, client, invoice_id: int, day: date) -> PaymentCapture:
 
 
 def replay(gw: TestGateway, row: PaymentCapture) -> CaptureResult:
-    return gw.capture(CaptureRequest(f"capture-{row.id}", row.amount, "USD", "tok_4242424242424242", "4242", "x"))
+    key = f"capture-{row.id}-invoice-{row.invoice_id}"
+    return gw.capture(CaptureRequest(key, row.amount, "USD", "tok_4242424242424242", "4242", "x"))
 
 
 def test_a_crash_after_the_charge_is_resolved_without_a_second_charge(engine, session):
@@ -337,7 +338,7 @@ def test_a_crash_before_the_gateway_was_called_charges_once_under_the_old_key(en
     gw = TestGateway()
     result = capture(session, gw, c, DUE + timedelta(days=1))
     [charge] = gw.charges
-    assert charge.idempotency_key == f"capture-{row.id}" and result.captures == 1
+    assert charge.idempotency_key == f"capture-{row.id}-invoice-{row.invoice_id}" and result.captures == 1
     assert [x.id for x in captures(session)] == [row.id], "no second attempt was created"
     assert invoice(session, inv_id).status == "Paid"
 

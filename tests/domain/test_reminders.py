@@ -276,6 +276,7 @@ def test_a_clash_with_another_writer_costs_only_that_client(session):
     assert rows(session, a_inv) == {} and rows(session, b_inv) == {UNPAID.value: "skipped", FIRST.value: "sent"}
     assert count(session, OutboxEmail) == 2
 
+
 def test_a_dry_run_writes_nothing_and_predicts_the_real_run(session):
     c = f.client(session)
     inv = make_invoice(session, c)

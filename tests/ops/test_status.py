@@ -10,7 +10,7 @@ import pika
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-from billingworker.ops.queues import read_broker_state, safe_url
+from billingworker.ops.queues import read_broker_state, read_redis_state, safe_url
 
 from .conftest import NAMESPACE, RABBITMQ_URL, REDIS_URL, add_parked_client, add_run, cli, kill, message, take
 
@@ -127,3 +127,12 @@ def test_status_on_rabbitmq_counts_ready_dead_and_delayed_and_says_na_for_the_re
 ])
 def test_broker_urls_are_shown_without_their_password(url, shown):
     assert safe_url(url) == shown
+
+
+def test_live_workers_follow_the_heartbeat_timeout_the_workers_are_given(redis_client, monkeypatch):
+    now_ms = int(time.time() * 1000)
+    redis_client.zadd(f"{NAMESPACE}:__heartbeats__", {"w1": now_ms - 5_000, "w2": now_ms - 30_000})
+
+    assert read_redis_state(redis_client, now_ms=now_ms).workers == 2
+    monkeypatch.setenv("BROKER_HEARTBEAT_TIMEOUT_MS", "10000")
+    assert read_redis_state(redis_client, now_ms=now_ms).workers == 1

@@ -112,7 +112,10 @@ class _Attempt:
     recovered: bool = False
 
     def request(self) -> CaptureRequest:
-        return CaptureRequest(idempotency_key=f"capture-{self.capture_id}", amount=self.amount,
+        # The invoice is part of the key: a capture id alone could come back after rows are deleted
+        # (SQLite reuses the highest ids), and a gateway must never take it for an old charge.
+        return CaptureRequest(idempotency_key=f"capture-{self.capture_id}-invoice-{self.invoice_id}",
+                              amount=self.amount,
                               currency=self.currency, token=self.token, last_four=self.last_four,
                               description=f"Invoice {self.invoice_label}")
 

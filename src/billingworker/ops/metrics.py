@@ -108,8 +108,8 @@ class OpsCollector:
         yield from (messages, dead, age)
         if state.workers is not None:
             yield GaugeMetricFamily("billingworker_live_workers",
-                                    "Worker processes seen by the broker (Redis heartbeats in the last minute, "
-                                    "RabbitMQ consumers).", value=state.workers)
+                                    "Worker processes seen by the broker (Redis heartbeats within the heartbeat "
+                                    "timeout, RabbitMQ consumers).", value=state.workers)
 
     def _database_families(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily

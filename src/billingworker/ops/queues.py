@@ -10,6 +10,7 @@ heartbeat), which a read-only status command must not do.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from ..broker import QUEUES
 #: Dramatiq's key prefix in Redis (``RedisBroker(namespace=...)``); ours is the default.
 NAMESPACE = "dramatiq"
 #: A worker process whose last heartbeat is older than this (milliseconds) is offline:
-#: Dramatiq's own rule (``RedisBroker.heartbeat_timeout``).
+#: Dramatiq's own rule (``RedisBroker.heartbeat_timeout``), unless BROKER_HEARTBEAT_TIMEOUT_MS says.
 HEARTBEAT_TIMEOUT_MS = DEFAULT_HEARTBEAT_TIMEOUT
 #: Seconds to wait for a broker to answer before reporting it down.
 CONNECT_TIMEOUT = 5
@@ -99,6 +100,12 @@ def read_broker_state(url: str, queues: tuple[str, ...] = QUEUES, *, namespace: 
                        note="in-process broker: its queues live inside the process that runs it")
 
 
+def heartbeat_timeout_ms() -> int:
+    """The workers' heartbeat timeout: the same setting ``broker.make_broker`` gives Dramatiq."""
+    raw = os.environ.get("BROKER_HEARTBEAT_TIMEOUT_MS", "").strip()
+    return int(raw) if raw else HEARTBEAT_TIMEOUT_MS
+
+
 def read_redis_state(client: redis.Redis, queues: tuple[str, ...] = QUEUES, *, namespace: str = NAMESPACE,
                      now_ms: int | None = None, url: str = "") -> BrokerState:
     """Counts from Dramatiq's keys (see ``dramatiq/brokers/redis/dispatch.lua``), in one MULTI.
@@ -113,7 +120,7 @@ def read_redis_state(client: redis.Redis, queues: tuple[str, ...] = QUEUES, *, n
     # back by Dramatiq's maintenance); only the recent ones are live.
     worker_ids = [w.decode() for w in client.zrange(heartbeats, 0, -1)]
     pipe = client.pipeline(transaction=True)
-    pipe.zcount(heartbeats, now_ms - HEARTBEAT_TIMEOUT_MS, "+inf")
+    pipe.zcount(heartbeats, now_ms - heartbeat_timeout_ms(), "+inf")
     for queue in queues:
         key = f"{namespace}:{queue}"
         pipe.llen(key)
