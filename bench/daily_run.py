@@ -920,6 +920,15 @@ def print_where(day: DayFigures) -> None:
         if t.start is not None and t.end is not None:
             parts.append(f"{t.task} {t.end - t.start:.1f} s ({100 * (t.end - t.start) / billing:.0f} %)")
     say(f"    billing phase, enqueue -> run succeeded: {billing:,.1f} s = " + ", ".join(parts))
+    if day.cpu_tail and day.seconds_to_run_end:
+        phase = {k: day.cpu.get(k, 0.0) - day.cpu_tail.get(k, 0.0) for k in day.cpu}
+        workers = sum(phase.get(w.name, 0.0) for w in day.workers)
+        available = (os.cpu_count() or 1) * day.seconds_to_run_end
+        say(f"    CPU in the billing phase: workers {workers:,.1f} s, postgres (this db) "
+            f"{phase.get('postgres (this db)', 0.0):,.1f} s, "
+            f"other processes {phase.get('other processes', 0.0):,.1f} s, "
+            f"machine busy {phase.get('machine user', 0.0) + phase.get('machine system', 0.0):,.1f} s "
+            f"of {available:,.1f} s available")
     backlog = next((s.queues["emails"].outstanding for s in day.samples if s.run_status not in (None, "running")), 0)
     sent = day.outbox.get("sent", 0) + day.outbox.get("skipped", 0)
     say(f"    emails delivered during the billing phase: {max(0, sent - backlog):,} of {sent:,}")

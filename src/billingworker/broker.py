@@ -29,8 +29,9 @@ def make_broker(url: str) -> Broker:
     elif url.startswith(("redis://", "rediss://", "unix://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        # Operator tunables (milliseconds / 1-in-N): how soon the messages of a worker that died
-        # are given to another one. Dramatiq's defaults are 60 s and 1 in 1000 broker calls.
+        # Operator tunables: how soon the messages of a worker that died are given to another one.
+        # Heartbeat timeout in milliseconds (Dramatiq: 60000); maintenance chance in broker calls
+        # per million (Dramatiq: 1000; 1000000 = on every call).
         options = {}
         if os.environ.get("BROKER_HEARTBEAT_TIMEOUT_MS"):
             options["heartbeat_timeout"] = int(os.environ["BROKER_HEARTBEAT_TIMEOUT_MS"])
