@@ -375,3 +375,40 @@ def test_locks_and_session_state_do_not_leak(session):
     session.commit()
     run(session, c)
     assert session.get(Client, c.id).credit_balance == 0
+
+
+def test_a_claim_written_by_another_application_costs_only_that_client(session):
+    """The batch write clashes on billed_periods (another app billed a thing meanwhile): the batch
+    is redone client by client and only the clashing client is affected."""
+    from unittest import mock
+
+    from billingworker.domain import due_invoices
+
+    clash = f.client(session)
+    fine = f.client(session)
+    s1 = f.service(session, clash, next_due_date=date(2026, 1, 12))
+    f.service(session, fine, next_due_date=date(2026, 1, 12))
+    session.commit()
+    real = due_invoices.find_due
+    calls = []
+
+    def stale_first(*args, **kwargs):
+        # The first look misses a claim that another application commits just after it.
+        calls.append(1)
+        due = real(*args, **kwargs)
+        if len(calls) == 1:
+            other = Invoice(client_id=clash.id, currency_id=clash.currency_id, status="Unpaid", number=None,
+                            date_created=TODAY, date_due=date(2026, 1, 12))
+            session.add(other)
+            session.flush()
+            session.add(BilledPeriod(item_type="service", item_id=s1.id, due_date=date(2026, 1, 12),
+                                     invoice_id=other.id))
+            session.flush()
+        return due
+
+    with mock.patch.object(due_invoices, "find_due", stale_first):
+        result = generate_for_clients(session, [clash.id, fine.id], TODAY)
+    session.commit()
+    assert result.invoices_created == 1
+    assert [i.client_id for i in invoices(session) if i.number is not None] == [fine.id]
+    assert session.get(BilledPeriod, ("service", s1.id, date(2026, 1, 12))).invoice_id != result.invoice_ids[0]
