@@ -163,7 +163,8 @@ class TestGateway:
                 self.declines.append(request.idempotency_key)
                 answer = CaptureResult("declined", f"test_decline_{len(self.declines)}", "card declined")
             else:
-                txn = f"test_charge_{len(self.charges) + 1}"
+                # Unique across processes, like a real gateway's: derived from the idempotency key.
+                txn = f"test_charge_{request.idempotency_key}"
                 self.charges.append(Charge(request.idempotency_key, txn, request.amount, request.currency,
                                            request.last_four))
                 answer = CaptureResult("succeeded", txn, "approved")

@@ -21,7 +21,7 @@ from .bulk import update_rows
 from .credit import change_credit
 from .cycles import next_due_date
 from .due_things import THING_TABLES
-from .errors import NotFound
+from .errors import Conflict, NotFound
 from .models import (
     BilledPeriod,
     Client,
@@ -76,10 +76,14 @@ def apply_payment(
     session.execute(for_update(select(Client.id).where(Client.id == client_id)))
     invoice = session.execute(for_update(select(Invoice).where(Invoice.id == invoice_id))).scalar_one()
 
-    existing = session.execute(select(Transaction.id).where(
-        Transaction.gateway == gateway, Transaction.transaction_id == transaction_id)).scalar()
+    existing = session.execute(select(Transaction.id, Transaction.invoice_id).where(
+        Transaction.gateway == gateway, Transaction.transaction_id == transaction_id)).first()
     if existing is not None:
-        return PaymentResult(invoice_id, existing, "duplicate", invoice.status, Decimal(invoice.balance_due))
+        if existing.invoice_id not in (invoice_id, None):
+            # The same gateway transaction reported for another invoice: never treat it as paid here.
+            raise Conflict(f"transaction_id: {transaction_id!r} of gateway {gateway!r} is already recorded "
+                           f"for invoice id {existing.invoice_id}, not {invoice_id}")
+        return PaymentResult(invoice_id, existing.id, "duplicate", invoice.status, Decimal(invoice.balance_due))
 
     txn_id = session.execute(insert(Transaction).returning(Transaction.id).values(
         client_id=client_id, invoice_id=invoice_id, currency_id=invoice.currency_id, date=now,
