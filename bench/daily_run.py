@@ -50,8 +50,7 @@ from billingworker.db import create_db_engine, normalise_url, session_factory  #
 if TYPE_CHECKING:
     from bench.generate_due_invoices import Check
 
-# bench.generate_due_invoices (and through it Alembic) is imported where it is used: with
-# --unique-test-charges the workers import this module too, and should not carry it.
+# bench.generate_due_invoices (and through it Alembic) is imported where it is used.
 
 DEFAULT_URL = os.environ.get(
     "BENCH_DAILY_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/billingworker_bench_daily")
@@ -81,35 +80,10 @@ CARD_EVERY = 5
 DECLINE_EVERY = 40
 LATE_FEE_DAYS = 3
 
-#: Set in the workers' environment by --unique-test-charges (see install_unique_test_charges).
-UNIQUE_CHARGES_ENV = "BENCH_UNIQUE_TEST_CHARGES"
-
 _JOB_LINE = re.compile(r"\bjob (\w+) message (\S+) (done in ([0-9.]+)s|refused|failed)")
 _BATCH_TASK = re.compile(r"'task': '(\w+)'")
 _ERROR_MARKS = ("[ERROR]", "[CRITICAL]", '"level": "ERROR"', '"level": "CRITICAL"')
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def install_unique_test_charges() -> None:
-    """Make the test gateway's transaction ids unique across processes (--unique-test-charges).
-
-    ``TestGateway`` numbers its charges per process (``test_charge_1``, ``_2``...), so two
-    worker processes hand out the same ids while ``transactions`` holds (gateway, transaction
-    id) unique: the second process's payment is refused (IntegrityError, its batch retried) or
-    taken for a duplicate (the capture is marked succeeded, its invoice stays unpaid). A real
-    gateway's ids are unique; with this option the ids are ``test_charge_<idempotency key>``,
-    unique and the same on a replay. Runs in the workers, which import this module for it.
-    """
-    from billingworker.adapters import gateway
-
-    original = gateway.TestGateway.capture
-
-    def capture(self, request):
-        answer = original(self, request)
-        kind = answer.transaction_id.rsplit("_", 1)[0] or "test"
-        return gateway.CaptureResult(answer.status, f"{kind}_{request.idempotency_key}", answer.message)
-
-    gateway.TestGateway.capture = capture
 
 
 def say(message: str = "") -> None:
@@ -405,7 +379,7 @@ class WorkerProcess:
 def start_worker(name: str, workdir: Path, env: dict[str, str], processes: int, threads: int) -> WorkerProcess:
     log_path = workdir / f"worker-{name}.log"
     log_file = log_path.open("wb")
-    modules = ["billingworker.actors"] + (["bench.daily_run"] if env.get(UNIQUE_CHARGES_ENV) == "1" else [])
+    modules = ["billingworker.actors"]
     proc = subprocess.Popen(
         [*dramatiq_command(), *modules, "--processes", str(processes), "--threads", str(threads),
          "--queues", *QUEUES],
@@ -428,10 +402,6 @@ def worker_env(url: str, redis_url: str, mail_dir: Path, workdir: Path, args: ar
     })
     if args.poll_ms is not None:
         env["dramatiq_worker_timeout"] = str(args.poll_ms)
-    if args.unique_test_charges:
-        env[UNIQUE_CHARGES_ENV] = "1"
-        root = str(Path(__file__).resolve().parent.parent)  # so that the workers can import bench.daily_run
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -586,9 +556,7 @@ def run_day(url: str, args: argparse.Namespace, *, label: str, clients: int, ser
             worker.wait_ready()
         say(f"{len(day.workers)} worker(s) ready in {time.perf_counter() - boot:.1f} s "
             f"({args.processes} process(es) x {args.threads} threads each, queues {' + '.join(QUEUES)}, "
-            f"FAN_OUT_BATCH_SIZE={args.batch_size}, mail in {mail_dir})"
-            + ("; test gateway ids made unique per idempotency key (--unique-test-charges)"
-               if args.unique_test_charges else ""))
+            f"FAN_OUT_BATCH_SIZE={args.batch_size}, mail in {mail_dir})")
         day.load_before = (_read("/proc/loadavg") or "").strip()
         for worker in day.workers:
             worker.start_measuring()
@@ -1004,9 +972,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs-memory-check", action="store_true",
                         help="run again on a second database (<name>_half) with half the clients and services, "
                              "to show that a worker's memory does not grow with the book")
-    parser.add_argument("--unique-test-charges", action="store_true",
-                        help="work around the test gateway numbering its transaction ids per process (two "
-                             "workers then collide): make them test_charge_<idempotency key> in the workers")
     parser.add_argument("--keep-files", action="store_true",
                         help="keep the workers' logs and the .eml files (a temporary folder, printed)")
     args = parser.parse_args(argv)
@@ -1056,6 +1021,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-if __name__ != "__main__" and os.environ.get(UNIQUE_CHARGES_ENV) == "1":
-    install_unique_test_charges()  # imported by a worker started with --unique-test-charges

@@ -12,7 +12,6 @@ from billingworker.domain.invoice_plan import (
     ClientInfo,
     InvoicePlan,
     Line,
-    PlanSummary,
     TaxContext,
     apply_credit_to_plans,
     group_lines,
@@ -238,10 +237,3 @@ def test_settle_if_free_leaves_other_statuses_alone():
     assert settle_if_free(unpaid, TODAY) is unpaid
 
 
-def test_plan_summary_counts():
-    summary = PlanSummary()
-    summary.add(plan([service(1, D1, amount="20.00"), service(2, D2, amount="50.00"), addon(10, 1, D1)],
-                     credit="22.00"))
-    assert (summary.invoices, summary.lines, summary.total, summary.credit_applied) == (
-        2, 3, D("72.00"), D("22.00"))
-    assert summary.by_status == {"Paid": 1, "Unpaid": 1}

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billingworker.domain.money import round_money
-from billingworker.domain.tax import Rate, TaxRules, compute_totals, line_amounts
+from billingworker.domain.tax import Rate, TaxRules, compute_totals
 
 D = Decimal
 
@@ -189,11 +189,6 @@ def test_rounding_follows_the_currency_minor_unit(amount, percent, minor_units, 
 def test_no_lines():
     t = compute_totals([], VAT20, L2_5)
     assert totals_tuple(t) == (D("0"), D("0"), D("0"), D("0"))
-
-
-def test_line_amounts():
-    assert line_amounts([(D("1.10"), True), (D("2.20"), False)]) == D("3.30")
-    assert line_amounts([]) == D("0")
 
 
 # --- the property (our issue): lines plus taxes always add up ---------------------------------

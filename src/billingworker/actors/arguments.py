@@ -4,7 +4,6 @@ field otherwise (so the message is dead-lettered at once instead of retried)."""
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
 from typing import Any
 
 from ..domain.errors import ValidationError
@@ -68,6 +67,3 @@ def parse_items(field: str, value: Any, allowed: tuple[str, ...]) -> list[tuple[
         out.append((item["type"], parse_id(f"{field}[{n}].id", item["id"])))
     return out
 
-
-def money_text(amount: Decimal) -> str:
-    return format(amount, "f")

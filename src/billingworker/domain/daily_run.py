@@ -178,11 +178,6 @@ def unpark(session: Session, client_id: int) -> bool:
     return done.rowcount > 0
 
 
-def fail_run(session: Session, run_id: int, reason: str, *, now: datetime) -> None:
-    session.execute(update(DailyRun).where(DailyRun.id == run_id, DailyRun.status == "running")
-                    .values(status="failed", finished_at=now, summary=json.dumps({"error": reason[:2000]})))
-
-
 def running_runs(session: Session) -> list[int]:
     return list(session.execute(select(DailyRun.id).where(DailyRun.status == "running", DailyRun.dry_run.is_(False))
                                 .order_by(DailyRun.id)).scalars())

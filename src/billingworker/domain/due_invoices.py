@@ -53,16 +53,6 @@ class GenerationResult:
     def emails_queued(self) -> int:
         return len(self.email_ids)
 
-    def merge(self, other: GenerationResult) -> None:
-        self.clients_processed += other.clients_processed
-        self.invoices_created += other.invoices_created
-        self.items_invoiced += other.items_invoiced
-        self.total += other.total
-        self.invoice_ids += other.invoice_ids
-        self.email_ids += other.email_ids
-        self.failures += other.failures
-        self.plans += other.plans
-
 
 def client_batches(session: Session, batch_size: int = 500) -> Iterator[list[int]]:
     """Ids of the clients that may be billed, ``batch_size`` at a time (keyset pagination, so

@@ -7,7 +7,7 @@ items, add funds and a dry run all build ``InvoicePlan``s here and hand them to 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 
@@ -177,19 +177,3 @@ def settle_if_free(plan: InvoicePlan, as_of: date) -> InvoicePlan:
         return replace(plan, status=InvoiceStatus.PAID, date_paid=as_of)
     return plan
 
-
-@dataclass
-class PlanSummary:
-    invoices: int = 0
-    lines: int = 0
-    total: Decimal = ZERO
-    credit_applied: Decimal = ZERO
-    by_status: dict[str, int] = field(default_factory=dict)
-
-    def add(self, plans: Iterable[InvoicePlan]) -> None:
-        for p in plans:
-            self.invoices += 1
-            self.lines += len(p.lines)
-            self.total += p.totals.total
-            self.credit_applied += p.credit_applied
-            self.by_status[p.status] = self.by_status.get(p.status, 0) + 1

@@ -11,6 +11,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .cycles import recurs
 from .due_invoices import GenerationResult, tax_context, write_plans
 from .due_things import THING_TABLES, find_due
 from .errors import NotFound, ValidationError
@@ -90,8 +91,7 @@ def _why_not(session: Session, client_id: int, key: tuple[str, int], settings: B
         return f"{item_type} {item_id} does not exist for client {client_id}"
     if item_type == ItemType.BILLABLE:
         return f"billable item {item_id} has nothing left to invoice (invoiced {thing.invoice_count} time(s))"
-    if thing.billing_cycle not in ("Monthly", "Quarterly", "Semi-Annually", "Annually", "Biennially",
-                                   "Triennially"):
+    if not recurs(thing.billing_cycle):
         return f"{item_type} {item_id} is billed {thing.billing_cycle} and is never invoiced again"
     driving = thing.next_invoice_date if settings.continuous_invoice_generation else thing.next_due_date
     claim = session.execute(

@@ -41,6 +41,3 @@ def queue_emails(session: Session, emails: Sequence[QueuedEmail]) -> list[int]:
     ]
     return insert_rows_returning_ids(session, OutboxEmail.__table__, rows)
 
-
-def queue_email(session: Session, email: QueuedEmail) -> int:
-    return queue_emails(session, [email])[0]

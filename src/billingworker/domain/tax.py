@@ -4,7 +4,7 @@ line), so that the lines plus the taxes always add up to the total."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -114,6 +114,3 @@ def compute_totals(
         name2=rate2.name if rate2 else "",
     )
 
-
-def line_amounts(lines: Sequence[tuple[Decimal, bool]]) -> Decimal:
-    return sum((a for a, _ in lines), ZERO)
