@@ -265,3 +265,7 @@ def _safe(url: str) -> str:
 from .ops.cli import register as _register_ops  # noqa: E402 - operator commands live in ops/
 
 _register_ops(main)
+
+from .reports_cli import register as _register_reports  # noqa: E402 - statement, summary
+
+_register_reports(main)

@@ -1,5 +1,6 @@
 """The shared database's tables (SPEC §1). ``docs/schema.md`` explains them to other apps."""
 
+from .accounts import ClientExport, ClientMerge, EmailTemplate, ModuleCommand, ModuleCommandStatus, PasswordResetToken
 from .base import MONEY, Base
 from .catalog import (
     Addon,
@@ -41,4 +42,5 @@ __all__ = [
     "ItemType", "Transaction", "JobFailure", "JobReceipt", "EmailLog", "OutboxEmail", "OutboxStatus",
     "Affiliate", "ClientFile", "ClientNote", "Order", "Quote", "Ticket", "CaptureStatus", "InvoiceLateFee",
     "InvoiceReminder", "PaymentCapture", "ReminderStage", "DailyRun", "DailyRunBatch", "DailyRunTask",
+    "ClientExport", "ClientMerge", "EmailTemplate", "ModuleCommand", "ModuleCommandStatus", "PasswordResetToken",
 ]
