@@ -7,7 +7,7 @@ from ..broker import setup_broker
 
 broker = setup_broker()
 
-from . import accounts, clients, messages, services  # noqa: E402,F401 - client-account jobs (issue 4)
+from . import accounts, clients, messages, profiles, services  # noqa: E402,F401 - client-account jobs (issue 4)
 from .daily import (  # noqa: E402
     advance_daily_run,
     apply_late_fees,

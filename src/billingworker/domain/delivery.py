@@ -105,13 +105,14 @@ def deliver_email(session: Session, email_id: int, mailer: Mailer, *, sender: st
 
     rendered = render_outbox_email(session, outbox)
     message = build_message(rendered, sender=sender, message_id=message_id, date=now)
+    logged_subject, logged_text, logged_html = rendered.for_log()
     log = EmailLog(
         client_id=rendered.client_id if rendered.client_id is not None else outbox.client_id,
         outbox_id=outbox.id,
         template=rendered.template,
-        subject=rendered.subject[:MAX_SUBJECT_LENGTH],
-        body_text=rendered.text,
-        body_html=rendered.html,
+        subject=logged_subject[:MAX_SUBJECT_LENGTH],
+        body_text=logged_text,
+        body_html=logged_html,
         to_address=", ".join(rendered.to),
         cc=", ".join(rendered.cc),
         sent_at=now,

@@ -73,6 +73,17 @@ class RenderedEmail:
     cc: list[str] = field(default_factory=list)
     #: The client the email is about (set by ``render_outbox_email``), for the email log.
     client_id: int | None = None
+    #: Secrets the message must carry but the email log must not keep (a password-reset
+    #: token): each is replaced by ``[redacted]`` in the logged copy.
+    log_redactions: tuple[str, ...] = ()
+
+    def for_log(self) -> tuple[str, str, str]:
+        """(subject, text, html) as the email log keeps them: with the redactions applied."""
+        parts = [self.subject, self.text, self.html]
+        for secret in self.log_redactions:
+            if secret:
+                parts = [part.replace(secret, "[redacted]") for part in parts]
+        return parts[0], parts[1], parts[2]
 
 
 def money_formatter(currency: Currency | None) -> Callable[[Decimal], str]:
