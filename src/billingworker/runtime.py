@@ -6,6 +6,7 @@ Built lazily from the environment; the demo and the tests replace parts with ``c
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -22,6 +23,8 @@ class Runtime:
     mailer: Mailer
     mail_from: str
     batch_size: int
+    #: Where ``export_client_data`` writes its JSON documents (EXPORTS_DIR).
+    exports_dir: Path
 
 
 _current: Runtime | None = None
@@ -33,12 +36,12 @@ def runtime() -> Runtime:
         cfg = get_config()
         _current = Runtime(engine=get_engine(cfg.database_url), clock=SystemClock(cfg.time_zone),
                            mailer=mailer_from_url(cfg.mail_url), mail_from=cfg.mail_from,
-                           batch_size=cfg.fan_out_batch_size)
+                           batch_size=cfg.fan_out_batch_size, exports_dir=cfg.exports_dir)
     return _current
 
 
 def configure(**overrides) -> Runtime:
-    """Replace parts of the runtime (engine, clock, mailer, mail_from, batch_size)."""
+    """Replace parts of the runtime (engine, clock, mailer, mail_from, batch_size, exports_dir)."""
     global _current
     _current = replace(runtime(), **overrides) if overrides else runtime()
     return _current
