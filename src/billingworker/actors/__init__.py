@@ -17,7 +17,7 @@ from .daily import (  # noqa: E402
     run_task_batch,
     send_overdue_reminders,
 )
-from .emails import deliver_email, relay_outbox  # noqa: E402
+from .emails import deliver_email, deliver_emails, relay_outbox  # noqa: E402
 from .invoicing import (  # noqa: E402
     create_add_funds_invoice,
     create_invoice,
@@ -30,6 +30,6 @@ from .payments import apply_payment  # noqa: E402
 __all__ = [
     "advance_daily_run", "apply_late_fees", "capture_due_payments", "run_daily_automation", "run_daily_batch",
     "run_task_batch", "send_overdue_reminders",
-    "broker", "apply_payment", "create_add_funds_invoice", "create_invoice", "deliver_email",
+    "broker", "apply_payment", "create_add_funds_invoice", "create_invoice", "deliver_email", "deliver_emails",
     "generate_due_invoices", "generate_due_invoices_batch", "invoice_selected_items", "relay_outbox",
 ]

@@ -9,7 +9,8 @@ from typing import Any
 from ..domain.errors import ValidationError
 from ..domain.money import parse_money
 
-__all__ = ["parse_id", "parse_optional_id", "parse_date", "parse_bool", "parse_money", "parse_items", "parse_text"]
+__all__ = ["parse_id", "parse_optional_id", "parse_date", "parse_bool", "parse_money", "parse_items", "parse_text",
+           "parse_id_list"]
 
 
 def parse_id(field: str, value: Any) -> int:
@@ -22,6 +23,15 @@ def parse_id(field: str, value: Any) -> int:
     if number <= 0:
         raise ValidationError(field, value, "must be a positive integer id")
     return number
+
+
+def parse_id_list(field: str, value: Any, *, max_length: int) -> list[int]:
+    """A non-empty JSON list of at most ``max_length`` positive integer ids."""
+    if not isinstance(value, list) or not value:
+        raise ValidationError(field, value, "must be a non-empty list of positive integer ids")
+    if len(value) > max_length:
+        raise ValidationError(field, f"{len(value)} ids", f"holds more than {max_length} ids")
+    return [parse_id(f"{field}[{n}]", v) for n, v in enumerate(value)]
 
 
 def parse_optional_id(field: str, value: Any) -> int | None:

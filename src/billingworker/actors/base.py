@@ -109,7 +109,7 @@ def _record_refusal(actor: str, message_id: str, kwargs: dict, exc: ValidationEr
 
 def send_emails(email_ids: list[int]) -> None:
     """Enqueue delivery of outbox emails: only ever called after the transaction committed."""
-    from .emails import deliver_email
+    from .emails import send_in_batches
 
-    for email_id in email_ids:
-        deliver_email.send(email_id)
+    if email_ids:
+        send_in_batches(list(email_ids))

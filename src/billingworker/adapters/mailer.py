@@ -17,6 +17,7 @@ import smtplib
 import ssl
 import tempfile
 import threading
+from collections.abc import Sequence
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -39,8 +40,28 @@ class Mailer(Protocol):
         ...
 
 
+def send_all(mailer: Mailer, messages: Sequence[EmailMessage]) -> list[BaseException | None]:
+    """Send ``messages`` in order; for each, None if it was accepted or the error if it was not.
+
+    Uses the mailer's ``send_many`` when it has one (one SMTP connection for a whole batch),
+    else ``send`` message by message. Never raises for a refused message: the caller records
+    which went and which did not.
+    """
+    send_many = getattr(mailer, "send_many", None)
+    if send_many is not None:
+        return send_many(messages)
+    outcomes: list[BaseException | None] = []
+    for message in messages:
+        try:
+            mailer.send(message)
+            outcomes.append(None)
+        except Exception as exc:  # noqa: BLE001 - reported per message
+            outcomes.append(exc)
+    return outcomes
+
+
 class SmtpMailer:
-    """Sends through an SMTP server; one connection per message (the worker sends few)."""
+    """Sends through an SMTP server: one connection per message, or per batch with ``send_many``."""
 
     def __init__(self, host: str, port: int = 25, username: str = "", password: str = "",
                  security: Security = "none", timeout: float = DEFAULT_SMTP_TIMEOUT) -> None:
@@ -56,20 +77,58 @@ class SmtpMailer:
     def __repr__(self) -> str:  # never show the password
         return f"SmtpMailer(host={self.host!r}, port={self.port}, security={self.security!r})"
 
-    def send(self, message: EmailMessage) -> None:
-        """Send ``message``; raises ``smtplib.SMTPException`` or ``OSError`` if it was refused."""
+    def _connect(self) -> smtplib.SMTP:
         smtp: smtplib.SMTP
         if self.security == "ssl":
             smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
                                     context=ssl.create_default_context())
         else:
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        with smtp:
+        try:
             if self.security == "starttls":
                 smtp.starttls(context=ssl.create_default_context())
             if self.username:
                 smtp.login(self.username, self.password)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def send(self, message: EmailMessage) -> None:
+        """Send ``message``; raises ``smtplib.SMTPException`` or ``OSError`` if it was refused."""
+        with self._connect() as smtp:
             smtp.send_message(message)
+
+    def send_many(self, messages: Sequence[EmailMessage]) -> list[BaseException | None]:
+        """Send ``messages`` over one connection; per message None (accepted) or the error.
+
+        A message the server refuses does not stop the others (``RSET`` between them); a lost
+        connection marks the message it happened on and every later one as not sent.
+        """
+        outcomes: list[BaseException | None] = []
+        try:
+            smtp = self._connect()
+        except Exception as exc:  # noqa: BLE001 - nothing went
+            return [exc for _ in messages]
+        with smtp:
+            for index, message in enumerate(messages):
+                try:
+                    smtp.send_message(message)
+                    outcomes.append(None)
+                except smtplib.SMTPServerDisconnected as exc:
+                    outcomes.extend(exc for _ in messages[index:])
+                    break
+                except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+                    outcomes.append(exc)
+                    try:
+                        smtp.rset()
+                    except Exception as lost:  # noqa: BLE001 - the connection is gone: the rest did not go
+                        outcomes.extend(lost for _ in messages[index + 1:])
+                        break
+                except Exception as exc:  # noqa: BLE001 - OSError, timeouts: the connection is unusable
+                    outcomes.extend(exc for _ in messages[index:])
+                    break
+        return outcomes
 
 
 def _filename(message_id: str) -> str:

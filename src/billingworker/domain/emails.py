@@ -162,12 +162,16 @@ def _load_context(outbox: OutboxEmail) -> dict[str, Any]:
     return ids
 
 
-def _invoice_contacts(session: Session, client_id: int, exclude: str) -> list[str]:
-    emails = session.scalars(
-        select(Contact.email)
-        .where(Contact.client_id == client_id, Contact.invoice_emails.is_(True))
-        .order_by(Contact.id)
-    ).all()
+def _invoice_contacts(session: Session, client_id: int, exclude: str,
+                      cache: RenderCache | None = None) -> list[str]:
+    if cache is not None and client_id in cache.invoice_contacts:
+        emails = cache.invoice_contacts[client_id]
+    else:
+        emails = session.scalars(
+            select(Contact.email)
+            .where(Contact.client_id == client_id, Contact.invoice_emails.is_(True))
+            .order_by(Contact.id)
+        ).all()
     seen = {exclude.strip().lower()}
     cc: list[str] = []
     for email in emails:
@@ -178,7 +182,57 @@ def _invoice_contacts(session: Session, client_id: int, exclude: str) -> list[st
     return cc
 
 
-def render_outbox_email(session: Session, outbox: OutboxEmail) -> RenderedEmail:
+@dataclass
+class RenderCache:
+    """Rows shared by the emails of one delivery batch, loaded once instead of once per email.
+
+    ``preload`` fills it for a batch of outbox rows: invoices, clients, currencies and
+    transactions go into the session's identity map (``session.get`` then needs no query),
+    invoice items and invoice contacts into the dicts below, and the settings are read once.
+    """
+
+    settings: BillingSettings | None = None
+    #: Invoice id -> its items, ordered by id.
+    items: dict[int, list[InvoiceItem]] = field(default_factory=dict)
+    #: Client id -> the emails of its contacts that receive invoice emails, ordered by id.
+    invoice_contacts: dict[int, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def preload(cls, session: Session, rows: Iterable[OutboxEmail]) -> RenderCache:
+        contexts = []
+        for row in rows:
+            try:
+                contexts.append((row, _load_context(row)))
+            except ValidationError:
+                continue  # the renderer refuses it with the proper error
+        invoice_ids = {int(c["invoice_id"]) for _, c in contexts if isinstance(c.get("invoice_id"), int)}
+        transaction_ids = {int(c["transaction_id"]) for _, c in contexts if isinstance(c.get("transaction_id"), int)}
+        invoices = list(session.scalars(select(Invoice).where(Invoice.id.in_(invoice_ids)))) if invoice_ids else []
+        client_ids = {r.client_id for r, _ in contexts if r.client_id} | {i.client_id for i in invoices}
+        clients = list(session.scalars(select(Client).where(Client.id.in_(client_ids)))) if client_ids else []
+        if transaction_ids:
+            session.scalars(select(Transaction).where(Transaction.id.in_(transaction_ids))).all()
+        currency_ids = {i.currency_id for i in invoices} | {c.currency_id for c in clients}
+        currency_ids.discard(None)
+        if currency_ids:
+            session.scalars(select(Currency).where(Currency.id.in_(currency_ids))).all()
+        cache = cls(settings=load_settings(session))
+        cache.items = {invoice_id: [] for invoice_id in invoice_ids}
+        if invoice_ids:
+            for item in session.scalars(select(InvoiceItem).where(InvoiceItem.invoice_id.in_(invoice_ids))
+                                        .order_by(InvoiceItem.id)):
+                cache.items[item.invoice_id].append(item)
+        cache.invoice_contacts = {client_id: [] for client_id in client_ids}
+        if client_ids:
+            for client_id, email in session.execute(
+                    select(Contact.client_id, Contact.email)
+                    .where(Contact.client_id.in_(client_ids), Contact.invoice_emails.is_(True))
+                    .order_by(Contact.id)):
+                cache.invoice_contacts[client_id].append(email)
+        return cache
+
+
+def render_outbox_email(session: Session, outbox: OutboxEmail, cache: RenderCache | None = None) -> RenderedEmail:
     """Render an outbox row: load the client, invoice (items by id), currency and transaction
     named by the ids in its context, and the installation settings.
 
@@ -197,10 +251,13 @@ def render_outbox_email(session: Session, outbox: OutboxEmail) -> RenderedEmail:
         if invoice is None:
             raise NotFound("invoice_id", ids["invoice_id"])
         ctx["invoice"] = invoice
-        ctx["items"] = list(
-            session.scalars(select(InvoiceItem).where(InvoiceItem.invoice_id == invoice.id)
-                            .order_by(InvoiceItem.id))
-        )
+        if cache is not None and invoice.id in cache.items:
+            ctx["items"] = list(cache.items[invoice.id])
+        else:
+            ctx["items"] = list(
+                session.scalars(select(InvoiceItem).where(InvoiceItem.invoice_id == invoice.id)
+                                .order_by(InvoiceItem.id))
+            )
 
     client_id = outbox.client_id or ids.get("client_id") or (invoice.client_id if invoice else None)
     client = session.get(Client, client_id) if client_id is not None else None
@@ -217,8 +274,8 @@ def render_outbox_email(session: Session, outbox: OutboxEmail) -> RenderedEmail:
         if transaction is None:
             raise NotFound("transaction_id", ids["transaction_id"])
     ctx["transaction"] = transaction
-    ctx["settings"] = load_settings(session)
+    ctx["settings"] = cache.settings if cache is not None and cache.settings is not None else load_settings(session)
 
     to = [client.email.strip()] if client.email and client.email.strip() else []
-    cc = _invoice_contacts(session, client.id, client.email or "") if invoice is not None else []
+    cc = _invoice_contacts(session, client.id, client.email or "", cache) if invoice is not None else []
     return render(outbox.template, ctx, to=to, cc=cc, client_id=client.id)
