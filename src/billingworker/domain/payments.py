@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import exists, insert, select
+from sqlalchemy import exists, select, tuple_
 from sqlalchemy.orm import Session
 
 from ..db import among, for_update
-from .bulk import update_rows
+from .bulk import insert_rows_returning_ids, update_rows
 from .credit import change_credit
 from .cycles import next_due_date
 from .due_things import THING_TABLES
@@ -53,6 +53,17 @@ class PaymentResult:
     email_ids: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class PaymentRequest:
+    """One payment reported by a gateway: ``amount`` (and ``fees``) for ``invoice_id``."""
+
+    invoice_id: int
+    amount: Decimal
+    gateway: str
+    transaction_id: str
+    fees: Decimal = ZERO
+
+
 def apply_payment(
     session: Session,
     invoice_id: int,
@@ -70,56 +81,108 @@ def apply_payment(
     Locks the client row, then the invoice row. A (gateway, transaction_id) already recorded
     returns ``outcome="duplicate"`` and changes nothing.
     """
-    client_id = session.execute(select(Invoice.client_id).where(Invoice.id == invoice_id)).scalar()
-    if client_id is None:
-        raise NotFound("invoice_id", invoice_id, "invoice")
-    session.execute(for_update(select(Client.id).where(Client.id == client_id)))
-    invoice = session.execute(for_update(select(Invoice).where(Invoice.id == invoice_id))).scalar_one()
+    [result] = apply_payments(session, [PaymentRequest(invoice_id, amount, gateway, transaction_id, fees)],
+                              as_of=as_of, now=now, send_email=send_email)
+    return result
 
-    existing = session.execute(select(Transaction.id, Transaction.invoice_id).where(
-        Transaction.gateway == gateway, Transaction.transaction_id == transaction_id)).first()
-    if existing is not None:
-        if existing.invoice_id not in (invoice_id, None):
-            # The same gateway transaction reported for another invoice: never treat it as paid here.
-            raise Conflict(f"transaction_id: {transaction_id!r} of gateway {gateway!r} is already recorded "
-                           f"for invoice id {existing.invoice_id}, not {invoice_id}")
-        return PaymentResult(invoice_id, existing.id, "duplicate", invoice.status, Decimal(invoice.balance_due))
 
-    txn_id = session.execute(insert(Transaction).returning(Transaction.id).values(
-        client_id=client_id, invoice_id=invoice_id, currency_id=invoice.currency_id, date=now,
-        gateway=gateway, transaction_id=transaction_id, description=f"Invoice Payment #{invoice.number or invoice.id}",
-        amount_in=amount, fees=fees, amount_out=ZERO)).scalar_one()
+def apply_payments(session: Session, requests: Sequence[PaymentRequest], *, as_of: date, now: datetime,
+                   send_email: bool = True) -> list[PaymentResult]:
+    """Record several payments in the caller's transaction, in order; one result per request.
 
-    credited = ZERO
-    label = f"#{invoice.number}" if invoice.number else f"id {invoice.id}"
-    if invoice.status in PAYABLE:
-        paid = Decimal(invoice.amount_paid) + amount
-        owed = Decimal(invoice.total) - Decimal(invoice.credit_applied) - paid
-        invoice.amount_paid = paid
-        invoice.balance_due = max(owed, ZERO)
-        if owed <= 0:
-            invoice.status = InvoiceStatus.PAID
-            invoice.date_paid = as_of
-            credited = -owed
-        session.flush()
-        if credited > 0:
-            change_credit(session, client_id, credited, f"Overpayment on Invoice {label}", as_of=as_of,
-                          invoice_id=invoice_id, source=f"gateway:{gateway}")
-        if invoice.status == InvoiceStatus.PAID:
-            settle_paid_invoices(session, [invoice_id])
-    else:
-        # Already paid, cancelled, draft or refunded: keep the money as credit, never lose it.
-        credited = amount
-        change_credit(session, client_id, amount, f"Payment on {invoice.status} Invoice {label} kept as credit",
-                      as_of=as_of, invoice_id=invoice_id, source=f"gateway:{gateway}")
+    The same rules as ``apply_payment``, set-wise (a card-capture batch records a hundred
+    answers with a dozen statements): locks the clients, then the invoices (each in id order, so
+    two batches never deadlock). A (gateway, transaction_id) already recorded, or repeated within
+    ``requests``, is a ``duplicate``; one recorded for another invoice raises ``Conflict`` and the
+    caller rolls everything back. Several payments of one invoice apply one after the other.
+    """
+    if not requests:
+        return []
+    invoice_ids = sorted({r.invoice_id for r in requests})
+    owners = dict(session.execute(select(Invoice.id, Invoice.client_id)
+                                  .where(among(session, Invoice.id, invoice_ids))).all())
+    for request in requests:
+        if request.invoice_id not in owners:
+            raise NotFound("invoice_id", request.invoice_id, "invoice")
+    session.execute(for_update(select(Client.id).where(among(session, Client.id, sorted(set(owners.values()))))
+                               .order_by(Client.id))).all()
+    invoices = {inv.id: inv for inv in session.execute(for_update(
+        select(Invoice).where(among(session, Invoice.id, invoice_ids)).order_by(Invoice.id))).scalars()}
 
-    email_ids: list[int] = []
-    if send_email:
-        email_ids = queue_emails(session, [QueuedEmail(
-            "payment_confirmation", client_id, {"invoice_id": invoice_id, "transaction_id": txn_id},
-            f"payment_confirmation:{txn_id}")])
-    return PaymentResult(invoice_id, txn_id, "recorded", invoice.status, Decimal(invoice.balance_due),
-                         credited, tuple(email_ids))
+    keys = sorted({(r.gateway, r.transaction_id) for r in requests})
+    recorded: dict[tuple[str, str], tuple[int | None, int | None]] = {
+        (row.gateway, row.transaction_id): (row.id, row.invoice_id) for row in session.execute(
+            select(Transaction.id, Transaction.invoice_id, Transaction.gateway, Transaction.transaction_id)
+            .where(tuple_(Transaction.gateway, Transaction.transaction_id).in_(keys)))}
+
+    # Decide every request in order, on the locked rows; write the transactions in one go after.
+    outcomes: list[dict] = []
+    new_transactions: list[dict] = []
+    credits: list[tuple[int, Decimal, str, int, str]] = []
+    newly_paid: list[int] = []
+    for request in requests:
+        invoice = invoices[request.invoice_id]
+        key = (request.gateway, request.transaction_id)
+        if key in recorded:
+            txn_row, txn_invoice = recorded[key]
+            if txn_invoice not in (request.invoice_id, None):
+                # The same gateway transaction reported for another invoice: never treat it as paid here.
+                raise Conflict(f"transaction_id: {request.transaction_id!r} of gateway {request.gateway!r} is "
+                               f"already recorded for invoice id {txn_invoice}, not {request.invoice_id}")
+            outcomes.append({"request": request, "outcome": "duplicate", "key": key, "txn_row": txn_row,
+                             "status": invoice.status, "balance_due": Decimal(invoice.balance_due), "credited": ZERO})
+            continue
+        recorded[key] = (None, request.invoice_id)  # a repeat within this batch is a duplicate
+        new_transactions.append(dict(
+            client_id=invoice.client_id, invoice_id=invoice.id, currency_id=invoice.currency_id, date=now,
+            gateway=request.gateway, transaction_id=request.transaction_id,
+            description=f"Invoice Payment #{invoice.number or invoice.id}", amount_in=request.amount,
+            fees=request.fees, amount_out=ZERO))
+        credited = ZERO
+        label = f"#{invoice.number}" if invoice.number else f"id {invoice.id}"
+        if invoice.status in PAYABLE:
+            paid = Decimal(invoice.amount_paid) + request.amount
+            owed = Decimal(invoice.total) - Decimal(invoice.credit_applied) - paid
+            invoice.amount_paid = paid
+            invoice.balance_due = max(owed, ZERO)
+            if owed <= 0:
+                invoice.status = InvoiceStatus.PAID
+                invoice.date_paid = as_of
+                credited = -owed
+                newly_paid.append(invoice.id)
+            if credited > 0:
+                credits.append((invoice.client_id, credited, f"Overpayment on Invoice {label}", invoice.id,
+                                f"gateway:{request.gateway}"))
+        else:
+            # Already paid, cancelled, draft or refunded: keep the money as credit, never lose it.
+            credited = request.amount
+            credits.append((invoice.client_id, credited, f"Payment on {invoice.status} Invoice {label} kept as credit",
+                            invoice.id, f"gateway:{request.gateway}"))
+        outcomes.append({"request": request, "outcome": "recorded", "key": key, "txn_row": None,
+                         "status": invoice.status, "balance_due": Decimal(invoice.balance_due), "credited": credited})
+
+    txn_ids = iter(insert_rows_returning_ids(session, Transaction.__table__, new_transactions))
+    for outcome in outcomes:
+        if outcome["outcome"] == "recorded":
+            outcome["txn_row"] = next(txn_ids)
+            recorded[outcome["key"]] = (outcome["txn_row"], outcome["request"].invoice_id)
+    for outcome in outcomes:
+        if outcome["txn_row"] is None:  # a repeat of a key first recorded in this batch
+            outcome["txn_row"] = recorded[outcome["key"]][0]
+    session.flush()
+    for client_id, amount, description, invoice_id, source in credits:
+        change_credit(session, client_id, amount, description, as_of=as_of, invoice_id=invoice_id, source=source)
+    if newly_paid:
+        settle_paid_invoices(session, sorted(set(newly_paid)))
+
+    emails = [o for o in outcomes if o["outcome"] == "recorded"] if send_email else []
+    email_ids = dict(zip((id(o) for o in emails), queue_emails(session, [QueuedEmail(
+        "payment_confirmation", invoices[o["request"].invoice_id].client_id,
+        {"invoice_id": o["request"].invoice_id, "transaction_id": o["txn_row"]},
+        f"payment_confirmation:{o['txn_row']}") for o in emails]), strict=True))
+    return [PaymentResult(o["request"].invoice_id, o["txn_row"], o["outcome"], o["status"], o["balance_due"],
+                          o["credited"], (email_ids[id(o)],) if id(o) in email_ids else ())
+            for o in outcomes]
 
 
 def settle_paid_invoices(session: Session, invoice_ids: Sequence[int]) -> None:
