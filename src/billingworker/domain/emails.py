@@ -30,6 +30,12 @@ from .settings import BillingSettings, load_settings
 
 TEMPLATE_SUFFIX = ".j2"
 BLOCKS = ("subject", "text", "html")
+#: Rendered by their own modules (``password_reset``, ``client_email``), not from ids alone.
+PASSWORD_RESET_TEMPLATE = "password_reset"
+CLIENT_MESSAGE_TEMPLATE = "client_message"
+#: ``{"copy_to": "general_contacts"}`` in an outbox context: copy the email to the client's
+#: contacts that receive general emails (emails an admin sends from the client profile).
+COPY_TO_GENERAL_CONTACTS = "general_contacts"
 
 
 def template_dir() -> Path:
@@ -182,6 +188,24 @@ def _invoice_contacts(session: Session, client_id: int, exclude: str,
     return cc
 
 
+def general_contacts(session: Session, client_id: int, exclude: str) -> list[str]:
+    """The emails of the client's contacts that receive general emails, in id order, without
+    ``exclude`` (the client's own address) and without duplicates."""
+    emails = session.scalars(
+        select(Contact.email)
+        .where(Contact.client_id == client_id, Contact.general_emails.is_(True))
+        .order_by(Contact.id)
+    ).all()
+    seen = {exclude.strip().lower()}
+    cc: list[str] = []
+    for email in emails:
+        email = (email or "").strip()
+        if email and email.lower() not in seen:
+            seen.add(email.lower())
+            cc.append(email)
+    return cc
+
+
 @dataclass
 class RenderCache:
     """Rows shared by the emails of one delivery batch, loaded once instead of once per email.
@@ -196,6 +220,9 @@ class RenderCache:
     items: dict[int, list[InvoiceItem]] = field(default_factory=dict)
     #: Client id -> the emails of its contacts that receive invoice emails, ordered by id.
     invoice_contacts: dict[int, list[str]] = field(default_factory=dict)
+    #: The preloaded rows: the session's identity map holds objects weakly, so the cache keeps
+    #: them alive for ``session.get`` to find.
+    rows: list[Any] = field(default_factory=list)
 
     @classmethod
     def preload(cls, session: Session, rows: Iterable[OutboxEmail]) -> RenderCache:
@@ -210,13 +237,13 @@ class RenderCache:
         invoices = list(session.scalars(select(Invoice).where(Invoice.id.in_(invoice_ids)))) if invoice_ids else []
         client_ids = {r.client_id for r, _ in contexts if r.client_id} | {i.client_id for i in invoices}
         clients = list(session.scalars(select(Client).where(Client.id.in_(client_ids)))) if client_ids else []
+        cache = cls(settings=load_settings(session), rows=[*invoices, *clients])
         if transaction_ids:
-            session.scalars(select(Transaction).where(Transaction.id.in_(transaction_ids))).all()
+            cache.rows.extend(session.scalars(select(Transaction).where(Transaction.id.in_(transaction_ids))))
         currency_ids = {i.currency_id for i in invoices} | {c.currency_id for c in clients}
         currency_ids.discard(None)
         if currency_ids:
-            session.scalars(select(Currency).where(Currency.id.in_(currency_ids))).all()
-        cache = cls(settings=load_settings(session))
+            cache.rows.extend(session.scalars(select(Currency).where(Currency.id.in_(currency_ids))))
         cache.items = {invoice_id: [] for invoice_id in invoice_ids}
         if invoice_ids:
             for item in session.scalars(select(InvoiceItem).where(InvoiceItem.invoice_id.in_(invoice_ids))
@@ -237,10 +264,21 @@ def render_outbox_email(session: Session, outbox: OutboxEmail, cache: RenderCach
     named by the ids in its context, and the installation settings.
 
     ``to`` is the client's email; an email about an invoice (its context has ``invoice_id``) is
-    copied to the client's contacts that receive invoice emails. Reads only; never writes.
+    copied to the client's contacts that receive invoice emails, one with ``copy_to`` to those
+    that receive general emails. ``password_reset`` and ``client_message`` rows are rendered by
+    their own modules. Reads only; never writes.
     Raises ``ValidationError`` (unknown template, bad context) or ``NotFound`` (a row is gone).
     """
     _check_known(outbox.template)
+    settings = cache.settings if cache is not None else None
+    if outbox.template == PASSWORD_RESET_TEMPLATE:
+        from .password_reset import render_password_reset_email
+
+        return render_password_reset_email(session, outbox, settings)
+    if outbox.template == CLIENT_MESSAGE_TEMPLATE:
+        from .client_email import render_client_message
+
+        return render_client_message(session, outbox, settings)
     ids = _load_context(outbox)
     # Plain values (a link, a reason...) pass through; the ids are turned into rows below.
     ctx: dict[str, Any] = dict(ids)
@@ -277,5 +315,10 @@ def render_outbox_email(session: Session, outbox: OutboxEmail, cache: RenderCach
     ctx["settings"] = cache.settings if cache is not None and cache.settings is not None else load_settings(session)
 
     to = [client.email.strip()] if client.email and client.email.strip() else []
-    cc = _invoice_contacts(session, client.id, client.email or "", cache) if invoice is not None else []
+    if invoice is not None:
+        cc = _invoice_contacts(session, client.id, client.email or "", cache)
+    elif ids.get("copy_to") == COPY_TO_GENERAL_CONTACTS:
+        cc = general_contacts(session, client.id, client.email or "")
+    else:
+        cc = []
     return render(outbox.template, ctx, to=to, cc=cc, client_id=client.id)
