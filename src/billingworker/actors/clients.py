@@ -1,3 +1,94 @@
-"""Client-account jobs (docs/jobs.md): see the module's actors."""
+"""Client lifecycle jobs (docs/jobs.md, SPEC §12): close, delete, merge, export a client.
+
+Thin: validate, one unit of work around one domain function, commit; files on disk are only
+removed after the commit that deleted their rows.
+"""
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..db import unit_of_work
+from ..domain.closing import close_client as close
+from ..domain.deletion import delete_client as delete
+from ..domain.exporting import export_client_data as export
+from ..domain.merging import merge_clients as merge
+from ..runtime import runtime
+from .arguments import parse_bool, parse_id
+from .base import job
+from .invoicing import _receipt_key
+
+log = logging.getLogger("billingworker.jobs")
+
+
+@job()
+def close_client(client_id):
+    """Close the client (status Closed, Unpaid invoices and live things Cancelled); idempotent."""
+    client_id = parse_id("client_id", client_id)
+    rt = runtime()
+    with unit_of_work(rt.engine) as session:
+        result = close(session, client_id, as_of=rt.clock.today())
+        session.commit()
+    return result.as_dict()
+
+
+@job()
+def delete_client(client_id, delete_users=False):
+    """Delete the client and everything of theirs but transactions; idempotent ("already_deleted")."""
+    client_id = parse_id("client_id", client_id)
+    delete_users = parse_bool("delete_users", delete_users)
+    rt = runtime()
+    with unit_of_work(rt.engine) as session:
+        result = delete(session, client_id, delete_users=delete_users, now=rt.clock.now())
+        session.commit()
+    if result.outcome != "not_found":
+        # After the commit: a rollback must never have removed a file its row still names. A
+        # redelivery after a crash here removes what is left (files are named after the client).
+        # Not for "not_found": a client merged away left its files to the target client.
+        removed = remove_export_files(rt.exports_dir, client_id, result.export_files)
+        return {**result.as_dict(), "files_removed": removed}
+    return result.as_dict()
+
+
+@job()
+def merge_clients(source_client_id, target_client_id):
+    """Merge the source client into the target in one transaction; a second run is "already_merged"."""
+    source_client_id = parse_id("source_client_id", source_client_id)
+    target_client_id = parse_id("target_client_id", target_client_id)
+    rt = runtime()
+    with unit_of_work(rt.engine) as session:
+        result = merge(session, source_client_id, target_client_id, as_of=rt.clock.today(), now=rt.clock.now())
+        session.commit()
+    return result.as_dict()
+
+
+@job()
+def export_client_data(client_id, request_id=None):
+    """Write the client's data as JSON into EXPORTS_DIR, once per message id or ``request_id``."""
+    client_id = parse_id("client_id", client_id)
+    key = _receipt_key("export_client_data", request_id)
+    rt = runtime()
+    with unit_of_work(rt.engine) as session:
+        result = export(session, client_id, exports_dir=rt.exports_dir, request_key=key, now=rt.clock.now())
+        session.commit()
+    return result.as_dict()
+
+
+def remove_export_files(exports_dir: Path, client_id: int, filenames: list[str]) -> list[str]:
+    """Remove a deleted client's export files: those its rows named, and any other file of the
+    client's (``client-<id>-*.json``, e.g. left by an export whose transaction rolled back)."""
+    directory = Path(exports_dir)
+    paths = {directory / Path(name).name for name in filenames}
+    if directory.is_dir():
+        paths.update(directory.glob(f"client-{client_id}-*.json"))
+    removed = []
+    for path in sorted(paths):
+        try:
+            path.unlink()
+            removed.append(path.name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # the deletion stands; the operator removes the file by hand
+            log.warning("could not remove export file %s of deleted client %s: %s", path, client_id, exc)
+    return removed
