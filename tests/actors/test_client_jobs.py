@@ -151,3 +151,23 @@ def test_export_with_the_same_request_id_twice_writes_one_file(session, worker, 
     drain()
     assert count(session, ClientExport) == 1 and len(list(exports_dir.iterdir())) == 1
     assert session.scalar(select(ClientExport.request_key)) == "export_client_data:request:gdpr-7"
+
+
+def test_a_redelivered_delete_never_deletes_a_new_client_that_got_the_same_id(session, worker):
+    # Given a client deleted by a message
+    c = f.client(session, email="old@example.com")
+    session.commit()
+    message = delete_client.send(client_id=c.id)
+    drain()
+    # and a new client given the same id afterwards (SQLite hands out the highest id again)
+    session.add(Client(id=c.id, email="new@example.com", currency_id=c.currency_id))
+    session.commit()
+
+    # When the same message is delivered again
+    broker.enqueue(message)
+    drain()
+
+    # Then the new client is still there: the message's receipt answered
+    session.expire_all()
+    assert session.get(Client, c.id).email == "new@example.com"
+    assert dead_letters() == []

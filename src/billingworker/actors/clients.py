@@ -14,9 +14,10 @@ from ..domain.closing import close_client as close
 from ..domain.deletion import delete_client as delete
 from ..domain.exporting import export_client_data as export
 from ..domain.merging import merge_clients as merge
+from ..domain.receipts import run_once
 from ..runtime import runtime
 from .arguments import parse_bool, parse_id
-from .base import job
+from .base import current_message_id, job
 from .invoicing import _receipt_key
 
 log = logging.getLogger("billingworker.jobs")
@@ -40,15 +41,19 @@ def delete_client(client_id, delete_users=False):
     delete_users = parse_bool("delete_users", delete_users)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        result = delete(session, client_id, delete_users=delete_users, now=rt.clock.now())
+        # The message's receipt, besides the domain's own "already deleted" answer: on SQLite a
+        # new client can be given a deleted client's id, and a redelivered message must never
+        # delete that one.
+        result = _once(session, "delete_client", lambda: delete(
+            session, client_id, delete_users=delete_users, now=rt.clock.now()).as_dict())
         session.commit()
-    if result.outcome != "not_found":
+    if result["outcome"] != "not_found":
         # After the commit: a rollback must never have removed a file its row still names. A
         # redelivery after a crash here removes what is left (files are named after the client).
         # Not for "not_found": a client merged away left its files to the target client.
-        removed = remove_export_files(rt.exports_dir, client_id, result.export_files)
-        return {**result.as_dict(), "files_removed": removed}
-    return result.as_dict()
+        removed = remove_export_files(rt.exports_dir, client_id, result.get("export_files", []))
+        return {**result, "files_removed": removed}
+    return result
 
 
 @job()
@@ -58,9 +63,19 @@ def merge_clients(source_client_id, target_client_id):
     target_client_id = parse_id("target_client_id", target_client_id)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        result = merge(session, source_client_id, target_client_id, as_of=rt.clock.today(), now=rt.clock.now())
+        result = _once(session, "merge_clients", lambda: merge(
+            session, source_client_id, target_client_id, as_of=rt.clock.today(), now=rt.clock.now()).as_dict())
         session.commit()
-    return result.as_dict()
+    return result
+
+
+def _once(session, actor: str, work):
+    """Run ``work`` once per message (a ``job_receipts`` row keyed by the message id); called
+    outside a message (a script, a test) it just runs."""
+    if not current_message_id():
+        return work()
+    result, _ = run_once(session, _receipt_key(actor, None), actor, work)
+    return result
 
 
 @job()
