@@ -160,6 +160,7 @@ def test_a_redelivered_delete_never_deletes_a_new_client_that_got_the_same_id(se
     message = delete_client.send(client_id=c.id)
     drain()
     # and a new client given the same id afterwards (SQLite hands out the highest id again)
+    session.expunge(c)
     session.add(Client(id=c.id, email="new@example.com", currency_id=c.currency_id))
     session.commit()
 
