@@ -1,3 +1,157 @@
-"""Client-account jobs (docs/jobs.md): see the module's actors."""
+"""Service jobs (docs/jobs.md): mass update with prorata, server-module commands, delete
+selected items. Thin: validate, one unit of work, commit, then enqueue what follows."""
 
 from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from dramatiq.middleware import CurrentMessage
+
+from ..adapters.server_module import module_for
+from ..db import unit_of_work
+from ..domain.errors import ValidationError
+from ..domain.failures import ClientFailure, record_failures
+from ..domain.item_removal import REMOVABLE_TYPES
+from ..domain.item_removal import delete_selected_items as remove_items
+from ..domain.mass_update import MASS_UPDATE_TYPES
+from ..domain.mass_update import mass_update as update_things
+from ..domain.module_commands import (
+    MODULE_ITEM_TYPES,
+    QueuedCommand,
+    parse_module_command,
+    parse_module_params,
+    pending_module_command_ids,
+    queued_commands,
+    record_module_command,
+    record_module_error,
+    run_queued_command,
+)
+from ..domain.receipts import run_once
+from ..runtime import runtime
+from .arguments import parse_bool, parse_id, parse_items
+from .base import MAX_RETRIES, current_message_id, job, send_emails
+from .invoicing import _receipt_key
+
+log = logging.getLogger(__name__)
+
+#: A module command still queued this long after it was written lost its message.
+RELAY_AFTER = timedelta(minutes=5)
+
+
+def _send_commands(commands: list[QueuedCommand]) -> None:
+    """Enqueue the module commands: only ever called after their rows committed."""
+    for command in commands:
+        run_module_command.send(**command.message())
+
+
+@job()
+def mass_update(client_id, items, changes, create_prorata_invoice=False, send_email=True, request_id=None):
+    """Change several things of one client at once (SPEC §9); one transaction, run once per
+    message (or ``request_id``): its module commands are queued once, its prorata invoiced once."""
+    client_id = parse_id("client_id", client_id)
+    wanted = parse_items("items", items, MASS_UPDATE_TYPES)
+    if not isinstance(changes, dict):
+        raise ValidationError("changes", changes, "must be a JSON object of the fields to change")
+    create_prorata_invoice = parse_bool("create_prorata_invoice", create_prorata_invoice)
+    send_email = parse_bool("send_email", send_email)
+    key = _receipt_key("mass_update", request_id)
+    rt = runtime()
+    commands: list[QueuedCommand] = []
+    emails: list[int] = []
+    with unit_of_work(rt.engine) as session:
+        def work():
+            done = update_things(session, client_id, wanted, changes, create_prorata_invoice=create_prorata_invoice,
+                                 as_of=rt.clock.today(), now=rt.clock.now(), request_key=key, send_email=send_email)
+            commands.extend(done.commands)
+            emails.extend(done.email_ids)
+            return done.summary()
+
+        result, _ = run_once(session, key, "mass_update", work)
+        session.commit()
+    # A redelivery did nothing (the receipt was there): nothing to send. Rows a crash left
+    # unsent go out through relay_module_commands / relay_outbox.
+    send_emails(emails)
+    _send_commands(commands)
+    return result
+
+
+@job()
+def delete_selected_items(client_id, items):
+    """Remove the selected things' records (no module command); a second run deletes nothing."""
+    client_id = parse_id("client_id", client_id)
+    wanted = parse_items("items", items, REMOVABLE_TYPES)
+    rt = runtime()
+    with unit_of_work(rt.engine) as session:
+        result = remove_items(session, client_id, wanted)
+        session.commit()
+    return result.summary()
+
+
+@job()
+def run_module_command(item_type, item_id, command, command_id=None, params=None, request_id=None):
+    """Run one server-module command once.
+
+    With ``command_id`` (sent by the worker after the deciding job committed) it runs that
+    ``module_commands`` row; without one (an application asks directly) it first records a row,
+    once per message id or ``request_id``, then runs it. A row that already succeeded is skipped.
+    """
+    if item_type not in MODULE_ITEM_TYPES:
+        raise ValidationError("item_type", item_type, f"is not one of {', '.join(MODULE_ITEM_TYPES)}")
+    item_id = parse_id("item_id", item_id)
+    command = parse_module_command("command", command)
+    rt = runtime()
+    if command_id is None:
+        params = parse_module_params("params", params)
+        key = _receipt_key("run_module_command", request_id)
+        with unit_of_work(rt.engine) as session:
+            queued = record_module_command(session, item_type, item_id, command, params, request_key=key,
+                                           now=rt.clock.now())
+            session.commit()
+        command_id = queued.command_id
+    else:
+        command_id = parse_id("command_id", command_id)
+    try:
+        with unit_of_work(rt.engine) as session:
+            run = run_queued_command(session, command_id, module_for=module_for, now=rt.clock.now(),
+                                     expect=(item_type, item_id, command))
+            if run.outcome == "failed":
+                record_failures(session, [ClientFailure(run.client_id, "command_id", command_id,
+                                                        f"{command} of {item_type} {item_id} failed: {run.message}",
+                                                        parks=False)],
+                                actor="run_module_command", message_id=current_message_id(), now=rt.clock.now(),
+                                error="ModuleCommandFailed")
+            session.commit()
+    except ValidationError:
+        raise  # bad input (unknown row, a message that does not match it): dead-lettered, nothing to count
+    except Exception as exc:
+        # The module raised (unreachable, timed out): count the attempt in its own transaction,
+        # then let Dramatiq retry with backoff; after the last retry the row is failed.
+        message = CurrentMessage.get_current_message()
+        options = message.options if message is not None else {}
+        last_try = options.get("retries", 0) >= options.get("max_retries", MAX_RETRIES)
+        with unit_of_work(rt.engine) as session:
+            record_module_error(session, command_id, f"{type(exc).__name__}: {exc}", give_up=last_try,
+                                now=rt.clock.now())
+            session.commit()
+        raise
+    return {"command_id": command_id, "outcome": run.outcome, "message": run.message}
+
+
+@job()
+def relay_module_commands(limit=1000, older_than_seconds=None):
+    """Re-enqueue module commands still queued ``older_than_seconds`` (default 300) after they were
+    written (a crash between the commit and the enqueue). Sending one twice runs it once."""
+    limit = parse_id("limit", limit)
+    if older_than_seconds is None:
+        age = RELAY_AFTER
+    elif isinstance(older_than_seconds, int) and not isinstance(older_than_seconds, bool) and older_than_seconds >= 0:
+        age = timedelta(seconds=older_than_seconds)
+    else:
+        raise ValidationError("older_than_seconds", older_than_seconds, "must be an integer >= 0 or null")
+    rt = runtime()
+    with unit_of_work(rt.engine) as session:
+        commands = queued_commands(session, pending_module_command_ids(
+            session, created_before=rt.clock.now() - age, limit=limit))
+    _send_commands(commands)
+    return {"relayed": len(commands)}

@@ -1,0 +1,202 @@
+"""Server modules: one seam, ``ServerModule.run(command)``, and a registry by name.
+
+A server module provisions what a service sells on a server (cPanel, Plesk, a registrar for
+domains): create, suspend, unsuspend, terminate, change package, change password. The worker
+decides a command in a billing transaction (``module_commands`` row), and ``run_module_command``
+runs it after the commit.
+
+- ``RecordingModule``: the in-memory twin, thread-safe; it records each command it ran in
+  ``commands`` and can be told to refuse or to be unreachable (tests). Its process-wide
+  instance ``RECORDING_MODULE`` is also the module of things without one (``products.module``
+  is ``''``): recording the command is then all there is to do.
+- ``module_for(name)`` returns the module a product names (``products.module``; a domain's
+  ``registrar``).
+
+The contract every module keeps:
+
+- ``run`` carries out ``command.command`` on the account of ``command.item_type``/``item_id``
+  and answers ``ModuleResult``. A refusal (no such account, package unknown…) is an answer,
+  ``ModuleResult("failed", message)``: the command is recorded as failed and not retried.
+- ``ModuleUnavailable`` means the server could not be reached and **nothing was done**: the
+  job is retried with backoff. Any other exception is retried too.
+- A command may be delivered again after a crash between the module's answer and the commit
+  (at-least-once): ``command.idempotency_key`` is the same every time for one command, and
+  commands should be safe to repeat (suspending a suspended account is a no-op).
+- Passwords are never in ``params`` (they are never stored in ``module_commands``): a module
+  that changes a password generates it or reads it from its own store.
+
+Adding a real module is one class and one line::
+
+    class CpanelModule:
+        name = "cpanel"
+
+        def __init__(self, host: str, token: str) -> None: ...
+
+        def run(self, command: ModuleCommandRequest) -> ModuleResult:
+            # WHM API: suspendacct / unsuspendacct / removeacct / createacct / changepackage ...
+            ...
+
+    register_module("cpanel", lambda: CpanelModule(os.environ["WHM_HOST"], os.environ["WHM_TOKEN"]))
+
+A factory only builds the object (no network calls until ``run``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from billingworker.domain.errors import BillingError, ValidationError
+
+#: The commands an admin can run (SPEC §9), as stored in ``module_commands.command``.
+MODULE_COMMANDS: tuple[str, ...] = ("create", "suspend", "unsuspend", "terminate", "change_package",
+                                    "change_password")
+
+ModuleOutcome = Literal["succeeded", "failed"]
+MODULE_OUTCOMES: tuple[str, ...] = ("succeeded", "failed")
+
+
+class ModuleUnavailable(BillingError):
+    """The server could not be reached and nothing was done; the command may be retried."""
+
+
+@dataclass(frozen=True)
+class ModuleCommandRequest:
+    """One command for one thing's account on its server."""
+
+    #: ``module_commands.id``.
+    command_id: int
+    #: The same for every attempt of this command (``module-command-<id>``).
+    idempotency_key: str
+    #: service, addon or domain.
+    item_type: str
+    item_id: int
+    client_id: int | None
+    #: One of ``MODULE_COMMANDS``.
+    command: str
+    #: The module's registered name ('' for none).
+    module: str
+    #: The account on the server: the service's domain and username ('' when there is none).
+    domain: str = ""
+    username: str = ""
+    #: The command's parameters (never a password).
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModuleResult:
+    #: succeeded | failed
+    status: ModuleOutcome
+    #: What the module said, for the operator.
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in MODULE_OUTCOMES:
+            raise ValidationError("status", self.status, f"must be one of {', '.join(MODULE_OUTCOMES)}")
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+class ServerModule(Protocol):
+    name: str
+
+    def run(self, command: ModuleCommandRequest) -> ModuleResult:
+        """Carry out the command; see the module docstring for the contract."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Scripted:
+    message: str
+    transient: bool
+    #: How many more calls this answer applies to (None: every call).
+    remaining: int | None
+
+
+class RecordingModule:
+    """Records the commands it runs; thread-safe; can be scripted to refuse or be unreachable.
+
+    ``commands`` lists the commands that succeeded, in order; ``calls`` counts every call.
+    ``fail(item_type, item_id, ...)`` makes the commands of one thing answer ``failed`` (or raise
+    ``ModuleUnavailable`` with ``transient=True``), for ``times`` calls or for ever.
+    """
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.commands: list[ModuleCommandRequest] = []
+        self.refused: list[ModuleCommandRequest] = []
+        self.calls = 0
+        self._script: dict[tuple[str, int], _Scripted] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RecordingModule(commands={len(self.commands)}, refused={len(self.refused)})"
+
+    def fail(self, item_type: str, item_id: int, message: str = "refused by the test module", *,
+             transient: bool = False, times: int | None = None) -> None:
+        with self._lock:
+            self._script[(item_type, item_id)] = _Scripted(message, transient, times)
+
+    def run(self, command: ModuleCommandRequest) -> ModuleResult:
+        with self._lock:
+            self.calls += 1
+            scripted = self._script.get((command.item_type, command.item_id))
+            if scripted is not None and scripted.remaining != 0:
+                if scripted.remaining is not None:
+                    self._script[(command.item_type, command.item_id)] = _Scripted(
+                        scripted.message, scripted.transient, scripted.remaining - 1)
+                if scripted.transient:
+                    raise ModuleUnavailable(scripted.message)
+                self.refused.append(command)
+                return ModuleResult("failed", scripted.message)
+            self.commands.append(command)
+            return ModuleResult("succeeded", f"{command.command} recorded")
+
+    def ran(self, item_type: str, item_id: int) -> list[str]:
+        """The commands that succeeded for one thing, in order."""
+        return [c.command for c in self.commands if (c.item_type, c.item_id) == (item_type, item_id)]
+
+
+#: The process-wide recording module: the module of things without one, and the tests' twin.
+RECORDING_MODULE = RecordingModule()
+
+_FACTORIES: dict[str, Callable[[], ServerModule]] = {}
+
+
+def register_module(name: str, factory: Callable[[], ServerModule]) -> None:
+    """Make ``module_for(name)`` return ``factory()``; registering a name again replaces it."""
+    if len(name) > 50:
+        raise ValidationError("name", name, "must be at most 50 characters (a product's module)")
+    _FACTORIES[name] = factory
+
+
+def unregister_module(name: str) -> None:
+    """Forget a module (tests); the recording module of ``''`` stays."""
+    if name:
+        _FACTORIES.pop(name, None)
+
+
+def module_for(name: str) -> ServerModule:
+    """The module registered as ``name`` ('' = no module: the recording module).
+
+    ``ValidationError`` for a name nobody registered: the command cannot run until an operator
+    installs that module.
+    """
+    factory = _FACTORIES.get(name or "")
+    if factory is None:
+        known = ", ".join(repr(n) for n in sorted(_FACTORIES)) or "none"
+        raise ValidationError("module", name, f"is not a registered server module (registered: {known})")
+    return factory()
+
+
+def registered_modules() -> tuple[str, ...]:
+    return tuple(sorted(_FACTORIES))
+
+
+register_module("", lambda: RECORDING_MODULE)
+register_module(RecordingModule.name, lambda: RECORDING_MODULE)
