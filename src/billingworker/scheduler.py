@@ -56,6 +56,7 @@ class Scheduler:
     def tick(self) -> list[str]:
         """One look at the clock and the database; returns what it did (for logs and tests)."""
         from .actors import advance_daily_run, relay_outbox
+        from .actors.services import relay_module_commands
 
         done: list[str] = []
         now = self.clock.now()
@@ -78,7 +79,9 @@ class Scheduler:
                 advance_daily_run.send(run_id=stuck)
                 done.append(f"resumed run {stuck}")
         if self._last_relay is None or (now - self._last_relay).total_seconds() >= self.relay_every_seconds:
+            # The outboxes: emails, and server-module commands, that a crash left queued.
             relay_outbox.send()
+            relay_module_commands.send()
             self._last_relay = now
             done.append("relayed outbox")
         return done

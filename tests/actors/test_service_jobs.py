@@ -235,3 +235,22 @@ def test_delete_selected_items_of_another_client_is_refused(session, worker, hos
     drain()
     assert len(dead_letters()) == 1
     assert count(session, Service) == 2
+
+
+def test_the_scheduler_relays_module_commands_a_crash_left_queued(session, engine, worker, clock, hosting):
+    from billingworker.scheduler import Scheduler
+
+    # Given a command queued ten minutes ago whose run_module_command message was lost
+    c, svc, _ = hosting
+    queue_module_commands(session, [NewCommand("service", svc.id, c.id, "suspend", {}, "lost:1")],
+                          now=NOW - timedelta(minutes=10))
+    session.commit()
+
+    # When the scheduler ticks
+    lines = Scheduler(engine, clock).tick()
+    drain()
+
+    # Then the command ran, once
+    assert "relayed outbox" in lines
+    assert session.scalar(select(ModuleCommand.status).where(ModuleCommand.request_key == "lost:1")) == "succeeded"
+    assert RECORDING_MODULE.calls == 1

@@ -47,7 +47,8 @@ class ModuleCommand(Base):
     """A server-module command (create, suspend, …) decided by a job, run after it commits.
 
     The row is the outbox of ``run_module_command``: written in the deciding transaction,
-    run once under a row lock, re-enqueued by ``relay_outbox`` if a crash left it queued.
+    run once under a row lock, re-enqueued by ``relay_module_commands`` (sent by the scheduler
+    with ``relay_outbox``) if a crash left it queued.
     """
 
     __tablename__ = "module_commands"
