@@ -32,6 +32,6 @@ def record_failures(session: Session, failures: Sequence[ClientFailure], *, acto
                     now: datetime, error: str = "ValidationError", run_id: int | None = None) -> None:
     """Write the failures to ``job_failures`` in the caller's transaction."""
     if failures:
-        session.execute(insert(JobFailure), [
+        session.execute(insert(JobFailure.__table__), [
             {"actor": actor, "message_id": message_id, "client_id": f.client_id, "error": error,
              "field": f.field, "reason": f.message, "created_at": now, "run_id": run_id} for f in failures])

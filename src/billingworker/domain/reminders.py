@@ -176,8 +176,10 @@ def _write(session: Session, reminders: Sequence[_Reminder], as_of: date, result
                      "sent_on": as_of, "outbox_id": email_id})
         rows += [{"invoice_id": reminder.invoice_id, "stage": stage.value, "status": SKIPPED, "sent_on": as_of,
                   "outbox_id": None} for stage in reminder.skipped]
-    # A plain INSERT (not COPY): the primary key's refusal arrives as an IntegrityError.
-    session.execute(insert(InvoiceReminder), rows)
+    # A plain INSERT (not COPY): the primary key's refusal arrives as an IntegrityError. The Core
+    # table, not the ORM entity: the ORM groups rows by the keys whose value is not None, and the
+    # sent and skipped rows alternate, which would make it one INSERT per row.
+    session.execute(insert(InvoiceReminder.__table__), rows)
     result.email_ids += email_ids
     result.preview += [r.line() for r in reminders]
 
