@@ -1,0 +1,319 @@
+"""Password reset (SPEC §10): a single-use link, only its hash stored, emailed after commit.
+
+The token is never stored anywhere, not even in the outbox: it is *derived*,
+``token = base64url(HMAC-SHA256(SECRET_KEY, "password-reset:<row id>:<nonce>"))``, where the
+nonce is random and kept in the outbox row's context. The ``password_reset_tokens`` row keeps
+``sha256(token)``; the worker that delivers the email re-derives the token from the secret
+(``render_password_reset_email``) and checks it against that hash, so a worker with another
+SECRET_KEY refuses to send a dead link. The email log keeps the message with the token
+replaced by ``[redacted]``.
+
+Serialisation: every change to a user's tokens takes the ``users`` row lock first (request,
+complete), so two requests for one user run one after the other (the later invalidates the
+earlier) and lock order is always user, then token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..config import get_config
+from ..db import for_update
+from .emails import RenderedEmail, render
+from .errors import NotFound, ValidationError
+from .models import ClientUser, OutboxEmail, PasswordResetToken, User
+from .outbox import QueuedEmail, queue_emails
+from .passwords import HIDDEN, check_new_password, hash_password
+from .settings import BillingSettings, load_settings
+
+TEMPLATE = "password_reset"
+#: The page of the client area that takes the token: ``<system_url>password-reset?token=...``.
+RESET_PATH = "password-reset"
+#: At most this many reset links per user in any rolling hour (client- and admin-requested
+#: alike); a further request completes without a token or an email (outcome ``rate_limited``).
+MAX_RESETS_PER_HOUR = 5
+RATE_WINDOW = timedelta(hours=1)
+REQUESTERS = ("client", "admin")
+#: A token is 43 URL-safe base64 characters (256 bits); anything far from that is not one.
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
+
+ResetOutcome = Literal["sent", "already_requested", "unknown_email", "rate_limited"]
+
+
+class InvalidResetToken(ValidationError):
+    """A reset token that is wrong, expired, used or superseded: one message for all of them
+    (SPEC §10: the failure does not say which), and the token itself is never in it."""
+
+    def __init__(self) -> None:
+        super().__init__("token", HIDDEN, "is not a valid password reset link (it may have expired or been used): "
+                                          "request a new one")
+
+
+@dataclass(frozen=True)
+class ResetRequest:
+    """What ``request_password_reset`` did. ``email_ids`` are to be sent after the commit."""
+
+    outcome: ResetOutcome
+    user_id: int | None = None
+    token_id: int | None = None
+    expires_at: datetime | None = None
+    email_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResetCompleted:
+    user_id: int
+    token_id: int
+    #: Other open tokens of the user ended by this reset.
+    invalidated: int
+
+
+def derive_token(secret_key: bytes, token_id: int, nonce: str) -> str:
+    """The token of row ``token_id``: URL-safe base64 of HMAC-SHA256, 43 characters, no padding."""
+    digest = hmac.new(secret_key, f"password-reset:{token_id}:{nonce}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def hash_token(token: str) -> str:
+    """The hex SHA-256 kept in ``password_reset_tokens.token_hash``."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Aware UTC; SQLite hands timestamps back naive (they are stored in UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _aware(name: str, now: datetime) -> datetime:
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise ValidationError(name, now, "must be a timezone-aware datetime")
+    return now.astimezone(UTC)
+
+
+def reset_link(settings: BillingSettings, token: str) -> str:
+    return f"{settings.system_url.rstrip('/')}/{RESET_PATH}?token={token}"
+
+
+def validity(settings: BillingSettings) -> timedelta:
+    hours = settings.password_reset_validity_hours
+    if hours < 1:
+        raise ValidationError("settings.password_reset_validity_hours", hours, "must be at least 1")
+    return timedelta(hours=hours)
+
+
+def _find_user_id(session: Session, user_id: int | None, email: str | None) -> int | None:
+    if user_id is not None:
+        if session.scalar(select(User.id).where(User.id == user_id)) is None:
+            raise NotFound("user_id", user_id, "user")
+        return user_id
+    address = (email or "").strip()
+    found = session.scalar(select(User.id).where(User.email == address))
+    if found is not None:
+        return found
+    # users.email is unique as typed; a case-insensitive match counts only when it is unambiguous.
+    ids = session.scalars(select(User.id).where(func.lower(User.email) == address.lower()).limit(2)).all()
+    return ids[0] if len(ids) == 1 else None
+
+
+def _owner_client_id(session: Session, user_id: int) -> int | None:
+    """The client the email log files a user's reset under: an owned client first, else any."""
+    return session.scalar(select(ClientUser.client_id).where(ClientUser.user_id == user_id)
+                          .order_by(ClientUser.is_owner.desc(), ClientUser.client_id).limit(1))
+
+
+def _existing(session: Session, request_key: str) -> PasswordResetToken | None:
+    return session.scalar(select(PasswordResetToken).where(PasswordResetToken.request_key == request_key))
+
+
+def _invalidate_open_tokens(session: Session, user_id: int, now: datetime, *, keep: int | None = None) -> int:
+    """End the user's open tokens (all but ``keep``); returns how many. The caller holds the user lock.
+
+    Few rows (at most the rate limit's worth), so they are loaded, locked and changed as objects:
+    the session then shows the change too.
+    """
+    stmt = select(PasswordResetToken).where(
+        PasswordResetToken.user_id == user_id, PasswordResetToken.used_at.is_(None),
+        PasswordResetToken.invalidated_at.is_(None)).order_by(PasswordResetToken.id)
+    if keep is not None:
+        stmt = stmt.where(PasswordResetToken.id != keep)
+    rows = session.execute(for_update(stmt)).scalars().all()
+    for row in rows:
+        row.invalidated_at = now
+    session.flush()
+    return len(rows)
+
+
+def request_password_reset(session: Session, *, user_id: int | None = None, email: str | None = None,
+                           requested_by: str = "client", security_checked: bool = False,
+                           request_key: str, now: datetime, secret_key: bytes | None = None) -> ResetRequest:
+    """Create a reset token for a user (by id, or by email) and queue its email; the caller commits.
+
+    Guarantees:
+    - locks the ``users`` row: two requests for one user run in turn, the later one invalidating
+      the earlier token;
+    - once per ``request_key`` (unique on the token row): a redelivered request, even one waiting
+      on the lock while its twin committed, changes nothing (``already_requested``);
+    - an unknown ``email`` writes nothing and is not an error (``unknown_email``): no account
+      enumeration. An unknown ``user_id`` is ``NotFound`` (only the admin panel knows ids);
+    - more than ``MAX_RESETS_PER_HOUR`` tokens in the last hour: nothing written (``rate_limited``);
+    - a client-requested reset for a user with a security question must come with
+      ``security_checked=True`` (the calling app checked the answer), else ``ValidationError``.
+    """
+    now = _aware("now", now)
+    if requested_by not in REQUESTERS:
+        raise ValidationError("requested_by", requested_by, f"must be one of {', '.join(REQUESTERS)}")
+    if (user_id is None) == (email is None):
+        raise ValidationError("user_id", user_id, "give either user_id or email, not both or neither")
+    if _existing(session, request_key) is not None:
+        return ResetRequest("already_requested")
+    found = _find_user_id(session, user_id, email)
+    if found is None:
+        return ResetRequest("unknown_email")
+    user = session.execute(for_update(select(User).where(User.id == found))).scalar_one()
+    # A twin of this request may have committed while we waited for the lock.
+    twin = _existing(session, request_key)
+    if twin is not None:
+        return ResetRequest("already_requested", user_id=user.id, token_id=twin.id)
+    if requested_by == "client" and user.security_question.strip() and not security_checked:
+        raise ValidationError("security_checked", security_checked,
+                              "must be true: this user has a security question, which the calling app must "
+                              "check before a client-requested reset is sent")
+    recent = session.scalar(select(func.count()).select_from(PasswordResetToken).where(
+        PasswordResetToken.user_id == user.id, PasswordResetToken.created_at > now - RATE_WINDOW))
+    if recent >= MAX_RESETS_PER_HOUR:
+        return ResetRequest("rate_limited", user_id=user.id)
+
+    settings = load_settings(session)
+    expires_at = now + validity(settings)
+    key = secret_key if secret_key is not None else get_config().secret_key()
+    nonce = secrets.token_urlsafe(24)
+    _invalidate_open_tokens(session, user.id, now)
+    try:
+        with session.begin_nested():
+            # The token depends on the row id: insert with a random placeholder hash, then set it.
+            row = PasswordResetToken(user_id=user.id, token_hash=hash_token("pending:" + nonce),
+                                     requested_by=requested_by, security_checked=bool(security_checked),
+                                     request_key=request_key, created_at=now, expires_at=expires_at)
+            session.add(row)
+            session.flush()
+            row.token_hash = hash_token(derive_token(key, row.id, nonce))
+            session.flush()
+    except IntegrityError:
+        # The database is the last guard: the same request_key was committed meanwhile.
+        twin = _existing(session, request_key)
+        if twin is None:
+            raise
+        return ResetRequest("already_requested", user_id=user.id, token_id=twin.id)
+    email_ids = queue_emails(session, [QueuedEmail(
+        template=TEMPLATE, client_id=_owner_client_id(session, user.id),
+        context={"token_id": row.id, "nonce": nonce, "requested_by": requested_by},
+        dedupe_key=f"{TEMPLATE}:{row.id}")])
+    return ResetRequest("sent", user_id=user.id, token_id=row.id, expires_at=expires_at,
+                        email_ids=tuple(email_ids))
+
+
+def _open_row(session: Session, token: Any, now: datetime, *, lock: bool) -> PasswordResetToken:
+    """The token's row if the token is valid at ``now``; else ``InvalidResetToken``.
+
+    Looks the row up by hash (an index), then compares the hashes with ``hmac.compare_digest``;
+    the unknown-token path does a comparison too, so every failure costs about the same.
+    """
+    if not isinstance(token, str) or not _TOKEN_SHAPE.match(token):
+        hmac.compare_digest("0" * 64, "1" * 64)
+        raise InvalidResetToken()
+    wanted = hash_token(token)
+    stmt = select(PasswordResetToken).where(PasswordResetToken.token_hash == wanted)
+    row = session.execute(for_update(stmt) if lock else stmt).scalar_one_or_none()
+    stored = row.token_hash if row is not None else "0" * 64
+    matches = hmac.compare_digest(stored.encode(), wanted.encode())
+    if row is None or not matches or row.used_at is not None or row.invalidated_at is not None \
+            or now >= as_utc(row.expires_at):
+        raise InvalidResetToken()
+    return row
+
+
+def verify_reset_token(session: Session, token: str, *, now: datetime) -> int:
+    """The user id of a valid ``token`` (for the panel to show the "choose a password" form).
+
+    Reads only. A wrong, expired (at ``expires_at`` exactly or later), used or superseded token
+    raises ``InvalidResetToken``, the same error for each.
+    """
+    return _open_row(session, token, _aware("now", now), lock=False).user_id
+
+
+def complete_password_reset(session: Session, token: str, new_password: str, *, now: datetime) -> ResetCompleted:
+    """Set the user's password (argon2id) from a valid ``token``, once; the caller commits.
+
+    Locks the user row, then the token row (the order ``request_password_reset`` uses), and
+    checks the token again under the locks: of two completions with one token, one wins and the
+    other gets ``InvalidResetToken``. Marks the token used and invalidates the user's other open
+    tokens. A password that is too short or too long is a ``ValidationError`` on ``new_password``
+    (the token stays usable); the password is never in an error or a log.
+    """
+    now = _aware("now", now)
+    user_id = _open_row(session, token, now, lock=False).user_id
+    user = session.execute(for_update(select(User).where(User.id == user_id))).scalar_one_or_none()
+    if user is None:
+        raise InvalidResetToken()
+    row = _open_row(session, token, now, lock=True)
+    check_new_password(new_password)
+    user.password_hash = hash_password(new_password)
+    row.used_at = now
+    invalidated = _invalidate_open_tokens(session, user.id, now, keep=row.id)
+    session.flush()
+    return ResetCompleted(user_id=user.id, token_id=row.id, invalidated=invalidated)
+
+
+def render_password_reset_email(session: Session, outbox: OutboxEmail,
+                                settings: BillingSettings | None = None,
+                                secret_key: bytes | None = None) -> RenderedEmail:
+    """Render a ``password_reset`` outbox row for delivery, to the user's email. Reads only.
+
+    Re-derives the token from SECRET_KEY and the row's nonce and checks it against the stored
+    hash: a mismatch (another SECRET_KEY, an edited context) is a ``ValidationError`` rather than
+    an email with a dead link. The token is in ``log_redactions``: the email log never keeps it.
+    """
+    try:
+        context = json.loads(outbox.context or "{}")
+    except json.JSONDecodeError:
+        context = None
+    if not isinstance(context, dict) or not isinstance(context.get("token_id"), int) \
+            or not isinstance(context.get("nonce"), str):
+        raise ValidationError("email_outbox.context", outbox.id, "is not a password reset context")
+    row = session.get(PasswordResetToken, context["token_id"])
+    if row is None:
+        raise NotFound("token_id", context["token_id"], "password reset token")
+    user = session.get(User, row.user_id)
+    if user is None:
+        raise NotFound("user_id", row.user_id, "user")
+    key = secret_key if secret_key is not None else get_config().secret_key()
+    token = derive_token(key, row.id, context["nonce"])
+    if not hmac.compare_digest(hash_token(token).encode(), row.token_hash.encode()):
+        raise ValidationError("email_outbox.context", outbox.id,
+                              "does not give the stored token: SECRET_KEY differs from the key the token was made "
+                              "with (every host must share one SECRET_KEY)")
+    settings = settings if settings is not None else load_settings(session)
+    created, expires = as_utc(row.created_at), as_utc(row.expires_at)
+    hours = round((expires - created).total_seconds() / 3600, 2)
+    rendered = render(TEMPLATE, {
+        "user": {"first_name": user.first_name, "last_name": user.last_name, "email": user.email},
+        "reset_link": reset_link(settings, token),
+        "validity_hours": int(hours) if hours == int(hours) else hours,
+        "expires_at": expires.strftime("%Y-%m-%d %H:%M UTC"),
+        "requested_by": row.requested_by,
+        "settings": settings,
+    }, to=[user.email.strip()] if user.email and user.email.strip() else [],
+        client_id=outbox.client_id)
+    return replace(rendered, log_redactions=(token,))
