@@ -64,7 +64,12 @@ def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: 
     billingworker enqueue daily-run [--as-of 2026-01-15] [--dry-run]
     billingworker enqueue generate_due_invoices client_id=12 as_of=2026-01-15
 
-    Each argument is NAME=VALUE where VALUE is JSON (a bare word is taken as a string).
+    billingworker enqueue adjust_credit client_id=12 amount=-5.00 description="Goodwill"
+    billingworker enqueue mass_update client_id=12 'items=[{"type": "service", "id": 7}]' \
+        'changes={"next_due_date": "2026-02-06"}' create_prorata_invoice=true
+
+    Each argument is NAME=VALUE where VALUE is JSON (a bare word is taken as a string). A number
+    with a decimal point is sent as a string ("10.50"): the jobs take money as decimal strings.
     """
     from .actors import broker
 
@@ -74,9 +79,11 @@ def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: 
         if not sep:
             raise click.BadParameter(f"{arg!r} is not NAME=VALUE", param_hint="ARGUMENTS")
         try:
-            kwargs[name] = json.loads(raw)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            kwargs[name] = raw
+            value = raw
+        # JSON floats lose cents, and every job refuses them: 10.50 is meant as money.
+        kwargs[name] = raw.strip() if isinstance(value, float) else value
     if actor == "daily-run":
         actor = "run_daily_automation"
         kwargs.update({"as_of": as_of, "dry_run": dry_run, "trigger": "cron"})

@@ -7,7 +7,8 @@ from ..broker import setup_broker
 
 broker = setup_broker()
 
-from . import accounts, clients, messages, profiles, services  # noqa: E402,F401 - client-account jobs (issue 4)
+from .accounts import send_password_reset_email  # noqa: E402
+from .clients import close_client, delete_client, export_client_data, merge_clients  # noqa: E402
 from .daily import (  # noqa: E402
     advance_daily_run,
     apply_late_fees,
@@ -25,11 +26,17 @@ from .invoicing import (  # noqa: E402
     generate_due_invoices_batch,
     invoice_selected_items,
 )
+from .messages import send_client_email  # noqa: E402
 from .payments import apply_payment  # noqa: E402
+from .profiles import adjust_credit, normalize_phone_numbers, normalize_phone_numbers_batch  # noqa: E402
+from .services import delete_selected_items, mass_update, relay_module_commands, run_module_command  # noqa: E402
 
 __all__ = [
     "advance_daily_run", "apply_late_fees", "capture_due_payments", "run_daily_automation", "run_daily_batch",
     "run_task_batch", "send_overdue_reminders",
     "broker", "apply_payment", "create_add_funds_invoice", "create_invoice", "deliver_email", "deliver_emails",
     "generate_due_invoices", "generate_due_invoices_batch", "invoice_selected_items", "relay_outbox",
+    "send_password_reset_email", "close_client", "delete_client", "export_client_data", "merge_clients",
+    "send_client_email", "adjust_credit", "normalize_phone_numbers", "normalize_phone_numbers_batch",
+    "delete_selected_items", "mass_update", "relay_module_commands", "run_module_command",
 ]

@@ -6,8 +6,7 @@ from ..db import unit_of_work
 from ..domain.password_reset import request_password_reset
 from ..runtime import runtime
 from .arguments import parse_bool, parse_optional_id, parse_text
-from .base import job, send_emails
-from .invoicing import _receipt_key as receipt_key
+from .base import job, receipt_key, send_emails
 
 
 @job()

@@ -40,6 +40,18 @@ def current_message_id() -> str:
     return message.message_id if message is not None else ""
 
 
+def receipt_key(actor: str, request_id) -> str:
+    """The run-once key: the caller's ``request_id`` (per job name), else the message id."""
+    if request_id is not None:
+        if not isinstance(request_id, str) or not request_id or len(request_id) > 150:
+            raise ValidationError("request_id", request_id, "must be a non-empty string of at most 150 characters")
+        return f"{actor}:request:{request_id}"
+    message_id = current_message_id()
+    if not message_id:
+        raise ValidationError("request_id", request_id, "is required when the job is not run from a message")
+    return f"{actor}:message:{message_id}"
+
+
 def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES) -> Callable:
     """Declare a public job: ``@job()`` over a function whose name is the actor name."""
 

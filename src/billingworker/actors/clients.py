@@ -17,8 +17,7 @@ from ..domain.merging import merge_clients as merge
 from ..domain.receipts import run_once
 from ..runtime import runtime
 from .arguments import parse_bool, parse_id
-from .base import current_message_id, job
-from .invoicing import _receipt_key
+from .base import current_message_id, job, receipt_key
 
 log = logging.getLogger("billingworker.jobs")
 
@@ -74,7 +73,7 @@ def _once(session, actor: str, work):
     outside a message (a script, a test) it just runs."""
     if not current_message_id():
         return work()
-    result, _ = run_once(session, _receipt_key(actor, None), actor, work)
+    result, _ = run_once(session, receipt_key(actor, None), actor, work)
     return result
 
 
@@ -82,7 +81,7 @@ def _once(session, actor: str, work):
 def export_client_data(client_id, request_id=None):
     """Write the client's data as JSON into EXPORTS_DIR, once per message id or ``request_id``."""
     client_id = parse_id("client_id", client_id)
-    key = _receipt_key("export_client_data", request_id)
+    key = receipt_key("export_client_data", request_id)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
         result = export(session, client_id, exports_dir=rt.exports_dir, request_key=key, now=rt.clock.now())

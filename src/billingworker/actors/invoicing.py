@@ -23,7 +23,7 @@ from ..domain.models import Client, Currency
 from ..domain.receipts import run_once
 from ..runtime import runtime
 from .arguments import parse_bool, parse_date, parse_id, parse_items, parse_money, parse_optional_id
-from .base import current_message_id, job, send_emails
+from .base import current_message_id, job, receipt_key, send_emails
 
 
 def _today(as_of: date | None) -> date:
@@ -103,23 +103,11 @@ def _refusal(client_id: int, item_type: str, item_id: int, why: str):
     return ClientFailure(client_id, f"items[{item_type}:{item_id}]", None, why)
 
 
-def _receipt_key(actor: str, request_id) -> str:
-    """The run-once key: the caller's ``request_id`` (per job name), else the message id."""
-    if request_id is not None:
-        if not isinstance(request_id, str) or not request_id or len(request_id) > 150:
-            raise ValidationError("request_id", request_id, "must be a non-empty string of at most 150 characters")
-        return f"{actor}:request:{request_id}"
-    message_id = current_message_id()
-    if not message_id:
-        raise ValidationError("request_id", request_id, "is required when the job is not run from a message")
-    return f"{actor}:message:{message_id}"
-
-
 @job()
 def create_invoice(client_id, request_id=None):
     """An empty Draft invoice; run once per message (or per ``request_id``)."""
     client_id = parse_id("client_id", client_id)
-    key = _receipt_key("create_invoice", request_id)
+    key = receipt_key("create_invoice", request_id)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
         result, _ = run_once(session, key, "create_invoice", lambda: {
@@ -132,7 +120,7 @@ def create_invoice(client_id, request_id=None):
 def create_add_funds_invoice(client_id, amount, request_id=None):
     """An "Add Funds" invoice within the installation's limits; run once per message or ``request_id``."""
     client_id = parse_id("client_id", client_id)
-    key = _receipt_key("create_add_funds_invoice", request_id)
+    key = receipt_key("create_add_funds_invoice", request_id)
     rt = runtime()
     emails: list[int] = []
     with unit_of_work(rt.engine) as session:

@@ -6,8 +6,7 @@ from ..db import unit_of_work
 from ..domain.client_email import send_client_email as queue_client_email
 from ..runtime import runtime
 from .arguments import parse_bool, parse_id
-from .base import job, send_emails
-from .invoicing import _receipt_key as receipt_key
+from .base import job, receipt_key, send_emails
 
 
 @job()

@@ -18,8 +18,7 @@ from ..domain.receipts import run_once
 from ..domain.settings import load_settings
 from ..runtime import runtime
 from .arguments import parse_id, parse_optional_id, parse_text
-from .base import current_message_id, job
-from .invoicing import _receipt_key as receipt_key
+from .base import current_message_id, job, receipt_key
 
 #: The width of ``credit_history.description``.
 MAX_DESCRIPTION_LENGTH = 500

@@ -30,8 +30,7 @@ from ..domain.module_commands import (
 from ..domain.receipts import run_once
 from ..runtime import runtime
 from .arguments import parse_bool, parse_id, parse_items
-from .base import MAX_RETRIES, current_message_id, job, send_emails
-from .invoicing import _receipt_key
+from .base import MAX_RETRIES, current_message_id, job, receipt_key, send_emails
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def mass_update(client_id, items, changes, create_prorata_invoice=False, send_em
         raise ValidationError("changes", changes, "must be a JSON object of the fields to change")
     create_prorata_invoice = parse_bool("create_prorata_invoice", create_prorata_invoice)
     send_email = parse_bool("send_email", send_email)
-    key = _receipt_key("mass_update", request_id)
+    key = receipt_key("mass_update", request_id)
     rt = runtime()
     commands: list[QueuedCommand] = []
     emails: list[int] = []
@@ -103,7 +102,7 @@ def run_module_command(item_type, item_id, command, command_id=None, params=None
     rt = runtime()
     if command_id is None:
         params = parse_module_params("params", params)
-        key = _receipt_key("run_module_command", request_id)
+        key = receipt_key("run_module_command", request_id)
         with unit_of_work(rt.engine) as session:
             queued = record_module_command(session, item_type, item_id, command, params, request_key=key,
                                            now=rt.clock.now())
