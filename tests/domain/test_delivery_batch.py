@@ -88,8 +88,8 @@ def test_paid_reminders_are_skipped_and_unrenderable_rows_parked(session):
     # Given a reminder whose invoice was paid after it was queued, and an email whose invoice is gone
     reminder = invoice_email(session, template="first_invoice_overdue_notice")
     session.get(Invoice, json.loads(reminder.context)["invoice_id"]).status = InvoiceStatus.PAID
-    orphan = OutboxEmail(template="invoice_created", client_id=reminder.client_id,
-                         context=json.dumps({"invoice_id": 987654}), dedupe_key="invoice_created:987654")
+    orphan = OutboxEmail(template="payment_confirmation", client_id=reminder.client_id,
+                         context=json.dumps({"invoice_id": 987654}), dedupe_key="payment_confirmation:987654")
     session.add(orphan)
     good = invoice_email(session, client=factories.client(session, email="good@example.com"))
     session.commit()
@@ -182,3 +182,31 @@ def test_smtp_batch_uses_one_connection_and_survives_a_refused_recipient(session
     assert [r.status for r in batch.results] == ["sent", "retry", "sent"]
     assert sorted(e.rcpt_tos[0] for e in handler.envelopes) == ["c0@example.com", "c2@example.com"]
     assert len(connections) == 1
+
+
+def test_the_notice_of_an_invoice_cancelled_meanwhile_is_not_sent(session):
+    # Given an "invoice created" email queued, then its invoice cancelled (e.g. the client was closed)
+    cancelled = invoice_email(session)
+    session.get(Invoice, json.loads(cancelled.context)["invoice_id"]).status = InvoiceStatus.CANCELLED
+    kept = invoice_email(session, client=factories.client(session, email="kept@example.com"))
+    session.commit()
+    mailer = MemoryMailer()
+
+    # When both are delivered, in a batch and one by one
+    batch = deliver_emails(session, [cancelled.id, kept.id], mailer, sender=SENDER, now=NOW)
+    session.commit()
+
+    # Then only the live invoice's notice went
+    assert {r.email_id: r.status for r in batch.results} == {cancelled.id: "skipped", kept.id: "sent"}
+    assert [m["To"] for m in mailer.sent] == ["kept@example.com"]
+
+
+def test_one_by_one_delivery_skips_the_notice_of_a_cancelled_invoice_too(session):
+    from billingworker.domain.delivery import deliver_email
+
+    cancelled = invoice_email(session)
+    session.get(Invoice, json.loads(cancelled.context)["invoice_id"]).status = InvoiceStatus.CANCELLED
+    session.commit()
+    mailer = MemoryMailer()
+    assert deliver_email(session, cancelled.id, mailer, sender=SENDER, now=NOW).status == "skipped"
+    assert mailer.sent == []

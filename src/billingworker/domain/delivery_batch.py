@@ -29,8 +29,8 @@ from billingworker.adapters.mailer import Mailer, build_message, send_all
 from .delivery import MAX_ERROR_LENGTH, MAX_SUBJECT_LENGTH, DeliveryResult, message_id_for
 from .emails import RenderCache, render_outbox_email
 from .errors import ValidationError
-from .models import Client, ClientStatus, EmailLog, Invoice, InvoiceStatus, OutboxEmail, OutboxStatus
-from .reminders import REMINDER_TEMPLATES
+from .models import EmailLog, OutboxEmail, OutboxStatus
+from .reminders import unwanted_emails
 
 #: Emails per delivery message: big enough to share the reads, small enough that one message
 #: finishes in a second or two and a retry repeats little.
@@ -67,7 +67,8 @@ def deliver_emails(session: Session, email_ids: Sequence[int], mailer: Mailer, *
     results: dict[int, DeliveryResult] = {i: DeliveryResult(i, "missing") for i in ids if i not in found}
     failed: list[tuple[int, str]] = []
 
-    unwanted = _unwanted_reminders(session, rows)
+    unwanted = unwanted_emails(session, [(row.id, row.template, _context(row)) for row in rows
+                                         if row.status == OutboxStatus.QUEUED])
     open_rows = []
     for row in rows:
         message_id = message_id_for(row.id, sender)
@@ -76,7 +77,8 @@ def deliver_emails(session: Session, email_ids: Sequence[int], mailer: Mailer, *
         elif row.status == OutboxStatus.SKIPPED:
             results[row.id] = DeliveryResult(row.id, "skipped", message_id=message_id, template=row.template)
         elif row.status == OutboxStatus.QUEUED and row.id in unwanted:
-            # A reminder whose invoice was paid (or cancelled) after it was queued: SPEC §5.
+            # A reminder whose invoice was paid (or cancelled) after it was queued (SPEC §5), or
+            # the notice of an invoice cancelled meanwhile.
             row.status = OutboxStatus.SKIPPED
             row.sent_at = now
             results[row.id] = DeliveryResult(row.id, "skipped", message_id=message_id, template=row.template)
@@ -130,26 +132,9 @@ def deliver_emails(session: Session, email_ids: Sequence[int], mailer: Mailer, *
     return BatchDelivery(results=tuple(results[i] for i in ids), retry_ids=tuple(retry), failed=tuple(failed))
 
 
-def _unwanted_reminders(session: Session, rows: Sequence[OutboxEmail]) -> set[int]:
-    """Ids of queued reminder rows whose invoice is no longer Unpaid or whose client no longer
-    takes reminders (the batch form of ``reminders.reminder_still_wanted``)."""
-    by_invoice: dict[int, list[int]] = {}
-    for row in rows:
-        if row.status != OutboxStatus.QUEUED or row.template not in REMINDER_TEMPLATES:
-            continue
-        try:
-            invoice_id = json.loads(row.context or "{}").get("invoice_id")
-        except (json.JSONDecodeError, AttributeError):
-            continue  # the renderer refuses it
-        if isinstance(invoice_id, int):
-            by_invoice.setdefault(invoice_id, []).append(row.id)
-    if not by_invoice:
-        return set()
-    wanted = {
-        invoice_id for invoice_id, status, flag, client_status in session.execute(
-            select(Invoice.id, Invoice.status, Client.send_overdue_reminders, Client.status)
-            .join(Client, Client.id == Invoice.client_id)
-            .where(Invoice.id.in_(list(by_invoice))))
-        if status == InvoiceStatus.UNPAID and flag and client_status != ClientStatus.CLOSED
-    }
-    return {row_id for invoice_id, row_ids in by_invoice.items() if invoice_id not in wanted for row_id in row_ids}
+def _context(row: OutboxEmail) -> dict:
+    try:
+        context = json.loads(row.context or "{}")
+    except json.JSONDecodeError:
+        return {}  # the renderer refuses it
+    return context if isinstance(context, dict) else {}
