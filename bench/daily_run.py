@@ -455,6 +455,8 @@ class Sample:
     t: float
     run_status: str | None
     queues: dict[str, QueueCounts]
+    #: Outbox rows still queued (emails not yet sent): a deliver_emails message carries up to 100.
+    emails_queued: int = 0
 
 
 @dataclass
@@ -606,9 +608,10 @@ def _wait(engine: Engine, client: redis.Redis, day: DayFigures, started: float, 
             tasks = conn.execute(text(
                 "SELECT task, status, batches_done, batches_total FROM daily_run_tasks WHERE run_id = :r "
                 "ORDER BY position"), {"r": run.id}).all() if run is not None else []
+            emails_queued = conn.execute(text("SELECT count(*) FROM email_outbox WHERE status = 'queued'")).scalar()
         status = run.status if run is not None else None
         now = time.perf_counter() - started
-        day.samples.append(Sample(now, status, queues))
+        day.samples.append(Sample(now, status, queues, emails_queued))
         if status not in (None, "running") and day.seconds_to_run_end is None:
             day.seconds_to_run_end = now
             day.run_over_cpu = CpuSnapshot.take(day.workers, day.database)
@@ -815,14 +818,14 @@ def print_day(day: DayFigures, args: argparse.Namespace) -> None:
     _row("run: first task start -> last finish", _secs(overall), "seconds (daily_run_tasks)")
     _row("enqueue -> run row written", _secs(day.run_start), "seconds (run_daily_automation picked up)")
     _row("enqueue -> run succeeded", _secs(day.run_end), f"seconds (daily_runs.finished_at; status {day.run_status})")
-    backlog = next((s.queues["emails"].outstanding for s in day.samples if s.run_status not in (None, "running")), None)
+    backlog = next((s.emails_queued for s in day.samples if s.run_status not in (None, "running")), None)
     _row("enqueue -> emails drained", f"{day.seconds_to_idle:,.2f}",
          "seconds: run over and both queues empty (the overall figure)"
          + (f"; {backlog:,} emails still queued at run end" if backlog is not None else ""))
     peak_emails = max(day.samples, key=lambda s: s.queues["emails"].outstanding, default=None)
     if peak_emails is not None:
         _row("email backlog peak", f"{peak_emails.queues['emails'].outstanding:,}",
-             f"messages, at {peak_emails.t:,.1f} s")
+             f"messages (deliver_emails carries up to 100 emails), at {peak_emails.t:,.1f} s")
 
     seconds = day.seconds_to_idle or float("nan")
     control = jobs.done["run_daily_automation"] + jobs.done["advance_daily_run"]
@@ -899,7 +902,7 @@ def print_where(day: DayFigures) -> None:
             f"other processes {phase.get('other processes', 0.0):,.1f} s, "
             f"machine busy {phase.get('machine user', 0.0) + phase.get('machine system', 0.0):,.1f} s "
             f"of {available:,.1f} s available")
-    backlog = next((s.queues["emails"].outstanding for s in day.samples if s.run_status not in (None, "running")), 0)
+    backlog = next((s.emails_queued for s in day.samples if s.run_status not in (None, "running")), 0)
     sent = day.outbox.get("sent", 0) + day.outbox.get("skipped", 0)
     say(f"    emails delivered during the billing phase: {max(0, sent - backlog):,} of {sent:,}")
     tail = day.seconds_to_idle - day.seconds_to_run_end
@@ -923,7 +926,7 @@ def print_timeline(day: DayFigures) -> None:
         task = next((t.task for t in day.tasks if t.start is not None and t.start <= s.t
                      and (t.end is None or s.t < t.end)), "-" if s.run_status == "running" else s.run_status)
         say(f"    {s.t:7.1f} s  {task or '-':<24} billing {s.queues['billing'].outstanding:>7,}   "
-            f"emails {s.queues['emails'].outstanding:>7,}")
+            f"emails {s.queues['emails'].outstanding:>7,}   unsent emails {s.emails_queued:>7,}")
 
 
 def print_memory_check(full: DayFigures, half: DayFigures) -> None:

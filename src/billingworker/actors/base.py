@@ -31,6 +31,8 @@ log = logging.getLogger("billingworker.jobs")
 MAX_RETRIES = 10
 MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 300_000
+#: The priority of the email jobs (billing jobs have 0; lower runs first).
+EMAIL_PRIORITY = 10
 #: A single message may run this long (fan-out batches are small; 10 minutes is generous).
 TIME_LIMIT_MS = 600_000
 
@@ -52,8 +54,13 @@ def receipt_key(actor: str, request_id) -> str:
     return f"{actor}:message:{message_id}"
 
 
-def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES) -> Callable:
-    """Declare a public job: ``@job()`` over a function whose name is the actor name."""
+def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, priority: int = 0) -> Callable:
+    """Declare a public job: ``@job()`` over a function whose name is the actor name.
+
+    ``priority`` orders the messages a worker has already fetched (lower runs first): the email
+    jobs take EMAIL_PRIORITY so that, while a daily run fans out, its billing batches go before
+    the emails they queued instead of sharing the CPU with them.
+    """
 
     def decorate(fn: Callable[..., Any]) -> dramatiq.Actor:
         signature = inspect.signature(fn)
@@ -89,7 +96,7 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES) -> C
             log.info("job %s message %s done in %.3fs: %s", name, message_id, time.perf_counter() - started,
                      result, extra=fields("ok"))
 
-        return dramatiq.actor(run, actor_name=name, queue_name=queue_name, max_retries=max_retries,
+        return dramatiq.actor(run, actor_name=name, queue_name=queue_name, priority=priority, max_retries=max_retries,
                               min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS, time_limit=TIME_LIMIT_MS,
                               throws=(ValidationError, Conflict))
 

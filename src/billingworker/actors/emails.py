@@ -14,7 +14,7 @@ from ..domain.delivery_batch import deliver_emails as deliver_batch
 from ..domain.errors import ValidationError
 from ..runtime import runtime
 from .arguments import parse_id, parse_id_list
-from .base import MAX_RETRIES, job
+from .base import EMAIL_PRIORITY, MAX_RETRIES, job
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 RELAY_AFTER = timedelta(minutes=5)
 
 
-@job(queue_name=EMAIL_QUEUE)
+@job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY)
 def deliver_email(email_id):
     """Send one outbox email through the mail transport and log it; a sent email is never resent."""
     email_id = parse_id("email_id", email_id)
@@ -47,7 +47,7 @@ def deliver_email(email_id):
     return {"email_id": email_id, "status": result.status}
 
 
-@job(queue_name=EMAIL_QUEUE)
+@job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY)
 def deliver_emails(email_ids):
     """Send a batch of outbox emails (at most EMAIL_BATCH_SIZE) in one transaction.
 
@@ -68,7 +68,7 @@ def deliver_emails(email_ids):
             "failed": len(batch.failed), "retry": len(batch.retry_ids)}
 
 
-@job(queue_name=EMAIL_QUEUE)
+@job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY)
 def relay_outbox(limit=1000, older_than_seconds=None):
     """Re-enqueue outbox emails still queued ``older_than_seconds`` (default 300) after they were written."""
     limit = parse_id("limit", limit)
