@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import smtplib
@@ -40,6 +41,36 @@ MESSAGE_ID = "<outbox-12.billingworker@acme.test>"
 def message() -> EmailMessage:
     return build_message(RENDERED, sender="Acme Billing <billing@acme.test>", message_id=MESSAGE_ID,
                          date=datetime(2024, 5, 1, 9, 0, tzinfo=UTC))
+
+
+def received(rendered: RenderedEmail, sender: str = "Acme Billing <billing@acme.test>") -> EmailMessage:
+    """What a receiver parses out of the bytes we would send."""
+    raw = build_message(rendered, sender=sender, message_id=MESSAGE_ID).as_bytes()
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def test_non_ascii_names_subjects_and_bodies_arrive_intact():
+    rendered = dataclasses.replace(RENDERED, subject="Facture n° 1001 — Société Générale",
+                                   text="Chère Zoë,\nvotre facture est prête : 12,00 €\n",
+                                   html="<p>Chère Zoë, 12,00 €</p>\n", to=["Zoë Müller <zoe@example.com>"])
+    msg = received(rendered, sender="Café Hébergement <billing@acme.test>")
+    assert msg["Subject"] == "Facture n° 1001 — Société Générale"
+    assert msg["From"].addresses[0].display_name == "Café Hébergement"
+    assert msg["To"].addresses[0].display_name == "Zoë Müller"
+    assert msg.get_body(("plain",)).get_content() == "Chère Zoë,\nvotre facture est prête : 12,00 €\n"
+    assert "12,00 €" in msg.get_body(("html",)).get_content()
+
+
+@pytest.mark.parametrize("field, change", [
+    ("to", {"to": ["ada@example.com\r\nBcc: everyone@example.com"]}),
+    ("cc", {"cc": ["x@example.com\nBcc: everyone@example.com"]}),
+    ("subject", {"subject": "Hello\r\nBcc: everyone@example.com"}),
+    ("to", {"to": ["not an address"]}),
+])
+def test_header_injection_and_bad_addresses_are_refused(field, change):
+    with pytest.raises(ValidationError) as err:
+        build_message(dataclasses.replace(RENDERED, **change), sender="a@b.c", message_id="<1@b.c>")
+    assert err.value.field == field
 
 
 # --- mailer_from_url ---------------------------------------------------------------------------
@@ -108,7 +139,7 @@ def test_unknown_security_is_refused():
 
 
 def test_build_message_is_multipart_alternative_with_the_given_message_id():
-    msg = message()
+    msg = email.message_from_bytes(message().as_bytes(), policy=email.policy.default)
     assert msg.get_content_type() == "multipart/alternative"
     assert msg["Message-ID"] == MESSAGE_ID
     assert msg["From"] == "Acme Billing <billing@acme.test>"

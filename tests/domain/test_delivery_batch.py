@@ -210,3 +210,20 @@ def test_one_by_one_delivery_skips_the_notice_of_a_cancelled_invoice_too(session
     mailer = MemoryMailer()
     assert deliver_email(session, cancelled.id, mailer, sender=SENDER, now=NOW).status == "skipped"
     assert mailer.sent == []
+
+
+def test_a_client_address_with_a_line_break_parks_that_email_only(session):
+    # Given an email to a client whose address carries a header injection, and a good one
+    bad = invoice_email(session, client=factories.client(session, email="ada@example.com\r\nBcc: x@example.com"))
+    good = invoice_email(session, client=factories.client(session, email="good@example.com"))
+    session.commit()
+    mailer = MemoryMailer()
+
+    # When both are delivered as a batch
+    batch = deliver_emails(session, [bad.id, good.id], mailer, sender=SENDER, now=NOW)
+    session.commit()
+
+    # Then the bad one is parked as failed, naming the reason, and the good one went
+    assert {r.email_id: r.status for r in batch.results} == {bad.id: "failed", good.id: "sent"}
+    assert "line break" in session.get(OutboxEmail, bad.id).last_error
+    assert [m["To"] for m in mailer.sent] == ["good@example.com"]
