@@ -259,3 +259,16 @@ def test_the_same_request_at_once_changes_credit_once(pg_runtime, pg_session):
     assert [kind for kind, _ in outcomes] == ["ok"] * 3
     assert balance(pg_session, c.id) == D("9.99")
     assert count(pg_session, CreditHistory) == 1 and count(pg_session, JobReceipt) == 1
+
+
+def test_the_same_client_converted_by_two_workers_at_once_ends_the_same(pg_runtime, pg_session):
+    c = f.client(pg_session, country="GB", phone_number="020 7123 4567")
+    other = Contact(client_id=c.id, email="other@example.com", phone_number="01 23 45 67 89", country="FR")
+    pg_session.add(other)
+    pg_session.commit()
+    convert = lambda: normalize_phone_numbers(client_id=c.id)  # noqa: E731
+    outcomes = race(convert, convert, convert)
+    assert [kind for kind, _ in outcomes] == ["ok"] * 3, outcomes
+    assert phone(pg_session, Client, c.id) == "+44.2071234567"
+    assert phone(pg_session, Contact, other.id) == "+33.123456789"
+    assert count(pg_session, JobFailure) == 0, "a number converted by the other worker is no failure"

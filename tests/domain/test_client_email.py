@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billingworker.adapters.mailer import MemoryMailer
-from billingworker.domain.client_email import send_client_email
+from billingworker.domain.client_email import render_written, send_client_email
 from billingworker.domain.delivery import deliver_email
 from billingworker.domain.delivery_batch import deliver_emails
 from billingworker.domain.emails import render_outbox_email
@@ -101,6 +101,48 @@ def test_template_injection_and_broken_templates_fail_safely(session, field, sou
     assert caught.value.field == field
     session.rollback()
     assert count(session, OutboxEmail) == 0 and count(session, EmailTemplate) == 0
+
+
+@pytest.mark.parametrize("source", [
+    "{{ '%5000000s' % 'a' }}",
+    "{{ '%*d' % (5000000, 1) }}",
+    "{{ '{:>5000000}'.format('') }}",
+    "{{ '{:>{w}}'.format('', w=5000000) }}",
+    "{{ ''.ljust(5000000) }}",
+    "{{ 'x'.zfill(5000000) }}",
+    "{{ '\t'.expandtabs(5000000) }}",
+    "{{ ('y' * 2000).replace('', 'y' * 2000) }}",
+    "{{ ('y' * 2000)|replace('', 'y' * 2000) }}",
+    "{{ ('y' * 2000).join('x' * 2000) }}",
+    "{{ ('x' * 2000)|list|join('y' * 2000) }}",
+    "{{ ''|center(5000000) }}",
+    "{{ 'a\nb'|indent(5000000) }}",
+    "{{ '%5000000s'|format('a') }}",
+    "{{ ['x' * 200000] * 100 }}",
+    "{% set a = 'x' * 200000 %}{{ a ~ a }}",
+    "{% set a = 'x' * 200000 %}{{ a + a }}",
+])
+def test_a_message_that_would_build_a_huge_text_is_refused_before_building_it(source):
+    """Each of these builds megabytes (gigabytes with a larger number) before the rendered length
+    could be checked: the sandbox must refuse them up front."""
+    with pytest.raises(ValidationError) as caught:
+        render_written("body", source, {"first_name": "Ann"})
+    assert "forbids" in caught.value.rule, caught.value.rule
+
+
+def test_a_loop_printing_a_long_text_stops_at_the_limit():
+    source = "{% set a = 'x' * 200000 %}{% for i in range(1000) %}{% for j in range(1000) %}{{ a }}{% endfor %}" \
+             "{% endfor %}"
+    with pytest.raises(ValidationError, match="renders to more than"):
+        render_written("body", source, {})
+
+
+def test_ordinary_formatting_still_works():
+    source = ("{{ '%05.1f' % 3.14159 }} {{ '{:>4}'.format('x') }} {{ 'a,b'.replace(',', ';') }} "
+              "{{ ', '.join(['a', 'b']) }} {{ 'x'|center(5) }}|{{ ['q', 'r']|join('-') }} {{ '%s-%s'|format(1, 2) }} "
+              "{{ 'ab'|replace('a', 'c') }} {{ first_name ~ '!' }} {{ [1] + [2] }}")
+    assert render_written("body", source, {"first_name": "Ann"}) == \
+        "003.1    x a;b a, b   x  |q-r 1-2 cb Ann! [1, 2]"
 
 
 def test_the_same_request_twice_queues_one_email(session):

@@ -79,12 +79,20 @@ def test_empty_stays_empty(typed):
     ("+999 1234 5678", "US", "unknown country calling code"),
     ("+", "US", "not a phone number"),
     ("---", "US", "not a phone number"),
+    ("0000000000", "US", "not a phone number"),  # the right length, but a placeholder
+    ("+44 0000000000", "US", "not a phone number"),
 ])
 def test_an_unreadable_number_is_a_clear_validation_error(typed, country, why):
     with pytest.raises(ValidationError) as error:
         normalize_phone(typed, country)
     assert error.value.field == "phone_number" and error.value.value == typed
     assert why in error.value.rule
+
+
+@pytest.mark.parametrize("typed", ["+44\t20 7123 4567", "020\u202f7123\u202f4567", "+44 20\n7123 4567",
+                                   " 020 7123 4567\r\n"])
+def test_tabs_line_breaks_and_narrow_spaces_of_a_pasted_number_are_spaces(typed):
+    assert normalize_phone(typed, "GB") == "+44.2071234567"
 
 
 def test_the_error_names_the_field_it_was_given():

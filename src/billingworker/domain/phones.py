@@ -66,7 +66,8 @@ def normalize_phone(raw: str | None, country: str | None, *, formatting: bool = 
         if len(raw) > MAX_PHONE_LENGTH:
             raise ValidationError(field, raw, f"is longer than {MAX_PHONE_LENGTH} characters")
         return raw
-    typed = raw.strip()
+    # Tabs, line breaks and the narrow no-break spaces of pasted numbers are spaces to a reader.
+    typed = " ".join(raw.split())
     if not typed:
         return ""
     if _LETTERS.search(typed):
@@ -88,7 +89,11 @@ def normalize_phone(raw: str | None, country: str | None, *, formatting: bool = 
     verdict = phonenumbers.is_possible_number_with_reason(number)
     if verdict != ValidationResult.IS_POSSIBLE:
         raise ValidationError(field, raw, _WHY_NOT_POSSIBLE.get(verdict, "is not a phone number"))
-    return f"+{number.country_code}.{phonenumbers.national_significant_number(number)}"
+    national = phonenumbers.national_significant_number(number)
+    if not national.strip("0"):
+        # Of the right length but all zeros ("0000000000"): a placeholder, no country's number.
+        raise ValidationError(field, raw, "is not a phone number")
+    return f"+{number.country_code}.{national}"
 
 
 def normalize_phone_for_write(session: Session, raw: str | None, country: str | None, *,
