@@ -254,3 +254,19 @@ def test_the_scheduler_relays_module_commands_a_crash_left_queued(session, engin
     assert "relayed outbox" in lines
     assert session.scalar(select(ModuleCommand.status).where(ModuleCommand.request_key == "lost:1")) == "succeeded"
     assert RECORDING_MODULE.calls == 1
+
+
+def test_a_mass_suspend_leaves_the_services_suspended_once_the_module_did_it(session, worker, hosting):
+    # The WHMCS admin's "Suspend" on selected services: the module suspends the accounts and the
+    # services show Suspended; a domain (the registrar) keeps its status.
+    c, svc, dom = hosting
+    other = f.service(session, c, next_due_date=date(2026, 2, 1), domain="two.example")
+    session.commit()
+    RECORDING_MODULE.fail("service", other.id, "account not found")
+    mass_update.send(client_id=c.id, items=items(("service", svc.id), ("service", other.id), ("domain", dom.id)),
+                     changes={"module_command": "suspend"})
+    drain()
+    session.expire_all()
+    assert session.get(Service, svc.id).status == "Suspended"
+    assert session.get(Service, other.id).status == "Active", "the module refused: the account runs on"
+    assert session.get(Domain, dom.id).status == "Active"

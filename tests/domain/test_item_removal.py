@@ -135,3 +135,12 @@ def test_two_workers_deleting_at_once_end_in_the_same_state(pg_engine, pg_sessio
     assert sorted(len(r.deleted) for r in results) == [0, 2]
     s.rollback()
     assert count(s, Service) == 0 and count(s, Addon) == 0 and count(s, Domain) == 0
+
+
+def test_the_domain_function_takes_the_jobs_item_objects(session, things):
+    c, svc, addon, dom, item, keep = things
+    result = delete_selected_items(session, c.id, [{"type": "domain", "id": dom.id}, {"type": "billable",
+                                                                                      "id": item.id}])
+    session.commit()
+    assert result.deleted == [("domain", dom.id), ("billable", item.id)]
+    assert session.get(Service, keep.id) is not None

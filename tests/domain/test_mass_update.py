@@ -418,3 +418,27 @@ def test_auto_apply_credit_off_leaves_the_balance(session, hosting):
     result = update(session, c, [("service", svc.id)], {"next_due_date": "2026-02-06"}, prorata=True)
     session.commit()
     assert session.get(Invoice, result.invoice_id).credit_applied == 0
+
+
+def test_the_domain_function_takes_the_jobs_item_objects_and_a_date(session, hosting):
+    # What docs/jobs.md shows ({"type", "id"} objects) and a Python date are as good as pairs
+    # and an ISO string: a caller of the domain function gets the same invoice.
+    c, svc, _, dom = hosting
+    result = update(session, c, [{"type": "service", "id": svc.id}, {"type": "domain", "id": str(dom.id)}],
+                    {"next_due_date": date(2026, 3, 6)}, prorata=True)
+    session.commit()
+    # service: 60.00 x 33 days / 30 = 66.00; domain: 365.00 x 5 days / 365 = 5.00
+    assert result.prorata_total == Decimal("71.00")
+    session.expire_all()
+    assert (session.get(Service, svc.id).next_due_date, session.get(Domain, dom.id).next_due_date) == (
+        date(2026, 3, 6), date(2026, 3, 6))
+
+
+@pytest.mark.parametrize(("items", "field"), [([{"type": "service"}], "items[0]"), (["service"], "items[0]"),
+                                              ([{"type": "service", "id": "x"}], "items[0].id"),
+                                              ([("service", 0)], "items[0].id"), ("service:1", "items")])
+def test_a_malformed_item_is_named(session, hosting, items, field):
+    c = hosting[0]
+    with pytest.raises(ValidationError) as err:
+        update(session, c, items, {"status": "Active"})
+    assert err.value.field == field

@@ -16,7 +16,7 @@ from billingworker.adapters.server_module import (
     module_for,
 )
 from billingworker.domain.errors import NotFound, ValidationError
-from billingworker.domain.models import ModuleCommand, Product
+from billingworker.domain.models import Addon, Client, Domain, ModuleCommand, Product, Service
 from billingworker.domain.module_commands import (
     NewCommand,
     pending_module_command_ids,
@@ -253,3 +253,33 @@ class _SlowModule:
         self.calls += 1
         time.sleep(0.3)
         return ModuleResult("succeeded", "ok")
+
+
+@pytest.mark.parametrize(("command", "status"), [("suspend", "Suspended"), ("unsuspend", "Active"),
+                                                 ("create", "Active"), ("terminate", "Terminated"),
+                                                 ("change_password", "Pending"), ("change_package", "Pending")])
+def test_a_succeeded_command_sets_the_services_status_as_whmcs_buttons_do(session, svc, command, status):
+    svc.status = "Pending"  # so that every change shows, "create" included
+    q = queue(session, "service", svc.id, svc.client_id, command=command)
+    session.commit()
+    run_queued_command(session, q.command_id, module_for=module_for, now=NOW, as_of=date(2026, 1, 10))
+    session.commit()
+    session.expire_all()
+    service = session.get(Service, svc.id)
+    assert service.status == status
+    assert service.termination_date == (date(2026, 1, 10) if command == "terminate" else None)
+
+
+def test_a_refused_command_leaves_the_status_and_domains_keep_theirs(session, svc):
+    addon = f.addon(session, svc, next_due_date=date(2026, 2, 1))
+    dom = f.domain(session, session.get(Client, svc.client_id), next_due_date=date(2026, 2, 1))
+    session.commit()
+    RECORDING_MODULE.fail("service", svc.id, "account not found")
+    for item_type, item_id in (("service", svc.id), ("addon", addon.id), ("domain", dom.id)):
+        q = queue(session, item_type, item_id, svc.client_id, key=f"k:{item_type}")
+        run(session, q.command_id)
+    session.commit()
+    session.expire_all()
+    assert session.get(Service, svc.id).status == "Active", "the module refused: nothing changed on the server"
+    assert session.get(Addon, addon.id).status == "Suspended"
+    assert session.get(Domain, dom.id).status == "Active"

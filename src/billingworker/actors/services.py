@@ -113,7 +113,7 @@ def run_module_command(item_type, item_id, command, command_id=None, params=None
     try:
         with unit_of_work(rt.engine) as session:
             run = run_queued_command(session, command_id, module_for=module_for, now=rt.clock.now(),
-                                     expect=(item_type, item_id, command))
+                                     expect=(item_type, item_id, command), as_of=rt.clock.today())
             if run.outcome == "failed":
                 record_failures(session, [ClientFailure(run.client_id, "command_id", command_id,
                                                         f"{command} of {item_type} {item_id} failed: {run.message}",

@@ -3,7 +3,9 @@
 A server module provisions what a service sells on a server (cPanel, Plesk, a registrar for
 domains): create, suspend, unsuspend, terminate, change package, change password. The worker
 decides a command in a billing transaction (``module_commands`` row), and ``run_module_command``
-runs it after the commit.
+runs it after the commit. When a module answers "succeeded", the worker sets the service's or
+addon's status to match (``domain.module_commands.STATUS_AFTER_COMMAND``): a module only acts on
+the server, never on the billing database.
 
 - ``RecordingModule``: the in-memory twin, thread-safe; it records each command it ran in
   ``commands`` and can be told to refuse or to be unreachable (tests). Its process-wide

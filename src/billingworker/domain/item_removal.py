@@ -10,8 +10,9 @@ guard a thing against being billed twice, and there is no thing left to guard.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -24,6 +25,32 @@ from .models import Addon, BilledPeriod, CancelRequest, ItemType
 
 #: What an admin can select for deletion.
 REMOVABLE_TYPES: tuple[str, ...] = (ItemType.SERVICE, ItemType.ADDON, ItemType.DOMAIN, ItemType.BILLABLE)
+
+
+def selected_items(items: Any) -> list[tuple[str, int]]:
+    """The selection as ``(type, id)`` pairs, in the order given: each item may be a pair or the
+    jobs' ``{"type": ..., "id": ...}`` object (so a caller of the domain function can pass what
+    the job takes). A malformed item is a ``ValidationError`` naming its index."""
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence):
+        raise ValidationError("items", items, 'must be a list of {"type": ..., "id": ...} objects')
+    out = []
+    for n, item in enumerate(items):
+        if isinstance(item, Mapping) and set(item) == {"type", "id"}:
+            kind, item_id = item["type"], item["id"]
+        elif isinstance(item, Sequence) and not isinstance(item, str | bytes) and len(item) == 2:
+            kind, item_id = item
+        else:
+            raise ValidationError(f"items[{n}]", item, 'must be an object {"type": ..., "id": ...}')
+        if isinstance(item_id, bool) or not isinstance(item_id, int | str):
+            raise ValidationError(f"items[{n}].id", item_id, "must be a positive integer id")
+        try:
+            number = int(item_id)
+        except ValueError:
+            raise ValidationError(f"items[{n}].id", item_id, "must be a positive integer id") from None
+        if number <= 0:
+            raise ValidationError(f"items[{n}].id", item_id, "must be a positive integer id")
+        out.append((kind, number))
+    return out
 
 
 @dataclass
@@ -41,15 +68,16 @@ class RemovalResult:
                 "already_gone": [f"{t}:{i}" for t, i in self.already_gone]}
 
 
-def delete_selected_items(session: Session, client_id: int, items: Sequence[tuple[str, int]]) -> RemovalResult:
+def delete_selected_items(session: Session, client_id: int, items: Sequence[Any]) -> RemovalResult:
     """Remove the selected things of ``client_id``; the caller commits.
 
     Locks the client row, then the things (per type, in id order). A thing of another client is
-    refused (``ValidationError``) before anything is deleted. Idempotent: a thing already gone is
+    refused (``ValidationError``) before anything is deleted. ``items``: ``(type, id)`` pairs or
+    ``{"type": ..., "id": ...}`` objects. Idempotent: a thing already gone is
     listed in ``already_gone``, so a second run deletes nothing and succeeds.
     """
     # Checked in the order given (so that "items[n]" names the sender's n-th item), done once each.
-    requested = [(t, int(i)) for t, i in items]
+    requested = selected_items(items)
     wanted = list(dict.fromkeys(requested))
     for n, (item_type, _) in enumerate(requested):
         if item_type not in REMOVABLE_TYPES:
@@ -96,4 +124,4 @@ def delete_selected_items(session: Session, client_id: int, items: Sequence[tupl
     return result
 
 
-__all__ = ["REMOVABLE_TYPES", "RemovalResult", "delete_selected_items"]
+__all__ = ["REMOVABLE_TYPES", "RemovalResult", "delete_selected_items", "selected_items"]

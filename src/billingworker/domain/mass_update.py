@@ -25,6 +25,7 @@ from .due_invoices import tax_context
 from .errors import NotFound, ValidationError
 from .invoice_plan import ClientInfo, InvoicePlan, Line, apply_credit_to_plans, settle_if_free, totals_for
 from .invoice_store import finish_invoices, insert_invoice_lines, lock_clients
+from .item_removal import selected_items
 from .models import (
     Addon,
     ClientStatus,
@@ -115,7 +116,9 @@ def parse_changes(raw: Any, *, minor_units: int = 2) -> ThingChanges:
         if not isinstance(v["billing_cycle"], str):
             raise ValidationError("changes.billing_cycle", v["billing_cycle"], "must be a billing cycle name")
         out["billing_cycle"] = parse_cycle(v["billing_cycle"].strip(), "changes.billing_cycle").value
-    if v["next_due_date"] is not None:
+    if isinstance(v["next_due_date"], date) and not isinstance(v["next_due_date"], datetime):
+        out["next_due_date"] = v["next_due_date"]  # a domain caller's date: as good as its ISO string
+    elif v["next_due_date"] is not None:
         try:
             out["next_due_date"] = date.fromisoformat(v["next_due_date"])
         except (TypeError, ValueError):
@@ -150,10 +153,12 @@ class MassUpdateResult:
                 "invoice_number": self.invoice_number}
 
 
-def mass_update(session: Session, client_id: int, items: Sequence[tuple[str, int]], changes: Any, *,
+def mass_update(session: Session, client_id: int, items: Sequence[Any], changes: Any, *,
                 create_prorata_invoice: bool = False, as_of: date, now: datetime, request_key: str,
                 send_email: bool = True) -> MassUpdateResult:
     """Apply ``changes`` to every selected thing of the client; the caller commits.
+
+    ``items``: ``(type, id)`` pairs or ``{"type": ..., "id": ...}`` objects.
 
     Locks the client row, then the things. Every item must be the client's (else
     ``ValidationError``/``NotFound``, nothing written). ``request_key`` (the job's run-once key)
@@ -164,7 +169,7 @@ def mass_update(session: Session, client_id: int, items: Sequence[tuple[str, int
     second invoice.
     """
     # Checked in the order given (so that "items[n]" names the sender's n-th item), done once each.
-    requested = [(t, int(i)) for t, i in items]
+    requested = selected_items(items)
     wanted = list(dict.fromkeys(requested))
     if not wanted:
         raise ValidationError("items", [], "must name at least one thing")

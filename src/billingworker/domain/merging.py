@@ -80,7 +80,9 @@ def merge_clients(session: Session, source_client_id: int, target_client_id: int
     moved["client_users"] = _move_users(session, source_client_id, target_client_id)
     moved["pay_methods"] = _move_pay_methods(session, source_client_id, target_client_id)
     moved["affiliates"] = _move_affiliate(session, source_client_id, target_client_id)
-    for table in client_tables():
+    # module_commands first: run_module_command locks a command row, then its thing's row (to
+    # set its status); taking them in the same order here means a merge never deadlocks with it.
+    for table in sorted(client_tables(), key=lambda t: t.name != "module_commands"):
         if table.name not in _SPECIAL_TABLES:
             moved[table.name] = session.execute(update(table).where(table.c.client_id == source_client_id)
                                                 .values(client_id=target_client_id)).rowcount

@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from ..adapters.server_module import MODULE_COMMANDS, ModuleCommandRequest, ModuleResult, ServerModule
 from ..db import among, for_update, is_postgres
 from .errors import NotFound, ValidationError
-from .models import Addon, Domain, ItemType, ModuleCommand, ModuleCommandStatus, Product, Service
+from .models import Addon, Domain, ItemType, ModuleCommand, ModuleCommandStatus, Product, Service, ThingStatus
 
 #: Things a server module acts on: a service's product module, an addon's (its service's), a
 #: domain's registrar.
@@ -38,6 +38,15 @@ MODULE_ITEM_TYPES: tuple[str, ...] = (ItemType.SERVICE, ItemType.ADDON, ItemType
 MAX_PARAMS_CHARS = 10_000
 #: What the module said is kept up to this length.
 MAX_RESULT_CHARS = 2_000
+#: The status a service or addon takes when its module command succeeded, as WHMCS's module
+#: buttons do (change package / change password leave it as it is). Domains keep theirs: a
+#: registrar's answer says nothing about the registration's billing status.
+STATUS_AFTER_COMMAND: dict[str, str] = {
+    "create": ThingStatus.ACTIVE,
+    "suspend": ThingStatus.SUSPENDED,
+    "unsuspend": ThingStatus.ACTIVE,
+    "terminate": ThingStatus.TERMINATED,
+}
 
 
 def parse_module_command(field: str, value: Any) -> str:
@@ -182,7 +191,8 @@ def _target(session: Session, item_type: str, item_id: int) -> _Target | None:
 
 
 def run_queued_command(session: Session, command_id: int, *, module_for: Callable[[str], ServerModule],
-                       now: datetime, expect: tuple[str, int, str] | None = None) -> ModuleRun:
+                       now: datetime, expect: tuple[str, int, str] | None = None,
+                       as_of: date | None = None) -> ModuleRun:
     """Run one queued command through its module; the caller commits.
 
     Locks the row for the whole call, so two deliveries never run it at once; a row that already
@@ -191,6 +201,9 @@ def run_queued_command(session: Session, command_id: int, *, module_for: Callabl
     the row ``failed`` (not retried). An exception of the module propagates: the caller rolls
     back (the row stays ``queued``) and records it with ``record_module_error``.
     ``expect`` = (item type, item id, command) the message named; a mismatch is bad input.
+    A command that succeeded on a service or addon sets its status (``STATUS_AFTER_COMMAND``:
+    suspend → Suspended, unsuspend and create → Active, terminate → Terminated, dated ``as_of``
+    on a service without a termination date), in the transaction that records the success.
     """
     row = session.execute(for_update(select(ModuleCommand).where(ModuleCommand.id == command_id))).scalar()
     if row is None:
@@ -214,7 +227,23 @@ def run_queued_command(session: Session, command_id: int, *, module_for: Callabl
         command_id=row.id, idempotency_key=f"module-command-{row.id}", item_type=row.item_type,
         item_id=row.item_id, client_id=target.client_id, command=row.command, module=target.module,
         domain=target.domain, username=target.username, params=json.loads(row.params or "{}")))
+    if answer.succeeded:
+        _take_status(session, row.item_type, row.item_id, row.command, as_of)
     return _finish(row, answer, now)
+
+
+def _take_status(session: Session, item_type: str, item_id: int, command: str, as_of: date | None) -> None:
+    """The thing shows what its server now says (a suspended account is Suspended). Locks the
+    thing's row after the command row, never the other way round: no job holds a thing's lock
+    while it waits for a command row."""
+    status = STATUS_AFTER_COMMAND.get(command)
+    if status is None or item_type not in (ItemType.SERVICE, ItemType.ADDON):
+        return
+    table = Service if item_type == ItemType.SERVICE else Addon
+    session.execute(update(table).where(table.id == item_id).values(status=status))
+    if table is Service and status == ThingStatus.TERMINATED and as_of is not None:
+        session.execute(update(Service).where(Service.id == item_id, Service.termination_date.is_(None))
+                        .values(termination_date=as_of))
 
 
 def _finish(row: ModuleCommand, answer: ModuleResult, now: datetime) -> ModuleRun:
