@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -64,13 +65,11 @@ def test_merge_moves_everything_and_adds_the_credit(session):
     # one affiliate account, with both balances
     aff = session.scalars(select(Affiliate).where(Affiliate.client_id == b.client_id)).one()
     assert (aff.visitors, aff.balance, aff.withdrawn) == (6, Decimal("10.00"), Decimal("2.00"))
-    # credit: A's balance added with one history line; A's history moved along
+    # credit: A's balance added; A's history moved along (no extra line: it would count A twice)
     assert session.get(Client, b.client_id).credit_balance == Decimal("35.00")
-    last = session.scalars(select(CreditHistory).where(CreditHistory.client_id == b.client_id)
-                           .order_by(CreditHistory.id.desc())).first()
-    assert (last.amount, last.balance_after) == (Decimal("25.00"), Decimal("35.00"))
-    assert f"#{a.client_id}" in last.description
-    assert after["credit_history"] == rows_a["credit_history"] + rows_b["credit_history"] + 1
+    assert session.scalar(select(func.count()).select_from(CreditHistory)
+                          .where(CreditHistory.client_id == a.client_id)) == 0
+    assert after["credit_history"] == rows_a["credit_history"] + rows_b["credit_history"]
     # transactions and invoices now belong to B
     assert session.scalar(select(func.count()).select_from(Transaction)
                           .where(Transaction.client_id == b.client_id)) == 4
@@ -196,3 +195,26 @@ def test_a_client_created_after_a_merge_can_be_merged_too(session):
 
     assert session.get(Client, b.id).credit_balance == Decimal("3.00")
     assert session.get(ClientMerge, newcomer.id).target_client_id == b.id
+
+
+def test_after_a_merge_the_target_history_still_adds_up_to_its_balance(session):
+    # Given two clients whose credit came through the credit history
+    from billingworker.domain.credit import change_credit
+    from billingworker.domain.merging import merge_clients
+
+    a, b = f.client(session, email="a@example.com"), f.client(session, email="b@example.com")
+    session.flush()
+    change_credit(session, a.id, Decimal("30.00"), "Goodwill", as_of=date(2026, 1, 2), source="admin:1")
+    change_credit(session, a.id, Decimal("-5.00"), "Correction", as_of=date(2026, 1, 3), source="admin:1")
+    change_credit(session, b.id, Decimal("10.00"), "Refund as credit", as_of=date(2026, 1, 4), source="admin:1")
+    session.commit()
+
+    # When A is merged into B
+    merge_clients(session, a.id, b.id, as_of=date(2026, 1, 10), now=datetime(2026, 1, 10, 9, tzinfo=UTC))
+    session.commit()
+
+    # Then B holds both balances and its history (A's lines moved over) sums to exactly that
+    session.expire_all()
+    balance = session.get(Client, b.id).credit_balance
+    history = session.scalar(select(func.sum(CreditHistory.amount)).where(CreditHistory.client_id == b.id))
+    assert balance == Decimal("35.00") and history == balance

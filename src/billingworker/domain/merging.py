@@ -16,7 +16,6 @@ from decimal import Decimal
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from .credit import change_credit
 from .deletion import client_tables
 from .errors import Conflict, NotFound, ValidationError
 from .models import Affiliate, Client, ClientMerge, ClientNote, ClientUser, Currency, PayMethod
@@ -89,8 +88,11 @@ def merge_clients(session: Session, source_client_id: int, target_client_id: int
     minor_units = session.execute(select(Currency.minor_units).where(Currency.id == target.currency_id)).scalar()
     credit = round_money(Decimal(source.credit_balance), 2 if minor_units is None else minor_units)
     if credit > 0:
-        change_credit(session, target_client_id, credit, f"Credit from merged client #{source_client_id}",
-                      as_of=as_of, source=SOURCE)
+        # No new credit-history line: A's lines moved to B above and already account for this
+        # amount, so B's history still sums to B's balance (a "+A" line would count it twice).
+        # Both client rows are locked (see above).
+        session.execute(update(Client).where(Client.id == target_client_id)
+                        .values(credit_balance=Client.credit_balance + credit))
     moved["credit_added"] = str(credit)
     session.add(ClientNote(client_id=target_client_id, note=_merge_note(source), created_at=now))
     session.flush()
