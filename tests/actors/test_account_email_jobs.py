@@ -123,7 +123,9 @@ def test_two_different_requests_leave_one_working_link(session, worker, mailer):
     send_password_reset_email.send(email="ada@example.com")
     send_password_reset_email.send(email="ada@example.com")
     drain()
-    assert len(mailer.sent) == 2
+    # one or two emails, as the deliveries and the second request interleave: a link replaced
+    # before its email's turn is not sent at all (still_wanted.py)
+    assert 1 <= len(mailer.sent) <= 2 and count(session, PasswordResetToken) == 2
     tokens = [TOKEN.search(text_of(m)).group(1) for m in mailer.sent]
     valid = []
     for token in tokens:
@@ -162,7 +164,9 @@ def test_the_rate_limit_stops_the_emails(session, worker, mailer):
     for _ in range(7):
         send_password_reset_email.send(email="ada@example.com")
     drain()
-    assert len(mailer.sent) == 5 and not dead_letters()
+    # five tokens an hour; of their emails, those whose link was replaced before delivery are skipped
+    assert count(session, PasswordResetToken) == 5 and not dead_letters()
+    assert 1 <= len(mailer.sent) <= 5
 
 
 @pytest.mark.parametrize("kwargs, field", [

@@ -23,8 +23,9 @@ from billingworker.domain.models import (
 )
 from billingworker.domain.money import round_money
 from billingworker.domain.payments import apply_payment
-from billingworker.domain.reminders import reminder_still_wanted, send_reminders_for_clients
+from billingworker.domain.reminders import send_reminders_for_clients
 from billingworker.domain.settings import save_settings
+from billingworker.domain.still_wanted import still_wanted
 from billingworker.domain.tax import Rate, compute_totals
 from tests import factories as f
 from tests.domain.test_concurrency import race
@@ -292,6 +293,9 @@ def test_a_dry_run_writes_nothing_and_predicts_the_real_run(session):
     assert real.preview == preview.preview and len(real.email_ids) == 1
 
 
+NOW_WANTED = datetime(2026, 1, 20, 9, tzinfo=UTC)
+
+
 def test_reminder_still_wanted_is_false_once_the_invoice_is_paid(session):
     # Given a first overdue notice queued for an Unpaid invoice
     c = f.client(session)
@@ -299,15 +303,15 @@ def test_reminder_still_wanted_is_false_once_the_invoice_is_paid(session):
     session.commit()
     [email_id] = run(session, c, as_of=FIRST_DAY).email_ids
     template = session.get(OutboxEmail, email_id).template
-    assert reminder_still_wanted(session, template, {"invoice_id": inv.id}) is True
+    assert still_wanted(session, template, {"invoice_id": inv.id}, now=NOW_WANTED) is True
     # When the invoice is paid before the email is sent
     apply_payment(session, inv.id, Decimal("10.00"), gateway="bank", transaction_id="t1", as_of=FIRST_DAY,
                   now=datetime(2026, 1, 21, 10, tzinfo=UTC))
     session.commit()
     # Then the reminder is no longer wanted, while other emails about the invoice still are
-    assert reminder_still_wanted(session, template, {"invoice_id": inv.id}) is False
-    assert reminder_still_wanted(session, "payment_confirmation", {"invoice_id": inv.id}) is True
-    assert reminder_still_wanted(session, "invoice_created", {"invoice_id": inv.id}) is True
+    assert still_wanted(session, template, {"invoice_id": inv.id}, now=NOW_WANTED) is False
+    assert still_wanted(session, "payment_confirmation", {"invoice_id": inv.id}, now=NOW_WANTED) is True
+    assert still_wanted(session, "invoice_created", {"invoice_id": inv.id}, now=NOW_WANTED) is True
 
 
 def test_reminder_still_wanted_for_each_stage_and_state(session):
@@ -317,13 +321,13 @@ def test_reminder_still_wanted_for_each_stage_and_state(session):
     muted = make_invoice(session, quiet)
     session.commit()
     for stage in ReminderStage:
-        assert reminder_still_wanted(session, stage.value, {"invoice_id": unpaid.id}) is True
-        assert reminder_still_wanted(session, stage.value, {"invoice_id": cancelled.id}) is False
-        assert reminder_still_wanted(session, stage.value, {"invoice_id": muted.id}) is False
+        assert still_wanted(session, stage.value, {"invoice_id": unpaid.id}, now=NOW_WANTED) is True
+        assert still_wanted(session, stage.value, {"invoice_id": cancelled.id}, now=NOW_WANTED) is False
+        assert still_wanted(session, stage.value, {"invoice_id": muted.id}, now=NOW_WANTED) is False
     gone = unpaid.id
     session.execute(delete(Invoice).where(Invoice.id == gone))
     session.commit()
-    assert reminder_still_wanted(session, THIRD.value, {"invoice_id": gone}) is False
+    assert still_wanted(session, THIRD.value, {"invoice_id": gone}, now=NOW_WANTED) is False
 
 
 @pytest.mark.parametrize("stage", list(ReminderStage))

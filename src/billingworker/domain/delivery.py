@@ -24,7 +24,7 @@ from billingworker.adapters.mailer import Mailer, build_message
 from .emails import render_outbox_email
 from .errors import ValidationError
 from .models import EmailLog, OutboxEmail, OutboxStatus
-from .reminders import reminder_still_wanted
+from .still_wanted import still_wanted
 
 DeliveryStatus = Literal["sent", "already_sent", "skipped", "missing"]
 #: Longest ``last_error`` kept on an outbox row, in characters.
@@ -95,9 +95,10 @@ def deliver_email(session: Session, email_id: int, mailer: Mailer, *, sender: st
     if outbox.status == OutboxStatus.SKIPPED:
         return DeliveryResult(email_id, "skipped", message_id=message_id, template=outbox.template)
 
-    if outbox.status == OutboxStatus.QUEUED and not reminder_still_wanted(
-            session, outbox.template, json.loads(outbox.context or "{}")):
-        # A reminder whose invoice was paid (or cancelled) after it was queued: SPEC §5.
+    if outbox.status == OutboxStatus.QUEUED and not still_wanted(
+            session, outbox.template, outbox_context(outbox), now=now):
+        # A reminder whose invoice was paid (or cancelled) after it was queued (SPEC §5), the
+        # notice of an invoice cancelled meanwhile, a reset link replaced or expired: still_wanted.py.
         outbox.status = OutboxStatus.SKIPPED
         outbox.sent_at = now
         session.flush()
@@ -177,3 +178,12 @@ def pending_email_ids(session: Session, *, created_before: datetime, limit: int 
             .limit(limit)
         )
     )
+
+
+def outbox_context(outbox: OutboxEmail) -> dict:
+    """The row's context as a dict ({} when it is not one: the renderer refuses it properly)."""
+    try:
+        context = json.loads(outbox.context or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return context if isinstance(context, dict) else {}

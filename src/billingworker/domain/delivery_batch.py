@@ -16,7 +16,6 @@ server sees one connection per batch. The guarantees are those of ``deliver_emai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,11 +25,11 @@ from sqlalchemy.orm import Session
 
 from billingworker.adapters.mailer import Mailer, build_message, send_all
 
-from .delivery import MAX_ERROR_LENGTH, MAX_SUBJECT_LENGTH, DeliveryResult, message_id_for
+from .delivery import MAX_ERROR_LENGTH, MAX_SUBJECT_LENGTH, DeliveryResult, message_id_for, outbox_context
 from .emails import RenderCache, render_outbox_email
 from .errors import ValidationError
 from .models import EmailLog, OutboxEmail, OutboxStatus
-from .reminders import unwanted_emails
+from .still_wanted import unwanted_emails
 
 #: Emails per delivery message: big enough to share the reads, small enough that one message
 #: finishes in a second or two and a retry repeats little.
@@ -67,8 +66,8 @@ def deliver_emails(session: Session, email_ids: Sequence[int], mailer: Mailer, *
     results: dict[int, DeliveryResult] = {i: DeliveryResult(i, "missing") for i in ids if i not in found}
     failed: list[tuple[int, str]] = []
 
-    unwanted = unwanted_emails(session, [(row.id, row.template, _context(row)) for row in rows
-                                         if row.status == OutboxStatus.QUEUED])
+    unwanted = unwanted_emails(session, [(row.id, row.template, outbox_context(row)) for row in rows
+                                         if row.status == OutboxStatus.QUEUED], now=now)
     open_rows = []
     for row in rows:
         message_id = message_id_for(row.id, sender)
@@ -131,10 +130,3 @@ def deliver_emails(session: Session, email_ids: Sequence[int], mailer: Mailer, *
     session.flush()
     return BatchDelivery(results=tuple(results[i] for i in ids), retry_ids=tuple(retry), failed=tuple(failed))
 
-
-def _context(row: OutboxEmail) -> dict:
-    try:
-        context = json.loads(row.context or "{}")
-    except json.JSONDecodeError:
-        return {}  # the renderer refuses it
-    return context if isinstance(context, dict) else {}

@@ -10,10 +10,9 @@ a burst of notices. The client row locks serialise workers; the ``invoice_remind
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
 
 from sqlalchemy import and_, exists, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -34,8 +33,6 @@ TASK = "send_overdue_reminders"
 STAGES: tuple[ReminderStage, ...] = tuple(ReminderStage)
 #: Template names of the reminder emails (the stages' values).
 REMINDER_TEMPLATES = frozenset(stage.value for stage in STAGES)
-#: Emails that announce an invoice: not sent once the invoice was cancelled (or is a draft again).
-INVOICE_NOTICE_TEMPLATES = frozenset({"invoice_created"})
 SENT = "sent"
 SKIPPED = "skipped"
 
@@ -184,54 +181,3 @@ def _write(session: Session, reminders: Sequence[_Reminder], as_of: date, result
     session.execute(insert(InvoiceReminder.__table__), rows)
     result.email_ids += email_ids
     result.preview += [r.line() for r in reminders]
-
-
-def reminder_still_wanted(session: Session, template: str, context: Mapping[str, Any]) -> bool:
-    """Whether an email queued from the outbox should still be sent (checked at delivery).
-
-    True for every email that is neither a reminder stage nor an invoice notice. A reminder is
-    wanted only while its invoice (``context["invoice_id"]``) is Unpaid and its client still
-    takes reminders (flag on, not Closed): an invoice paid, cancelled or deleted between enqueue
-    and send gets none. An invoice notice (``invoice_created``) is not sent for an invoice that
-    was cancelled (e.g. by closing the client), put back to Draft or deleted meanwhile. An email
-    without an ``invoice_id`` is left to the renderer to refuse.
-    """
-    if template not in REMINDER_TEMPLATES and template not in INVOICE_NOTICE_TEMPLATES:
-        return True
-    invoice_id = context.get("invoice_id")
-    if not isinstance(invoice_id, int) or isinstance(invoice_id, bool):
-        return True
-    row = session.execute(
-        select(Invoice.status, Client.send_overdue_reminders, Client.status.label("client_status"))
-        .join(Client, Client.id == Invoice.client_id)
-        .where(Invoice.id == invoice_id)).first()
-    return _wanted(template, row)
-
-
-def unwanted_emails(session: Session, emails: Sequence[tuple[int, str, Mapping[str, Any]]]) -> set[int]:
-    """The batch form of ``reminder_still_wanted``: of (outbox id, template, context), the ids
-    no longer wanted. One query for the whole batch."""
-    by_invoice: dict[int, list[tuple[int, str]]] = {}
-    for email_id, template, context in emails:
-        if template not in REMINDER_TEMPLATES and template not in INVOICE_NOTICE_TEMPLATES:
-            continue
-        invoice_id = context.get("invoice_id")
-        if isinstance(invoice_id, int) and not isinstance(invoice_id, bool):
-            by_invoice.setdefault(invoice_id, []).append((email_id, template))
-    if not by_invoice:
-        return set()
-    rows = {row.id: row for row in session.execute(
-        select(Invoice.id, Invoice.status, Client.send_overdue_reminders, Client.status.label("client_status"))
-        .join(Client, Client.id == Invoice.client_id)
-        .where(among(session, Invoice.id, sorted(by_invoice))))}
-    return {email_id for invoice_id, queued in by_invoice.items() for email_id, template in queued
-            if not _wanted(template, rows.get(invoice_id))}
-
-
-def _wanted(template: str, row: Any) -> bool:
-    if row is None:
-        return False
-    if template in INVOICE_NOTICE_TEMPLATES:
-        return row.status not in (InvoiceStatus.CANCELLED, InvoiceStatus.DRAFT)
-    return (row.status == InvoiceStatus.UNPAID and bool(row.send_overdue_reminders)
-            and row.client_status != ClientStatus.CLOSED)
