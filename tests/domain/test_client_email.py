@@ -11,11 +11,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billingworker.adapters.mailer import MemoryMailer
-from billingworker.domain.client_email import render_written, send_client_email
+from billingworker.domain.client_email import send_client_email
 from billingworker.domain.delivery import deliver_email
 from billingworker.domain.delivery_batch import deliver_emails
 from billingworker.domain.emails import render_outbox_email
 from billingworker.domain.errors import NotFound, ValidationError
+from billingworker.domain.message_sandbox import render_written
 from billingworker.domain.models import Client, Contact, EmailLog, EmailTemplate, OutboxEmail
 from tests import factories as f
 
