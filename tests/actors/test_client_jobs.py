@@ -153,7 +153,7 @@ def test_export_with_the_same_request_id_twice_writes_one_file(session, worker, 
     assert session.scalar(select(ClientExport.request_key)) == "export_client_data:request:gdpr-7"
 
 
-def test_a_redelivered_delete_never_deletes_a_new_client_that_got_the_same_id(session, worker):
+def test_a_redelivered_delete_never_deletes_a_new_client_that_got_the_same_id(session, worker, tmp_path):
     # Given a client deleted by a message
     c = f.client(session, email="old@example.com")
     session.commit()
@@ -164,11 +164,16 @@ def test_a_redelivered_delete_never_deletes_a_new_client_that_got_the_same_id(se
     session.add(Client(id=c.id, email="new@example.com", currency_id=c.currency_id))
     session.commit()
 
+    # (with an export file of its own)
+    rt.configure(exports_dir=tmp_path)
+    (tmp_path / f"client-{c.id}-new.json").write_text("{}")
+
     # When the same message is delivered again
     broker.enqueue(message)
     drain()
 
-    # Then the new client is still there: the message's receipt answered
+    # Then the new client and its file are still there: the message's receipt answered
     session.expire_all()
     assert session.get(Client, c.id).email == "new@example.com"
+    assert (tmp_path / f"client-{c.id}-new.json").exists()
     assert dead_letters() == []

@@ -14,6 +14,7 @@ from ..domain.closing import close_client as close
 from ..domain.deletion import delete_client as delete
 from ..domain.exporting import export_client_data as export
 from ..domain.merging import merge_clients as merge
+from ..domain.models import Client
 from ..domain.receipts import run_once
 from ..runtime import runtime
 from .arguments import parse_bool, parse_id
@@ -45,12 +46,15 @@ def delete_client(client_id, delete_users=False):
         # delete that one.
         result = _once(session, "delete_client", lambda: delete(
             session, client_id, delete_users=delete_users, now=rt.clock.now()).as_dict())
+        # A redelivery after SQLite gave the id to a new client: that client's files are not ours.
+        reused = session.get(Client, client_id) is not None
         session.commit()
     if result["outcome"] != "not_found":
         # After the commit: a rollback must never have removed a file its row still names. A
         # redelivery after a crash here removes what is left (files are named after the client).
         # Not for "not_found": a client merged away left its files to the target client.
-        removed = remove_export_files(rt.exports_dir, client_id, result.get("export_files", []))
+        removed = remove_export_files(rt.exports_dir, client_id, result.get("export_files", []),
+                                      every_file_of_the_client=not reused)
         return {**result, "files_removed": removed}
     return result
 
@@ -89,12 +93,14 @@ def export_client_data(client_id, request_id=None):
     return result.as_dict()
 
 
-def remove_export_files(exports_dir: Path, client_id: int, filenames: list[str]) -> list[str]:
-    """Remove a deleted client's export files: those its rows named, and any other file of the
-    client's (``client-<id>-*.json``, e.g. left by an export whose transaction rolled back)."""
+def remove_export_files(exports_dir: Path, client_id: int, filenames: list[str], *,
+                        every_file_of_the_client: bool = True) -> list[str]:
+    """Remove a deleted client's export files: those its rows named, and (unless told not to:
+    the id now belongs to a new client) any other file of the client's (``client-<id>-*.json``,
+    e.g. left by an export whose transaction rolled back)."""
     directory = Path(exports_dir)
     paths = {directory / Path(name).name for name in filenames}
-    if directory.is_dir():
+    if every_file_of_the_client and directory.is_dir():
         paths.update(directory.glob(f"client-{client_id}-*.json"))
     removed = []
     for path in sorted(paths):
