@@ -18,6 +18,7 @@ from billingworker.actors.services import (
 )
 from billingworker.adapters.server_module import RECORDING_MODULE
 from billingworker.domain.models import (
+    Client,
     Domain,
     EmailLog,
     Invoice,
@@ -270,3 +271,23 @@ def test_a_mass_suspend_leaves_the_services_suspended_once_the_module_did_it(ses
     assert session.get(Service, svc.id).status == "Suspended"
     assert session.get(Service, other.id).status == "Active", "the module refused: the account runs on"
     assert session.get(Domain, dom.id).status == "Active"
+
+
+def test_a_redelivered_delete_never_deletes_a_new_thing_that_got_the_same_id(session, worker, hosting):
+    # Given a service deleted by a message, and a new service given the same id afterwards
+    c, svc, _ = hosting
+    message = delete_selected_items.send(client_id=c.id, items=items(("service", svc.id)))
+    drain()
+    session.expunge_all()
+    replacement = f.service(session, session.get(Client, c.id), next_due_date=date(2026, 3, 1), id=svc.id,
+                            name="New hosting")
+    session.commit()
+
+    # When the same message is delivered again
+    redeliver(message)
+    drain()
+
+    # Then the new service is still there
+    session.expire_all()
+    assert session.get(Service, replacement.id).name == "New hosting"
+    assert dead_letters() == []
