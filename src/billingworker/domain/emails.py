@@ -171,31 +171,24 @@ def _load_context(outbox: OutboxEmail) -> dict[str, Any]:
 def _invoice_contacts(session: Session, client_id: int, exclude: str,
                       cache: RenderCache | None = None) -> list[str]:
     if cache is not None and client_id in cache.invoice_contacts:
-        emails = cache.invoice_contacts[client_id]
-    else:
-        emails = session.scalars(
-            select(Contact.email)
-            .where(Contact.client_id == client_id, Contact.invoice_emails.is_(True))
-            .order_by(Contact.id)
-        ).all()
-    seen = {exclude.strip().lower()}
-    cc: list[str] = []
-    for email in emails:
-        email = (email or "").strip()
-        if email and email.lower() not in seen:
-            seen.add(email.lower())
-            cc.append(email)
-    return cc
+        return _distinct(cache.invoice_contacts[client_id], exclude)
+    return _distinct(session.scalars(
+        select(Contact.email)
+        .where(Contact.client_id == client_id, Contact.invoice_emails.is_(True))
+        .order_by(Contact.id)).all(), exclude)
 
 
 def general_contacts(session: Session, client_id: int, exclude: str) -> list[str]:
     """The emails of the client's contacts that receive general emails, in id order, without
     ``exclude`` (the client's own address) and without duplicates."""
-    emails = session.scalars(
+    return _distinct(session.scalars(
         select(Contact.email)
         .where(Contact.client_id == client_id, Contact.general_emails.is_(True))
-        .order_by(Contact.id)
-    ).all()
+        .order_by(Contact.id)).all(), exclude)
+
+
+def _distinct(emails: Iterable[str | None], exclude: str) -> list[str]:
+    """The addresses in order, trimmed, without blanks, ``exclude`` and repeats (case-insensitive)."""
     seen = {exclude.strip().lower()}
     cc: list[str] = []
     for email in emails:
