@@ -32,6 +32,7 @@ from .emails import (
     TEMPLATES,
     RenderedEmail,
     general_contacts,
+    load_context,
     money_formatter,
     render,
     render_outbox_email,
@@ -116,12 +117,8 @@ def render_client_message(session: Session, outbox: OutboxEmail,
 
     To the client's email, copied to the contacts that receive general emails.
     """
-    try:
-        context = json.loads(outbox.context or "{}")
-    except json.JSONDecodeError:
-        context = None
-    if not isinstance(context, dict) or not isinstance(context.get("subject"), str) \
-            or not isinstance(context.get("body"), str):
+    context = load_context(outbox)
+    if not isinstance(context.get("subject"), str) or not isinstance(context.get("body"), str):
         raise ValidationError("email_outbox.context", outbox.id, "is not a client message context")
     client = session.get(Client, outbox.client_id) if outbox.client_id is not None else None
     if client is None:

@@ -9,7 +9,6 @@ Message-ID (``message_id_for``), so receivers can drop the duplicate.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from billingworker.adapters.mailer import Mailer, build_message
 
-from .emails import render_outbox_email
+from .emails import load_context, render_outbox_email
 from .errors import ValidationError
 from .models import EmailLog, OutboxEmail, OutboxStatus
 from .still_wanted import still_wanted
@@ -183,7 +182,6 @@ def pending_email_ids(session: Session, *, created_before: datetime, limit: int 
 def outbox_context(outbox: OutboxEmail) -> dict:
     """The row's context as a dict ({} when it is not one: the renderer refuses it properly)."""
     try:
-        context = json.loads(outbox.context or "{}")
-    except json.JSONDecodeError:
+        return load_context(outbox)
+    except ValidationError:
         return {}
-    return context if isinstance(context, dict) else {}

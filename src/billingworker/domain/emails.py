@@ -158,7 +158,8 @@ def render(template_name: str, context: Mapping[str, Any], *, to: Iterable[str] 
     )
 
 
-def _load_context(outbox: OutboxEmail) -> dict[str, Any]:
+def load_context(outbox: OutboxEmail) -> dict[str, Any]:
+    """The row's context (a JSON object); ``ValidationError`` when it is not one."""
     try:
         ids = json.loads(outbox.context or "{}")
     except json.JSONDecodeError:
@@ -222,7 +223,7 @@ class RenderCache:
         contexts = []
         for row in rows:
             try:
-                contexts.append((row, _load_context(row)))
+                contexts.append((row, load_context(row)))
             except ValidationError:
                 continue  # the renderer refuses it with the proper error
         invoice_ids = {int(c["invoice_id"]) for _, c in contexts if isinstance(c.get("invoice_id"), int)}
@@ -272,7 +273,7 @@ def render_outbox_email(session: Session, outbox: OutboxEmail, cache: RenderCach
         from .client_email import render_client_message
 
         return render_client_message(session, outbox, settings)
-    ids = _load_context(outbox)
+    ids = load_context(outbox)
     # Plain values (a link, a reason...) pass through; the ids are turned into rows below.
     ctx: dict[str, Any] = dict(ids)
 

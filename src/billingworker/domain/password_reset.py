@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 import secrets
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from ..config import get_config
 from ..db import for_update
-from .emails import RenderedEmail, render
+from .emails import RenderedEmail, load_context, render
 from .errors import NotFound, ValidationError
 from .models import ClientUser, OutboxEmail, PasswordResetToken, User
 from .outbox import QueuedEmail, queue_emails
@@ -285,12 +284,8 @@ def render_password_reset_email(session: Session, outbox: OutboxEmail,
     hash: a mismatch (another SECRET_KEY, an edited context) is a ``ValidationError`` rather than
     an email with a dead link. The token is in ``log_redactions``: the email log never keeps it.
     """
-    try:
-        context = json.loads(outbox.context or "{}")
-    except json.JSONDecodeError:
-        context = None
-    if not isinstance(context, dict) or not isinstance(context.get("token_id"), int) \
-            or not isinstance(context.get("nonce"), str):
+    context = load_context(outbox)
+    if not isinstance(context.get("token_id"), int) or not isinstance(context.get("nonce"), str):
         raise ValidationError("email_outbox.context", outbox.id, "is not a password reset context")
     row = session.get(PasswordResetToken, context["token_id"])
     if row is None:
