@@ -16,11 +16,12 @@ money that moved. So ``capture_for_clients`` runs its own transactions, in three
    charge blindly again: at most one pending and one succeeded row per invoice, one attempt per
    invoice per day (unique indexes), and a second worker waits for the client lock and then
    sees the rows the first committed.
-3. **Charge and finish.** Each row is sent to the gateway (outside any transaction), then its
-   answer is recorded in a new transaction per row: a success marks it ``succeeded`` and pays
-   the invoice through ``payments.apply_payment`` (idempotent per gateway transaction id; it
-   advances what the invoice billed and queues the payment confirmation); a decline or a gateway
-   error is recorded with the gateway's message and retried on the schedule.
+3. **Charge and finish.** The rows are sent to the gateway (outside any transaction, several at
+   once), then the answers are recorded, a group per transaction (one by one if a group fails):
+   a success marks the row ``succeeded`` and pays the invoice through ``payments.apply_payments``
+   (idempotent per gateway transaction id; it advances what the invoice billed and queues the
+   payment confirmation); a decline or a gateway error is recorded with the gateway's message
+   and retried on the schedule.
 
 Card numbers are never logged or stored: only the card's last four digits.
 """
@@ -63,7 +64,7 @@ from .models import (
     PayMethod,
 )
 from .money import ZERO, round_money
-from .payments import PaymentRequest, apply_payment, apply_payments
+from .payments import PaymentRequest, apply_payments
 from .settings import BillingSettings, load_settings
 from .tasks import TaskResult
 
@@ -367,20 +368,15 @@ def _ask(attempt: _Attempt, gateway_for: Callable[[str], PaymentGateway]) -> tup
 
 def _record(session_factory: Callable[[], Session], attempt: _Attempt, answer: CaptureResult, message: str,
             result: TaskResult, *, as_of: date, now: datetime) -> None:
-    """Record one gateway answer in its own transaction (the fallback of ``_finish_group``)."""
-    card = f"card ending {attempt.last_four or '????'}"
+    """Record one gateway answer in its own transaction (the fallback when its group failed)."""
     try:
-        outcome = _finish(session_factory, attempt, answer, message, result, as_of=as_of, now=now)
+        _finish_group(session_factory, [(attempt, answer, message)], result, as_of=as_of, now=now)
     except DBAPIError:
         raise  # the database is gone: the job is retried, and its recovery asks again with this key
     except Exception as exc:  # noqa: BLE001 - one capture's bad data must not stop the others
         log.exception("capture %s of invoice %s: the answer could not be recorded", attempt.capture_id,
                       attempt.invoice_id)
         _unanswered(result, attempt, f"{answer.status} but not recorded ({type(exc).__name__}: {exc})")
-        return
-    log.info("capture %s of invoice %s (%s, %s %s): %s %s", attempt.capture_id, attempt.invoice_id, card,
-             attempt.amount, attempt.currency, outcome, message)
-    result.preview.append(attempt.line(outcome))
 
 
 def _unanswered(result: TaskResult, attempt: _Attempt, reason: str) -> None:
@@ -392,65 +388,14 @@ def _unanswered(result: TaskResult, attempt: _Attempt, reason: str) -> None:
     result.preview.append(attempt.line(CaptureStatus.PENDING.value))
 
 
-def _finish(session_factory: Callable[[], Session], attempt: _Attempt, answer: CaptureResult, message: str,
-            result: TaskResult, *, as_of: date, now: datetime) -> str:
-    """Record the gateway's answer in its own transaction; returns the outcome recorded.
-
-    Locks the client row, then the capture row (the lock order of ``invoice_store``). A success
-    always counts, even if a racing worker recorded a failure for the same key first: money that
-    moved is never forgotten. Any other answer only finishes a capture that is still pending.
-    """
-    with _transaction(session_factory) as session:
-        session.execute(for_update(select(Client.id).where(Client.id == attempt.client_id)))
-        capture = session.execute(
-            for_update(select(PaymentCapture).where(PaymentCapture.id == attempt.capture_id))).scalar_one_or_none()
-        if capture is None:
-            return _vanished(result, attempt, answer)
-        if answer.status != "succeeded":
-            if capture.status != CaptureStatus.PENDING:
-                return str(capture.status)  # a racing worker finished it first
-            capture.status = CaptureStatus.DECLINED if answer.status == "declined" else CaptureStatus.ERROR
-            capture.gateway_reference = answer.transaction_id[:255]
-            capture.error = message or answer.status
-            capture.updated_at = now
-            session.commit()
-            result.failures.append(ClientFailure(
-                attempt.client_id, "invoice_id", attempt.invoice_id,
-                f"card capture {capture.status} (card ending {attempt.last_four}): {capture.error}", parks=False))
-            return str(capture.status)
-        if capture.status == CaptureStatus.SUCCEEDED:
-            return CaptureStatus.SUCCEEDED  # a racing worker recorded it (and its payment) first
-        other = session.execute(select(PaymentCapture.id).where(
-            PaymentCapture.invoice_id == capture.invoice_id, PaymentCapture.status == CaptureStatus.SUCCEEDED,
-            PaymentCapture.id != capture.id)).scalar()
-        if other is None:
-            capture.status = CaptureStatus.SUCCEEDED
-            capture.error = ""
-        else:
-            # Two different keys both charged: record the money (it becomes credit) and say so.
-            capture.status = CaptureStatus.ERROR
-            capture.error = f"charged after capture {other} had already succeeded: refund or keep as credit"
-            result.failures.append(ClientFailure(attempt.client_id, "invoice_id", attempt.invoice_id, capture.error))
-        capture.gateway_reference = answer.transaction_id[:255]
-        capture.updated_at = now
-        session.flush()
-        payment = apply_payment(session, capture.invoice_id, Decimal(capture.amount), gateway=capture.gateway,
-                                transaction_id=answer.transaction_id or f"capture-{capture.id}", as_of=as_of, now=now)
-        session.commit()
-    if payment.outcome == "recorded":
-        result.email_ids.extend(payment.email_ids)
-    if other is None:
-        result.captures += 1
-        result.amount += attempt.amount
-    return str(capture.status)
-
-
 def _finish_group(session_factory: Callable[[], Session], group: Sequence[tuple[_Attempt, CaptureResult, str]],
                   result: TaskResult, *, as_of: date, now: datetime) -> None:
-    """Record a group of gateway answers in ONE transaction, with the rules of ``_finish``.
+    """Record a group of gateway answers in ONE transaction.
 
     Locks the clients, then the capture rows (id order), then pays every success through
-    ``payments.apply_payments``. The group's effects reach ``result`` only after the commit; if
+    ``payments.apply_payments``. A success always counts, even if a racing worker recorded a
+    failure for the same key first: money that moved is never forgotten. Any other answer only
+    finishes a capture that is still pending. The group's effects reach ``result`` only after the commit; if
     anything raises, nothing is recorded and the caller records the group one by one.
     """
     effects = TaskResult(task=TASK)
