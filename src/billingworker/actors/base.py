@@ -22,6 +22,7 @@ from ..broker import BILLING_QUEUE
 from ..db import unit_of_work
 from ..domain.errors import Conflict, ValidationError
 from ..domain.failures import ClientFailure, record_failures
+from ..domain.receipts import run_once
 from ..runtime import runtime
 
 log = logging.getLogger("billingworker.jobs")
@@ -52,6 +53,15 @@ def receipt_key(actor: str, request_id) -> str:
     if not message_id:
         raise ValidationError("request_id", request_id, "is required when the job is not run from a message")
     return f"{actor}:message:{message_id}"
+
+
+def once_per_message(session: Any, actor: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work`` once per message (a ``job_receipts`` row keyed by the message id), so that a
+    redelivery repeats the first answer; called outside a message (a script, a test) it just runs."""
+    if not current_message_id():
+        return work()
+    result, _ = run_once(session, receipt_key(actor, None), actor, work)
+    return result
 
 
 def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, priority: int = 0) -> Callable:

@@ -15,10 +15,9 @@ from ..domain.deletion import delete_client as delete
 from ..domain.exporting import export_client_data as export
 from ..domain.merging import merge_clients as merge
 from ..domain.models import Client
-from ..domain.receipts import run_once
 from ..runtime import runtime
 from .arguments import parse_bool, parse_id
-from .base import current_message_id, job, receipt_key
+from .base import job, once_per_message, receipt_key
 
 log = logging.getLogger("billingworker.jobs")
 
@@ -44,7 +43,7 @@ def delete_client(client_id, delete_users=False):
         # The message's receipt, besides the domain's own "already deleted" answer: on SQLite a
         # new client can be given a deleted client's id, and a redelivered message must never
         # delete that one.
-        result = _once(session, "delete_client", lambda: delete(
+        result = once_per_message(session, "delete_client", lambda: delete(
             session, client_id, delete_users=delete_users, now=rt.clock.now()).as_dict())
         # A redelivery after SQLite gave the id to a new client: that client's files are not ours.
         reused = session.get(Client, client_id) is not None
@@ -66,18 +65,9 @@ def merge_clients(source_client_id, target_client_id):
     target_client_id = parse_id("target_client_id", target_client_id)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        result = _once(session, "merge_clients", lambda: merge(
+        result = once_per_message(session, "merge_clients", lambda: merge(
             session, source_client_id, target_client_id, as_of=rt.clock.today(), now=rt.clock.now()).as_dict())
         session.commit()
-    return result
-
-
-def _once(session, actor: str, work):
-    """Run ``work`` once per message (a ``job_receipts`` row keyed by the message id); called
-    outside a message (a script, a test) it just runs."""
-    if not current_message_id():
-        return work()
-    result, _ = run_once(session, receipt_key(actor, None), actor, work)
     return result
 
 

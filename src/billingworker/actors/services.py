@@ -30,7 +30,7 @@ from ..domain.module_commands import (
 from ..domain.receipts import run_once
 from ..runtime import runtime
 from .arguments import parse_bool, parse_id, parse_items
-from .base import MAX_RETRIES, current_message_id, job, receipt_key, send_emails
+from .base import MAX_RETRIES, current_message_id, job, once_per_message, receipt_key, send_emails
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,10 @@ def delete_selected_items(client_id, items):
     wanted = parse_items("items", items, REMOVABLE_TYPES)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        if not current_message_id():
-            summary = remove_items(session, client_id, wanted).summary()
-        else:
-            # Once per message: on SQLite a new thing can be given a deleted thing's id, and a
-            # redelivered message must never delete that one.
-            summary, _ = run_once(session, receipt_key("delete_selected_items", None), "delete_selected_items",
-                                  lambda: remove_items(session, client_id, wanted).summary())
+        # Once per message: on SQLite a new thing can be given a deleted thing's id, and a
+        # redelivered message must never delete that one.
+        summary = once_per_message(session, "delete_selected_items",
+                                   lambda: remove_items(session, client_id, wanted).summary())
         session.commit()
     return summary
 
