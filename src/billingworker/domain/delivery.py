@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from billingworker.adapters.mailer import Mailer, build_message
 
-from .emails import load_context, render_outbox_email
+from .emails import RenderedEmail, load_context, render_outbox_email
 from .errors import ValidationError
 from .models import EmailLog, OutboxEmail, OutboxStatus
 from .still_wanted import still_wanted
@@ -105,21 +105,7 @@ def deliver_email(session: Session, email_id: int, mailer: Mailer, *, sender: st
 
     rendered = render_outbox_email(session, outbox)
     message = build_message(rendered, sender=sender, message_id=message_id, date=now)
-    logged_subject, logged_text, logged_html = rendered.for_log()
-    log = EmailLog(
-        client_id=rendered.client_id if rendered.client_id is not None else outbox.client_id,
-        outbox_id=outbox.id,
-        template=rendered.template,
-        subject=logged_subject[:MAX_SUBJECT_LENGTH],
-        body_text=logged_text,
-        body_html=logged_html,
-        to_address=", ".join(rendered.to),
-        cc=", ".join(rendered.cc),
-        sent_at=now,
-    )
-    session.add(log)
-    outbox.status = OutboxStatus.SENT
-    outbox.sent_at = now
+    log = mark_sent(session, outbox, rendered, now)
     session.flush()
 
     mailer.send(message)
@@ -132,6 +118,20 @@ def deliver_email(session: Session, email_id: int, mailer: Mailer, *, sender: st
         cc=tuple(rendered.cc),
         log_id=log.id,
     )
+
+
+def mark_sent(session: Session, outbox: OutboxEmail, rendered: RenderedEmail, now: datetime) -> EmailLog:
+    """Add the ``email_log`` row (with the log redactions applied) and mark the outbox row sent;
+    the caller flushes, then hands the message to the mailer."""
+    subject, text, html = rendered.for_log()
+    log = EmailLog(client_id=rendered.client_id if rendered.client_id is not None else outbox.client_id,
+                   outbox_id=outbox.id, template=rendered.template, subject=subject[:MAX_SUBJECT_LENGTH],
+                   body_text=text, body_html=html, to_address=", ".join(rendered.to), cc=", ".join(rendered.cc),
+                   sent_at=now)
+    session.add(log)
+    outbox.status = OutboxStatus.SENT
+    outbox.sent_at = now
+    return log
 
 
 def record_delivery_failure(session: Session, email_id: int, error: str, *,

@@ -25,10 +25,10 @@ from sqlalchemy.orm import Session
 
 from billingworker.adapters.mailer import Mailer, build_message, send_all
 
-from .delivery import MAX_ERROR_LENGTH, MAX_SUBJECT_LENGTH, DeliveryResult, message_id_for, outbox_context
+from .delivery import MAX_ERROR_LENGTH, DeliveryResult, mark_sent, message_id_for, outbox_context
 from .emails import RenderCache, render_outbox_email
 from .errors import ValidationError
-from .models import EmailLog, OutboxEmail, OutboxStatus
+from .models import OutboxEmail, OutboxStatus
 from .still_wanted import unwanted_emails
 
 #: Emails per delivery message: big enough to share the reads, small enough that one message
@@ -100,15 +100,7 @@ def deliver_emails(session: Session, email_ids: Sequence[int], mailer: Mailer, *
             failed.append((row.id, reason))
             results[row.id] = DeliveryResult(row.id, "failed", message_id=message_id, template=row.template)
             continue
-        subject, text, html = rendered.for_log()
-        log = EmailLog(client_id=rendered.client_id if rendered.client_id is not None else row.client_id,
-                       outbox_id=row.id, template=rendered.template, subject=subject[:MAX_SUBJECT_LENGTH],
-                       body_text=text, body_html=html, to_address=", ".join(rendered.to),
-                       cc=", ".join(rendered.cc), sent_at=now)
-        session.add(log)
-        row.status = OutboxStatus.SENT
-        row.sent_at = now
-        outgoing.append((row, rendered, message, log))
+        outgoing.append((row, rendered, message, mark_sent(session, row, rendered, now)))
     session.flush()
 
     retry: list[int] = []
