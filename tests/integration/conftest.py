@@ -1,7 +1,8 @@
 """Real Redis, real PostgreSQL, real ``dramatiq`` worker processes.
 
 Each test gets a migrated, empty PostgreSQL database (``pg_engine``), an empty Redis database
-(``TEST_REDIS_URL``, default db 14) and as many workers as it starts with ``start_worker``:
+(``TEST_REDIS_URL``, default db 0 of a redis-server the test run starts for itself) and as many
+workers as it starts with ``start_worker``:
 ``dramatiq billingworker.actors`` subprocesses, configured only through the environment, as
 in production. The test process talks to Redis through its own ``RedisBroker``; it never
 touches the global (stub) broker of the in-process tests.
@@ -29,7 +30,10 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine, text
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+from tests.redis_server import run_redis_url
+
+# A Redis server of this test run's own (tests/redis_server.py): two runs never flush each other.
+REDIS_URL = os.environ.get("TEST_REDIS_URL") or run_redis_url(0)
 #: Dramatiq's default key prefix in Redis (``RedisBroker(namespace=...)``).
 NAMESPACE = "dramatiq"
 QUEUES = ("billing", "emails")

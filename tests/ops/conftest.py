@@ -22,8 +22,10 @@ from sqlalchemy import Engine
 from billingworker.cli import main
 from billingworker.db import unit_of_work
 from billingworker.domain.models import Client, DailyRun, DailyRunTask, JobFailure
+from tests.redis_server import run_redis_url
 
-REDIS_URL = os.environ.get("TEST_OPS_REDIS_URL", "redis://127.0.0.1:6379/13")
+# A Redis server of this test run's own (tests/redis_server.py): two runs never flush each other.
+REDIS_URL = os.environ.get("TEST_OPS_REDIS_URL") or run_redis_url(1)
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 NAMESPACE = "dramatiq"
 
