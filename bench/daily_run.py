@@ -399,6 +399,9 @@ def worker_env(url: str, redis_url: str, mail_dir: Path, workdir: Path, args: ar
         "FAN_OUT_BATCH_SIZE": str(args.batch_size),
         "EXPORTS_DIR": str(workdir / "exports"),
         "PYTHONUNBUFFERED": "1",
+        # The seeded cards are at the test gateway, which exists only when switched on.
+        "PAYMENT_GATEWAYS": "test",
+        "SERVER_MODULES": "test",
     })
     if args.poll_ms is not None:
         env["dramatiq_worker_timeout"] = str(args.poll_ms)
@@ -608,7 +611,8 @@ def _wait(engine: Engine, client: redis.Redis, day: DayFigures, started: float, 
             tasks = conn.execute(text(
                 "SELECT task, status, batches_done, batches_total FROM daily_run_tasks WHERE run_id = :r "
                 "ORDER BY position"), {"r": run.id}).all() if run is not None else []
-            emails_queued = conn.execute(text("SELECT count(*) FROM email_outbox WHERE status = 'queued'")).scalar()
+            emails_queued = conn.execute(text(
+                "SELECT count(*) FROM email_outbox WHERE status IN ('queued', 'sending')")).scalar()
         status = run.status if run is not None else None
         now = time.perf_counter() - started
         day.samples.append(Sample(now, status, queues, emails_queued))

@@ -12,6 +12,10 @@ from collections.abc import Iterator
 # Tests never talk to a production broker: actors bind to the in-process broker.
 os.environ.setdefault("BROKER_URL", "stub://")
 os.environ.setdefault("MAIL_URL", "memory://")
+# The test doubles (a gateway that approves without charging, a module that runs nothing) exist
+# only when switched on; the worker subprocesses of tests/integration and tests/ops inherit this.
+os.environ.setdefault("PAYMENT_GATEWAYS", "test")
+os.environ.setdefault("SERVER_MODULES", "test")
 
 import pytest
 from sqlalchemy import Engine, create_engine, text

@@ -3,6 +3,10 @@
 BROKER_URL picks it: ``redis://...`` (default), ``amqp://...`` (RabbitMQ) or ``stub://`` (the
 in-process broker used by the demo and the tests). Dramatiq 2 no longer adds Prometheus by
 default and its StubBroker.join fails fast by default; we rely on neither.
+
+Each broker is Dramatiq's own with guarded consumers (``message_guard``): a message the worker
+cannot run (undecodable, an unknown job, an option of the wrong type) is dead-lettered with a
+``job_failures`` row instead of stalling its queue.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import os
 
 import dramatiq
 from dramatiq.broker import Broker
-from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware import AgeLimit, CurrentMessage
 
 from .config import get_config
+from .message_guard import GuardedEncoder, GuardedRabbitmqBroker, GuardedRedisBroker, GuardedStubBroker
+from .message_options import TrustedOptions
 
 #: Queues, by what they carry. Billing work and email delivery are separate so that a slow
 #: mail server never delays invoicing.
@@ -24,11 +29,12 @@ QUEUES = (BILLING_QUEUE, EMAIL_QUEUE)
 
 
 def make_broker(url: str) -> Broker:
+    # The guarded consumers need the encoder that never raises (message_guard).
+    if not isinstance(dramatiq.get_encoder(), GuardedEncoder):
+        dramatiq.set_encoder(GuardedEncoder())
     if url.startswith("stub:"):
-        broker: Broker = StubBroker()
+        broker: Broker = GuardedStubBroker()
     elif url.startswith(("redis://", "rediss://", "unix://")):
-        from dramatiq.brokers.redis import RedisBroker
-
         # Operator tunables: how soon the messages of a worker that died are given to another one.
         # Heartbeat timeout in milliseconds (Dramatiq: 60000); maintenance chance in broker calls
         # per million (Dramatiq: 1000; 1000000 = on every call).
@@ -37,13 +43,14 @@ def make_broker(url: str) -> Broker:
             options["heartbeat_timeout"] = int(os.environ["BROKER_HEARTBEAT_TIMEOUT_MS"])
         if os.environ.get("BROKER_MAINTENANCE_CHANCE"):
             options["maintenance_chance"] = int(os.environ["BROKER_MAINTENANCE_CHANCE"])
-        broker = RedisBroker(url=url, **options)
+        broker = GuardedRedisBroker(url=url, **options)
     elif url.startswith(("amqp://", "amqps://")):
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-        broker = RabbitmqBroker(url=url)
+        broker = GuardedRabbitmqBroker(url=url)
     else:
         raise ValueError(f"BROKER_URL: {url!r} is not redis://, amqp:// or stub://")
+    # Before Dramatiq's own middleware reads them: no sender chooses a job's retries, backoff,
+    # time limit or callbacks (message_options.py).
+    broker.add_middleware(TrustedOptions(), before=AgeLimit)
     # CurrentMessage lets a job know its own message id (the key of its run-once receipt).
     broker.add_middleware(CurrentMessage())
     if not url.startswith("stub:"):

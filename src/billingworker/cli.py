@@ -97,9 +97,16 @@ def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: 
 
 
 @main.command()
-@click.option("--tick", default=30.0, show_default=True, help="Seconds between looks at the clock.")
-def scheduler(tick: float) -> None:
-    """Fire the daily run at the configured local time, once per day (run as many as you like)."""
+@click.option("--tick", default=10.0, show_default=True, help="Seconds between looks at the clock.")
+@click.option("--stall-seconds", default=60, show_default=True, type=click.IntRange(min=1),
+              help="Resume a run that counted no batch for this long.")
+@click.option("--relay-every", default=60, show_default=True, type=click.IntRange(min=1),
+              help="Seconds between two relays of the email and module-command outboxes.")
+@click.option("--relay-after", default=None, type=click.IntRange(min=1),
+              help="Relay emails still queued this many seconds after they were written [default: 60].")
+def scheduler(tick: float, stall_seconds: int, relay_every: int, relay_after: int | None) -> None:
+    """Fire the daily run at the configured local time, once per day (run as many as you like);
+    resume stalled runs and relay the outboxes."""
     import signal
     import threading
 
@@ -110,7 +117,8 @@ def scheduler(tick: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     current = rt.runtime()
-    Scheduler(current.engine, current.clock).run_forever(stop, tick)
+    Scheduler(current.engine, current.clock, stall_seconds=stall_seconds,
+              relay_every_seconds=relay_every, relay_after_seconds=relay_after).run_forever(stop, tick)
 
 
 @main.command("daily-run")
@@ -219,7 +227,8 @@ def outbox() -> None:
 
 @outbox.command("relay")
 def outbox_relay() -> None:
-    """Re-enqueue emails still queued five minutes after they were written (a crash's leftovers)."""
+    """Re-enqueue every email whose delivery message was lost (queued a minute after it was written,
+    or left `sending` by a dead worker)."""
     from .actors import relay_outbox
 
     relay_outbox.send()

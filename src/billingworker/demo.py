@@ -131,6 +131,10 @@ def run_demo(paths: DemoPaths, *, workers: int = 4, echo=click.echo) -> dict:
     os.environ["BROKER_URL"] = "stub://"
     os.environ["DATABASE_URL"] = url
     os.environ["MAIL_URL"] = f"file://{paths.mail}"
+    # The demo may use the test doubles (a gateway that approves without charging, a module that
+    # runs nothing); they exist only when switched on, and only the demo and tests do that.
+    os.environ["PAYMENT_GATEWAYS"] = "test"
+    os.environ["SERVER_MODULES"] = "test"
 
     from dramatiq import Worker
 

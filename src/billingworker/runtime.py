@@ -6,6 +6,7 @@ Built lazily from the environment; the demo and the tests replace parts with ``c
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -25,6 +26,8 @@ class Runtime:
     batch_size: int
     #: Where ``export_client_data`` writes its JSON documents (EXPORTS_DIR).
     exports_dir: Path
+    #: A ``sending`` claim older than this was left by a dead worker (EMAIL_CLAIM_TIMEOUT_SECONDS).
+    email_claim_timeout: timedelta = timedelta(seconds=120)
 
 
 _current: Runtime | None = None
@@ -36,7 +39,8 @@ def runtime() -> Runtime:
         cfg = get_config()
         _current = Runtime(engine=get_engine(cfg.database_url), clock=SystemClock(cfg.time_zone),
                            mailer=mailer_from_url(cfg.mail_url), mail_from=cfg.mail_from,
-                           batch_size=cfg.fan_out_batch_size, exports_dir=cfg.exports_dir)
+                           batch_size=cfg.fan_out_batch_size, exports_dir=cfg.exports_dir,
+                           email_claim_timeout=timedelta(seconds=cfg.email_claim_timeout_seconds))
     return _current
 
 

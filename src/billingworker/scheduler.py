@@ -25,11 +25,13 @@ from .domain.settings import load_settings
 log = logging.getLogger(__name__)
 
 #: Seconds between ticks.
-TICK_SECONDS = 30
-#: A running run with no progress for this long is resumed (seconds).
-STALL_SECONDS = 600
-#: How often the outbox relay is sent (seconds).
-RELAY_EVERY_SECONDS = 300
+TICK_SECONDS = 10
+#: A running run that finished no batch and started no task for this long is resumed (seconds):
+#: its messages were lost (a broker restart) or its worker died. A healthy run counts a batch
+#: every second or two, and resuming one that was merely slow is harmless (a batch counts once).
+STALL_SECONDS = 60
+#: How often the outbox relays are sent (seconds); each drains everything due.
+RELAY_EVERY_SECONDS = 60
 
 
 def run_time(text: str) -> time:
@@ -51,6 +53,8 @@ class Scheduler:
     clock: Clock
     stall_seconds: int = STALL_SECONDS
     relay_every_seconds: int = RELAY_EVERY_SECONDS
+    #: Emails still queued this long after they were written are relayed (None: the job's default).
+    relay_after_seconds: int | None = None
     _last_relay: datetime | None = field(default=None, init=False)
 
     def tick(self) -> list[str]:
@@ -80,7 +84,7 @@ class Scheduler:
                 done.append(f"resumed run {stuck}")
         if self._last_relay is None or (now - self._last_relay).total_seconds() >= self.relay_every_seconds:
             # The outboxes: emails, and server-module commands, that a crash left queued.
-            relay_outbox.send()
+            relay_outbox.send(older_than_seconds=self.relay_after_seconds)
             relay_module_commands.send()
             self._last_relay = now
             done.append("relayed outbox")

@@ -4,17 +4,21 @@ however often or however concurrently the message is delivered; bad input dead-l
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 from datetime import timedelta
 
 import pytest
 from dramatiq import Message
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 
 from billingworker.actors import broker
 from billingworker.actors.accounts import send_password_reset_email
 from billingworker.actors.messages import send_client_email
+from billingworker.domain import client_email
+from billingworker.domain.message_sandbox import RenderBudget
 from billingworker.domain.models import (
+    Client,
     ClientUser,
     Contact,
     EmailLog,
@@ -27,6 +31,7 @@ from billingworker.domain.models import (
 from billingworker.domain.password_reset import complete_password_reset, verify_reset_token
 from billingworker.domain.passwords import verify_password
 from tests import factories as f
+from tests.domain.test_message_budget import ATTACK_IDS, ATTACKS
 
 from .conftest import NOW, dead_letters, drain
 
@@ -250,3 +255,81 @@ def test_bad_client_email_input_is_dead_lettered(session, worker, mailer, kwargs
     drain()
     assert mailer.sent == [] and len(dead_letters()) == 1
     assert session.scalars(select(JobFailure.field)).one() == field
+
+
+# -- send_client_email: the rendering budget (issue 9) ---------------------------------------
+
+@pytest.mark.parametrize("name, field, source, refusal", ATTACKS, ids=ATTACK_IDS)
+def test_a_message_over_the_rendering_budget_is_dead_lettered_after_one_attempt(session, worker, mailer, name,
+                                                                                field, source, refusal):
+    c = f.client(session)
+    session.commit()
+    message = {"subject": "Hello", "body": "Hello"} | {field: source}
+    send_client_email.send(client_id=c.id, save_message=True, **message)
+    drain()
+    letters = dead_letters()
+    assert mailer.sent == [] and len(letters) == 1
+    assert letters[0].options.get("retries", 0) == 0, "refused at its first attempt, never retried"
+    failure = session.scalars(select(JobFailure)).one()
+    assert (failure.field, failure.client_id, failure.error) == (field, c.id, "ValidationError")
+    assert refusal in failure.reason, failure.reason
+    assert count(session, OutboxEmail) == 0 and count(session, EmailTemplate) == 0
+
+
+def test_running_out_of_memory_while_rendering_is_a_refusal_not_a_retry(session, worker, mailer, monkeypatch):
+    c = f.client(session)
+    session.commit()
+
+    def out_of_memory(self):
+        raise MemoryError()
+
+    monkeypatch.setattr(RenderBudget, "step", out_of_memory)
+    send_client_email.send(client_id=c.id, subject="Hi", body="Hello {{ first_name }}")
+    drain()
+    assert mailer.sent == [] and len(dead_letters()) == 1
+    assert dead_letters()[0].options.get("retries", 0) == 0
+    failure = session.scalars(select(JobFailure)).one()
+    assert failure.field == "body" and "exceeds the rendering budget (memory)" in failure.reason
+
+
+def test_no_transaction_is_held_while_a_message_renders(engine, session, worker, mailer, monkeypatch):
+    """The render is paused, as a slow one within its budget would be: meanwhile another writer
+    gets SQLite's lock at once (a 1 s busy timeout, else "database is locked"), and on
+    PostgreSQL no connection is left idle in a transaction."""
+    c = f.client(session, company_name="Engines")
+    session.commit()
+    rendering, written = threading.Event(), threading.Event()
+    real_render = client_email.render_written
+
+    def paused_render(field, source, context, budget=None):
+        if field == "body" and not rendering.is_set():
+            rendering.set()
+            written.wait(timeout=30)
+        return real_render(field, source, context, budget)
+
+    monkeypatch.setattr(client_email, "render_written", paused_render)
+    send_client_email.send(client_id=c.id, subject="Hi", body="Hello {{ company_name }}")
+    assert rendering.wait(timeout=30), "the job never rendered the message"
+    try:
+        if engine.dialect.name == "sqlite":
+            other = sqlite3.connect(engine.url.database, timeout=1, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("UPDATE clients SET company_name = 'Written meanwhile' WHERE id = ?", (c.id,))
+                other.execute("COMMIT")
+            finally:
+                other.close()
+        else:
+            with engine.connect() as conn:
+                conn.execute(text("SET lock_timeout = '1s'"))
+                conn.execute(update(Client).where(Client.id == c.id).values(company_name="Written meanwhile"))
+                idle_in_transaction = conn.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"))
+                conn.commit()
+            assert idle_in_transaction == 0
+    finally:
+        written.set()
+    drain()
+    assert not dead_letters() and len(mailer.sent) == 1
+    assert "Hello Written meanwhile" in text_of(mailer.sent[0]), "delivery renders the client as it is then"

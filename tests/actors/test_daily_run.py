@@ -127,6 +127,7 @@ def test_a_client_that_keeps_failing_is_parked_then_unparked(session, worker, cl
     f.service(session, fine, next_due_date=date(2026, 1, 15))
     session.commit()
     for n in range(PARK_AFTER_FAILURES):
+        clock.set(datetime(2026, 1, 10 + n, 9, 0, tzinfo=UTC))  # one run a day, on its day
         run_daily_automation.send(as_of=date(2026, 1, 10 + n).isoformat())
         drain()
     session.expire_all()
@@ -136,6 +137,7 @@ def test_a_client_that_keeps_failing_is_parked_then_unparked(session, worker, cl
     failures = session.scalar(select(func.count()).select_from(JobFailure).where(JobFailure.client_id == broken.id))
     assert failures == PARK_AFTER_FAILURES
     # parked: the next run skips it (no new failure)
+    clock.set(datetime(2026, 1, 20, 9, 0, tzinfo=UTC))
     run_daily_automation.send(as_of=date(2026, 1, 20).isoformat())
     drain()
     assert session.scalar(select(func.count()).select_from(JobFailure).where(
@@ -247,6 +249,7 @@ def test_a_declined_card_is_reported_but_never_parks_the_client(session, worker,
     f.service(session, c, next_due_date=date(2026, 1, 10), amount=Decimal("30.00"), payment_method="testgateway")
     session.commit()
     for n in range(PARK_AFTER_FAILURES + 1):
+        clock.set(datetime(2026, 1, 10 + n, 9, 0, tzinfo=UTC))
         run_daily_automation.send(as_of=date(2026, 1, 10 + n).isoformat())
         drain()
     session.expire_all()

@@ -138,7 +138,9 @@ def test_a_crash_before_commit_leaves_nothing_and_the_retry_bills_once(session, 
 
     monkeypatch.setattr(due_invoices, "queue_emails", crash_once)
     monkeypatch.setattr("billingworker.actors.base.MIN_BACKOFF_MS", 1)
-    generate_due_invoices.send_with_options(kwargs={"client_id": c.id}, min_backoff=10, max_backoff=20)
+    monkeypatch.setitem(generate_due_invoices.options, "min_backoff", 10)
+    monkeypatch.setitem(generate_due_invoices.options, "max_backoff", 20)
+    generate_due_invoices.send(client_id=c.id)
     drain()
     assert crashes == [1]
     assert count(session, Invoice) == 1

@@ -149,8 +149,10 @@ def test_run_module_command_asked_directly_runs_once_per_message(session, worker
 def test_a_module_that_cannot_be_reached_is_retried(session, worker, hosting, monkeypatch):
     _, svc, _ = hosting
     RECORDING_MODULE.fail("service", svc.id, "connection refused", transient=True, times=1)
-    run_module_command.send_with_options(kwargs={"item_type": "service", "item_id": svc.id, "command": "suspend"},
-                                         min_backoff=10, max_backoff=20)
+    # Quick retries: the actor's own policy (a message's options are ignored, message_options.py)
+    monkeypatch.setitem(run_module_command.options, "min_backoff", 10)
+    monkeypatch.setitem(run_module_command.options, "max_backoff", 20)
+    run_module_command.send(item_type="service", item_id=svc.id, command="suspend")
     drain()
     assert dead_letters() == []
     row = session.scalars(select(ModuleCommand)).one()
@@ -158,11 +160,11 @@ def test_a_module_that_cannot_be_reached_is_retried(session, worker, hosting, mo
     assert RECORDING_MODULE.ran("service", svc.id) == ["suspend"]
 
 
-def test_after_the_last_retry_the_command_is_failed(session, worker, hosting):
+def test_after_the_last_retry_the_command_is_failed(session, worker, hosting, monkeypatch):
     _, svc, _ = hosting
     RECORDING_MODULE.fail("service", svc.id, "connection refused", transient=True)
-    run_module_command.send_with_options(kwargs={"item_type": "service", "item_id": svc.id, "command": "suspend"},
-                                         max_retries=0)
+    monkeypatch.setitem(run_module_command.options, "max_retries", 0)
+    run_module_command.send(item_type="service", item_id=svc.id, command="suspend")
     drain()
     assert len(dead_letters()) == 1
     row = session.scalars(select(ModuleCommand)).one()

@@ -1,4 +1,8 @@
-"""The payment gateway seam: the deterministic test gateway, the registry, card-number hygiene."""
+"""The payment gateway seam: the deterministic test gateway, the registry, card-number hygiene.
+
+tests/conftest.py switches the test gateway on (``PAYMENT_GATEWAYS=test``); the tests of the
+registry without it take it away with ``monkeypatch``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from billingworker.adapters.gateway import (
     TEST_GATEWAY,
     CaptureRequest,
     CaptureResult,
+    GatewayNotConfigured,
     GatewayUnavailable,
     PaymentGateway,
     TestGateway,
@@ -95,6 +100,49 @@ def test_the_registry_knows_the_test_gateway_and_refuses_unknown_names():
     with pytest.raises(ValidationError) as err:
         gateway_for("nosuchpay")
     assert err.value.field == "gateway" and "testgateway" in err.value.rule
+
+
+def test_without_payment_gateways_the_test_gateway_is_refused(monkeypatch):
+    # Given a worker whose environment does not switch the test gateway on (production)
+    monkeypatch.delenv("PAYMENT_GATEWAYS", raising=False)
+    # When a pay method names it
+    with pytest.raises(GatewayNotConfigured) as err:
+        gateway_for("testgateway")
+    # Then it is refused, as a ValidationError on "gateway", saying why and how to switch it on
+    assert isinstance(err.value, ValidationError)
+    assert err.value.field == "gateway" and err.value.value == "testgateway"
+    assert "approves captures without charging" in err.value.rule and "PAYMENT_GATEWAYS=test" in err.value.rule
+    # And the registry neither lists it nor offers it to a misspelt name
+    assert "testgateway" not in registered_gateways()
+    with pytest.raises(ValidationError) as unknown:
+        gateway_for("nosuchpay")
+    assert "testgateway" not in unknown.value.rule and "registered: none" in unknown.value.rule
+    assert TEST_GATEWAY.calls == 0
+
+
+@pytest.mark.parametrize("value", ["", "  ", "none-of-these"])
+def test_only_the_exact_switch_turns_the_test_gateway_on(monkeypatch, value):
+    monkeypatch.setenv("PAYMENT_GATEWAYS", value)
+    if value.strip():
+        with pytest.raises(ValueError, match="PAYMENT_GATEWAYS"):
+            gateway_for("testgateway")
+    else:
+        with pytest.raises(GatewayNotConfigured):
+            gateway_for("testgateway")
+
+
+def test_with_payment_gateways_test_the_test_gateway_is_there(monkeypatch):
+    monkeypatch.setenv("PAYMENT_GATEWAYS", "test")
+    assert gateway_for("testgateway") is TEST_GATEWAY
+    assert registered_gateways() == ("testgateway",)
+
+
+def test_a_real_gateway_needs_no_switch(monkeypatch):
+    monkeypatch.delenv("PAYMENT_GATEWAYS", raising=False)
+    monkeypatch.setattr(gateway_module, "_FACTORIES", dict(gateway_module._FACTORIES))  # leave no trace
+    gw = TestGateway()
+    register_gateway("realpay", lambda: gw)
+    assert gateway_for("realpay") is gw and registered_gateways() == ("realpay",)
 
 
 def test_adding_a_gateway_is_one_class_and_one_registration(monkeypatch):

@@ -66,6 +66,16 @@ def test_non_ascii_names_subjects_and_bodies_arrive_intact():
     ("cc", {"cc": ["x@example.com\nBcc: everyone@example.com"]}),
     ("subject", {"subject": "Hello\r\nBcc: everyone@example.com"}),
     ("to", {"to": ["not an address"]}),
+    # any control character ends some receivers' header block (VT, FF, FS...), not only CR/LF
+    ("to", {"to": ["ada@example.com\x0bBcc: everyone@example.com"]}),
+    ("to", {"to": ["Ada\x0c <ada@example.com>"]}),
+    ("cc", {"cc": ["x@example.com\x1cSubject: forged"]}),
+    ("subject", {"subject": "Hello\x0bBcc: everyone@example.com"}),
+    ("subject", {"subject": "Hello\u2028Bcc: everyone@example.com"}),
+    ("subject", {"subject": "nul\x00byte"}),
+    # a whole header where an address should be: refused when built, never retried at send
+    ("to", {"to": ["Bcc: everyone@example.com"]}),
+    ("to", {"to": ["ada@example.com, bob@example.com"]}),
 ])
 def test_header_injection_and_bad_addresses_are_refused(field, change):
     with pytest.raises(ValidationError) as err:

@@ -1,4 +1,8 @@
-"""The server-module seam: the recording twin, scripted failures, the registry."""
+"""The server-module seam: the recording twin, scripted failures, the registry.
+
+tests/conftest.py switches the recording module on (``SERVER_MODULES=test``); the tests of the
+registry without it take it away with ``monkeypatch``.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import pytest
 from billingworker.adapters import server_module as sm
 from billingworker.adapters.server_module import (
     MODULE_COMMANDS,
+    NO_SERVER_MODULE,
     RECORDING_MODULE,
     ModuleCommandRequest,
+    ModuleNotConfigured,
     ModuleResult,
     ModuleUnavailable,
     RecordingModule,
@@ -83,10 +89,34 @@ def test_recording_module_is_thread_safe():
     assert module.calls == 800 and len(module.commands) == 800
 
 
-def test_no_module_is_the_recording_module():
+def test_with_server_modules_test_no_module_is_the_recording_module(monkeypatch):
+    monkeypatch.setenv("SERVER_MODULES", "test")
     assert module_for("") is RECORDING_MODULE
     assert module_for("recording") is RECORDING_MODULE
-    assert "" in registered_modules()
+    assert registered_modules() == ("", "recording")
+
+
+def test_without_server_modules_the_recording_module_is_refused(monkeypatch):
+    # Given a worker whose environment does not switch the test module on (production)
+    monkeypatch.delenv("SERVER_MODULES", raising=False)
+    # When a product names the recording module
+    with pytest.raises(ModuleNotConfigured) as err:
+        module_for("recording")
+    # Then it is refused, as a ValidationError on "module", saying why and how to switch it on
+    assert isinstance(err.value, ValidationError) and err.value.field == "module"
+    assert "runs nothing on any server" in err.value.rule and "SERVER_MODULES=test" in err.value.rule
+    assert registered_modules() == ("",)
+    # And a thing without a module gets the stateless module, which remembers nothing
+    module = module_for("")
+    assert module is NO_SERVER_MODULE
+    assert module.run(request("suspend")) == ModuleResult("succeeded", "suspend recorded (no server module)")
+    assert RECORDING_MODULE.calls == 0 and RECORDING_MODULE.commands == []
+
+
+def test_an_unknown_switch_is_a_configuration_error(monkeypatch):
+    monkeypatch.setenv("SERVER_MODULES", "cpanel")
+    with pytest.raises(ValueError, match="SERVER_MODULES"):
+        module_for("")
 
 
 def test_an_unregistered_module_is_a_clear_error():

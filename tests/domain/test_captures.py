@@ -15,9 +15,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from billingworker.adapters.gateway import CaptureRequest, CaptureResult, TestGateway
+from billingworker.adapters.gateway import TEST_GATEWAY, CaptureRequest, CaptureResult, TestGateway
 from billingworker.db import session_factory
 from billingworker.domain.captures import attempt_due, capture_for_clients
+from billingworker.domain.daily_run import PARK_AFTER_FAILURES, note_outcomes
 from billingworker.domain.due_invoices import generate_for_clients
 from billingworker.domain.models import (
     Client,
@@ -251,7 +252,65 @@ def test_an_unknown_gateway_is_a_failure_without_an_attempt(engine, session):
     result = capture(session, gw, c, DUE)
     [failure] = result.failures
     assert (failure.field, failure.value) == ("pay_method.gateway_name", "nosuchpay")
+    assert "is not a registered payment gateway" in failure.message and not failure.parks
     assert gw.calls == 0 and captures(session) == []
+
+
+def registry_capture(session, client, as_of: date):
+    """The capture as the worker runs it: through the gateway registry (``gateway_for``)."""
+    session.rollback()
+    return capture_for_clients(session_factory(session.get_bind()), [client.id], as_of, now=at(as_of))
+
+
+def test_without_payment_gateways_a_testgateway_card_is_never_charged(engine, session, monkeypatch):
+    # Given a production worker (PAYMENT_GATEWAYS unset) and a client whose default card names
+    # the test gateway (a pay method an admin or an import left behind)
+    monkeypatch.delenv("PAYMENT_GATEWAYS", raising=False)
+    c, _, inv_id = setup(session)
+    # When the capture runs on the due date, day after day
+    for n in range(PARK_AFTER_FAILURES + 1):
+        result = registry_capture(session, c, DUE + timedelta(days=n))
+        session.rollback()
+        note_outcomes(session, result, now=at(DUE + timedelta(days=n)))
+        session.commit()
+        # Then nothing is charged, nothing is recorded as an attempt and nothing is paid
+        assert (result.captures, result.amount, result.email_ids) == (0, Decimal("0"), [])
+        # And the failure names the gateway and the setting, and is not the client's fault
+        [failure] = result.failures
+        assert (failure.client_id, failure.field, failure.value, failure.parks) == (
+            c.id, "pay_method.gateway_name", "testgateway", False)
+        assert "'testgateway' is the test gateway" in failure.message and "PAYMENT_GATEWAYS=test" in failure.message
+        assert "nothing charged" in failure.message
+    assert TEST_GATEWAY.calls == 0 and TEST_GATEWAY.charges == []
+    assert captures(session) == [] and count(session, Transaction) == 0
+    inv = invoice(session, inv_id)
+    assert (inv.status, inv.balance_due) == ("Unpaid", Decimal("10.00"))
+    # And however many days it fails, the client is never parked for a configuration problem
+    client = session.get(Client, c.id)
+    assert (client.failure_count, client.parked_at) == (0, None)
+
+
+def test_with_payment_gateways_test_the_registry_charges_the_test_gateway(engine, session, monkeypatch):
+    monkeypatch.setenv("PAYMENT_GATEWAYS", "test")
+    c, _, inv_id = setup(session)
+    result = registry_capture(session, c, DUE)
+    assert (result.captures, result.failures) == (1, [])
+    assert len(TEST_GATEWAY.charges) == 1 and invoice(session, inv_id).status == "Paid"
+
+
+def test_a_pending_capture_at_a_gateway_switched_off_stays_pending_and_unasked(engine, session, monkeypatch):
+    # Given a pending attempt at the test gateway (left by a run) and then the gateway switched off
+    c, _, inv_id = setup(session)
+    pending_row(session, c, inv_id, DUE)
+    monkeypatch.delenv("PAYMENT_GATEWAYS", raising=False)
+    # When the next run recovers it
+    result = registry_capture(session, c, DUE + timedelta(days=1))
+    # Then nobody is asked, the row stays pending (not failed, not paid) and the client is not parked
+    assert TEST_GATEWAY.calls == 0 and result.captures == 0
+    assert [x.status for x in captures(session)] == ["pending"]
+    assert invoice(session, inv_id).status == "Unpaid"
+    [failure] = result.failures
+    assert not failure.parks and "stays pending" in failure.reason and "'testgateway'" in failure.reason
 
 
 def test_one_clients_decline_does_not_stop_the_others(engine, session):

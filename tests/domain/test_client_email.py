@@ -12,8 +12,7 @@ from sqlalchemy.orm import Session
 
 from billingworker.adapters.mailer import MemoryMailer
 from billingworker.domain.client_email import send_client_email
-from billingworker.domain.delivery import deliver_email
-from billingworker.domain.delivery_batch import deliver_emails
+from billingworker.domain.delivery import deliver_email, deliver_emails
 from billingworker.domain.emails import render_outbox_email
 from billingworker.domain.errors import NotFound, ValidationError
 from billingworker.domain.message_sandbox import render_written

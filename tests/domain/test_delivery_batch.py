@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from billingworker.adapters.mailer import MemoryMailer, SmtpMailer
 from billingworker.db import session_factory
-from billingworker.domain.delivery_batch import deliver_emails
+from billingworker.domain.delivery import deliver_emails
 from billingworker.domain.models import Client, EmailLog, Invoice, InvoiceStatus, OutboxEmail, OutboxStatus
 from tests import factories
 from tests.adapters.test_mailer import smtp_server  # noqa: F401 - the real SMTP server fixture
@@ -225,5 +225,5 @@ def test_a_client_address_with_a_line_break_parks_that_email_only(session):
 
     # Then the bad one is parked as failed, naming the reason, and the good one went
     assert {r.email_id: r.status for r in batch.results} == {bad.id: "failed", good.id: "sent"}
-    assert "line break" in session.get(OutboxEmail, bad.id).last_error
+    assert "control character U+000D" in session.get(OutboxEmail, bad.id).last_error
     assert [m["To"] for m in mailer.sent] == ["good@example.com"]

@@ -24,13 +24,14 @@ from billingworker.domain.errors import NotFound, ValidationError
 from billingworker.domain.models import ClientUser, EmailLog, OutboxEmail, PasswordResetToken, User
 from billingworker.domain.password_reset import (
     MAX_RESETS_PER_HOUR,
+    RATE_WINDOW,
     InvalidResetToken,
     complete_password_reset,
     request_password_reset,
     verify_reset_token,
 )
 from billingworker.domain.passwords import hash_password, verify_password
-from billingworker.domain.settings import save_settings
+from billingworker.domain.settings import BillingSettings, save_settings
 from billingworker.ops.logs import redact_text
 from tests import factories as f
 
@@ -38,11 +39,14 @@ from .test_concurrency import race
 
 NOW = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 SECRET = "test-secret-key-for-reset-tokens"
+#: A key an installation used before rotating to SECRET (random, as a real key would be).
+OLD_SECRET = "h2Qe8-Zr0VbLkP4sWn7TyX1cJm5AaGdF"
 
 
 @pytest.fixture(autouse=True)
 def _secret_key(monkeypatch):
     monkeypatch.setenv("SECRET_KEY", SECRET)
+    monkeypatch.delenv("SECRET_KEY_FALLBACKS", raising=False)
 
 
 def make_user(session: Session, email: str = "ada@example.com", **kw) -> User:
@@ -323,6 +327,147 @@ def test_a_worker_with_another_secret_key_refuses_to_send_a_dead_link(session, m
         render_outbox_email(session, session.get(OutboxEmail, done.email_ids[0]))
 
 
+# -- key rotation (SECRET_KEY_FALLBACKS) -------------------------------------------------------
+
+def test_a_link_made_under_the_old_key_works_while_the_old_key_is_listed(session, monkeypatch):
+    # Given a link made (and emailed) under the old key
+    user = make_user(session)
+    monkeypatch.setenv("SECRET_KEY", OLD_SECRET)
+    done = reset(session)
+    session.commit()
+    token = token_of(session, done.email_ids[0])
+    # When the installation rotates to a new key and lists the old one as a fallback
+    monkeypatch.setenv("SECRET_KEY", SECRET)
+    monkeypatch.setenv("SECRET_KEY_FALLBACKS", OLD_SECRET)
+    # Then the old link still works, and an email queued before the rotation still goes out
+    assert verify_reset_token(session, token, now=NOW) == user.id
+    assert token_of(session, done.email_ids[0]) == token
+    completed = complete_password_reset(session, token, "a new password", now=NOW)
+    assert completed.user_id == user.id
+
+
+def test_a_link_made_under_the_old_key_dies_when_the_old_key_is_removed(session, monkeypatch):
+    # Given a link made under the old key, and the rotation done
+    make_user(session)
+    monkeypatch.setenv("SECRET_KEY", OLD_SECRET)
+    done = reset(session)
+    session.commit()
+    token = token_of(session, done.email_ids[0])
+    monkeypatch.setenv("SECRET_KEY", SECRET)
+    monkeypatch.setenv("SECRET_KEY_FALLBACKS", f"{OLD_SECRET}, another-secret-key-entirely")
+    assert verify_reset_token(session, token, now=NOW)
+    # When the old key is removed from the fallbacks
+    monkeypatch.setenv("SECRET_KEY_FALLBACKS", "another-secret-key-entirely")
+    # Then the link fails like any invalid link, and its email is no longer sent
+    with pytest.raises(InvalidResetToken):
+        verify_reset_token(session, token, now=NOW)
+    with pytest.raises(InvalidResetToken):
+        complete_password_reset(session, token, "a new password", now=NOW)
+    with pytest.raises(ValidationError, match="SECRET_KEY_FALLBACKS"):
+        render_outbox_email(session, session.get(OutboxEmail, done.email_ids[0]))
+    monkeypatch.delenv("SECRET_KEY_FALLBACKS")
+    with pytest.raises(InvalidResetToken):
+        verify_reset_token(session, token, now=NOW)
+
+
+def test_new_links_are_made_with_the_new_key_only(session, monkeypatch):
+    user = make_user(session)
+    monkeypatch.setenv("SECRET_KEY_FALLBACKS", OLD_SECRET)
+    done = reset(session)
+    session.commit()
+    token = token_of(session, done.email_ids[0])
+    # The new link does not depend on the old key: it survives its removal...
+    monkeypatch.delenv("SECRET_KEY_FALLBACKS")
+    assert token_of(session, done.email_ids[0]) == token
+    assert verify_reset_token(session, token, now=NOW) == user.id
+    # ...and is not valid under the old key alone
+    with pytest.raises(InvalidResetToken):
+        verify_reset_token(session, token, now=NOW, secret_keys=[OLD_SECRET.encode()])
+
+
+def test_every_key_is_tried_in_constant_time(session, monkeypatch):
+    make_user(session)
+    monkeypatch.setenv("SECRET_KEY_FALLBACKS", f"{OLD_SECRET} another-secret-key-entirely")
+    done = reset(session)
+    session.commit()
+    token = token_of(session, done.email_ids[0])
+    derived = []
+    real = pr.derive_token
+
+    def spy(key, token_id, nonce):
+        derived.append(key)
+        return real(key, token_id, nonce)
+
+    monkeypatch.setattr(pr, "derive_token", spy)
+    for candidate in (token, "y" * 43, "not a token!"):
+        derived.clear()
+        try:
+            verify_reset_token(session, candidate, now=NOW)
+        except InvalidResetToken:
+            pass
+        # the current key matches first, yet every key is tried: valid and invalid cost the same
+        assert derived == [SECRET.encode(), OLD_SECRET.encode(), b"another-secret-key-entirely"], candidate
+
+
+def test_a_link_whose_outbox_row_is_gone_no_longer_works(session):
+    make_user(session)
+    done = reset(session)
+    session.commit()
+    token = token_of(session, done.email_ids[0])
+    session.delete(session.get(OutboxEmail, done.email_ids[0]))
+    session.commit()
+    with pytest.raises(InvalidResetToken):
+        verify_reset_token(session, token, now=NOW)
+
+
+# -- the installation-wide limit ---------------------------------------------------------------
+
+def test_the_installation_sends_at_most_its_hourly_limit_of_reset_emails(session):
+    # Given 40 users, and the default limit of 100 reset links an hour for the installation
+    assert BillingSettings().password_reset_installation_limit == 100
+    for n in range(40):
+        make_user(session, f"user{n}@example.com")
+    session.commit()
+    # When each asks 6 times within the hour (the per-user limit alone would let 200 through)
+    outcomes: dict[str, int] = {}
+    for attempt in range(6):
+        for n in range(40):
+            done = reset(session, f"req:{n}:{attempt}", email=f"user{n}@example.com",
+                         now=NOW + timedelta(seconds=attempt * 40 + n))
+            outcomes[done.outcome] = outcomes.get(done.outcome, 0) + 1
+            if done.outcome != "sent":
+                assert not done.email_ids and done.token_id is None
+    session.commit()
+    # Then at most 100 emails are queued; the rest are refused
+    assert count(session, OutboxEmail) == 100 and count(session, PasswordResetToken) == 100
+    assert outcomes == {"sent": 100, "installation_rate_limited": 140}
+
+
+def test_past_the_installation_limit_a_known_and_an_unknown_email_look_the_same(session, caplog):
+    make_user(session)
+    make_user(session, "grace@example.com")
+    save_settings(session, password_reset_installation_limit=1)
+    assert reset(session, "req:1", email="grace@example.com").outcome == "sent"
+    with caplog.at_level(logging.WARNING):
+        known = reset(session, "req:2", email="ada@example.com")
+        unknown = reset(session, "req:3", email="nobody@example.com")
+    # Then neither outcome nor result says whether the account exists
+    assert known == unknown == pr.ResetRequest("installation_rate_limited")
+    assert count(session, PasswordResetToken) == 1 and count(session, OutboxEmail) == 1
+    # And the refusal is logged for the operator, without the address
+    assert "password_reset_installation_limit" in caplog.text and "ada@example.com" not in caplog.text
+    # An hour after the first link there is room again
+    assert reset(session, "req:4", email="ada@example.com", now=NOW + RATE_WINDOW).outcome == "sent"
+
+
+def test_the_installation_limit_must_be_at_least_one(session):
+    make_user(session)
+    save_settings(session, password_reset_installation_limit=0)
+    with pytest.raises(ValidationError) as caught:
+        reset(session)
+    assert caught.value.field == "settings.password_reset_installation_limit"
+
+
 def test_no_password_or_token_reaches_the_logs(session, caplog):
     make_user(session)
     with caplog.at_level(logging.DEBUG):
@@ -407,6 +552,20 @@ def test_one_token_completed_twice_at_once_sets_the_password_once(pg_engine, pg_
     pg_session.rollback()
     winner = next(o for o in outcomes if o != "refused")
     assert verify_password(pg_session.get(User, user.id).password_hash, winner)
+
+
+def test_two_users_at_once_cannot_overshoot_the_installation_limit(pg_engine, pg_session):
+    make_user(pg_session)
+    make_user(pg_session, "grace@example.com")
+    make_user(pg_session, "alan@example.com")
+    save_settings(pg_session, password_reset_installation_limit=2)
+    reset(pg_session, "req:first", email="alan@example.com")
+    pg_session.commit()
+    results = race(pg_engine, partial(reset, key="req:a", email="ada@example.com"),
+                   partial(reset, key="req:b", email="grace@example.com"))
+    assert sorted(r.outcome for r in results) == ["installation_rate_limited", "sent"]
+    pg_session.rollback()
+    assert count(pg_session, PasswordResetToken) == 2 and count(pg_session, OutboxEmail) == 2
 
 
 def test_a_request_and_a_completion_at_once_do_not_deadlock(pg_engine, pg_session):

@@ -6,8 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from billingworker.adapters.mailer import MemoryMailer
-from billingworker.domain.delivery import deliver_email
-from billingworker.domain.delivery_batch import deliver_emails
+from billingworker.domain.delivery import deliver_email, deliver_emails
 from billingworker.domain.models import OutboxEmail
 from billingworker.domain.password_reset import validity
 from billingworker.domain.settings import BillingSettings

@@ -250,3 +250,70 @@ def start_worker(request, pg_url, pg_engine, redis_client, mail_dir,
 def worker(start_worker) -> WorkerProcess:
     """One worker: one process, four threads, queues billing and emails."""
     return start_worker()
+
+
+# --- a real SMTP server -----------------------------------------------------------------------
+
+class SmtpSink:
+    """An aiosmtpd handler that counts what it received per Message-ID (the receiver's view)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.received: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        import asyncio
+        from email import message_from_bytes
+
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.received.append(str(message_from_bytes(envelope.content)["Message-ID"]))
+        return "250 OK"
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for message_id in list(self.received):
+            out[message_id] = out.get(message_id, 0) + 1
+        return out
+
+    def duplicates(self) -> int:
+        """Messages received more than once, counted once per extra copy."""
+        return sum(n - 1 for n in self.counts().values())
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[tuple[SmtpSink, str]]:
+    """A real SMTP server (aiosmtpd) on a free loopback port; yields (sink, MAIL_URL for workers)."""
+    from aiosmtpd.controller import Controller
+
+    from tests.redis_server import free_port
+
+    sink = SmtpSink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield sink, f"smtp://127.0.0.1:{port}"
+    finally:
+        controller.stop()
+
+
+# --- RabbitMQ ----------------------------------------------------------------------------------
+
+RABBITMQ_ADMIN = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of the test's own (``rabbitmqctl``), deleted afterwards: two runs
+    on one machine never share a queue."""
+    vhost = f"billingworker-test-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+        subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
+                       capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"RabbitMQ does not answer to rabbitmqctl ({exc}): start it (rabbitmq-server -detached)",
+                    pytrace=False)
+    yield f"{RABBITMQ_ADMIN}/{vhost}"
+    subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)

@@ -63,7 +63,8 @@ def test_a_worker_killed_mid_run_leaves_nothing_double_and_nothing_missing(
     deadline, nudged, state = time.monotonic() + 180, 0.0, {}
     while time.monotonic() < deadline:
         state = {"run": scalar(pg_engine, "SELECT status FROM daily_runs"),
-                 "queued_emails": scalar(pg_engine, "SELECT count(*) FROM email_outbox WHERE status = 'queued'"),
+                 "queued_emails": scalar(pg_engine, "SELECT count(*) FROM email_outbox"
+                                                    " WHERE status IN ('queued', 'sending')"),
                  "messages": pending_messages(redis_client)}
         if state["run"] == "succeeded" and state["queued_emails"] == 0 and not any(state["messages"].values()):
             break

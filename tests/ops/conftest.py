@@ -93,10 +93,14 @@ NOW = datetime.now(UTC)
 
 
 def add_run(engine: Engine, *, status: str = "succeeded", finished_hours_ago: float | None = 1.0,
-            run_date=None, dry_run: bool = False, failures: int = 0, invoices: int = 0) -> int:
+            run_date=None, dry_run: bool = False, failures: int = 0, invoices: int = 0,
+            now: datetime | None = None) -> int:
     """A daily run row (and one task) as the daily run leaves it; returns its id."""
-    finished = NOW - timedelta(hours=finished_hours_ago) if finished_hours_ago is not None else None
-    started = (finished or NOW) - timedelta(minutes=5)
+    # Relative to the moment of the call, not of the import: the health check reads the real
+    # clock, and a long test run must not age the rows ("30.1 h ago" for 30).
+    now = now or datetime.now(UTC)
+    finished = now - timedelta(hours=finished_hours_ago) if finished_hours_ago is not None else None
+    started = (finished or now) - timedelta(minutes=5)
     with unit_of_work(engine) as session:
         run = DailyRun(run_date=run_date or started.date(), dry_run=dry_run, status=status, trigger="test",
                        started_at=started, finished_at=finished)

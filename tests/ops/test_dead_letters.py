@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from dramatiq import Message
+
 from billingworker.db import unit_of_work
 from billingworker.domain.models import JobFailure
 from billingworker.ops.dead_letters import DeadLetters
@@ -150,3 +152,113 @@ def test_dead_letters_need_a_redis_broker(pg_engine):
 
     assert result.exit_code == 1
     assert "billing.XQ" in result.output and "amqp://guest:***@" in result.output
+
+
+# --- secrets and bounds -------------------------------------------------------------------------
+
+CARD = "4111 1111 1111 1111"
+SECRETS = ("hunter2", "4111", "tok_live_abc123", "s3cr3t")
+
+
+def refused_with_secrets(redis_broker, pg_engine) -> tuple[str, Message]:
+    """A message refused for bad input, carrying a nested password, a card number and a token,
+    dead-lettered by a worker on the real Redis, with its job_failures row as the worker left it
+    before reasons were masked."""
+    msg = Message(queue_name="billing", actor_name="run_module_command", args=(f"card {CARD}",), options={},
+                  kwargs={"item_type": "service", "item_id": 5, "command": "create",
+                          "params": {"account": {"pass": "hunter2", "user": "ada"}, "note": f"paid with {CARD}"},
+                          "gateway_token": "tok_live_abc123"})
+    dead_id = kill(redis_broker, msg)
+    with unit_of_work(pg_engine) as session:
+        session.add(JobFailure(actor="run_module_command", message_id=msg.message_id, error="ValidationError",
+                               field="params", reason="params: 'password=s3cr3t' is refused", created_at=NOW))
+        session.commit()
+    return dead_id, msg
+
+
+def test_show_masks_a_refused_password_card_number_and_token(redis_broker, pg_engine):
+    dead_id, msg = refused_with_secrets(redis_broker, pg_engine)
+
+    as_json = cli(pg_engine, "dead-letters", "show", dead_id, "--json")
+    human = cli(pg_engine, "dead-letters", "show", msg.message_id)
+
+    assert as_json.exit_code == 0 and human.exit_code == 0, as_json.output + human.output
+    for output in (as_json.output, human.output):
+        assert not any(secret in output for secret in SECRETS), output
+    shown = json.loads(as_json.output)
+    assert shown["kwargs"]["params"] == {"account": {"pass": "***", "user": "ada"}, "note": "paid with ****1111"}
+    assert shown["kwargs"]["gateway_token"] == "***" and shown["args"] == ["card ****1111"]
+    assert shown["kwargs"]["item_id"] == 5 and shown["message_id"] == msg.message_id
+
+
+def test_list_json_masks_a_refused_password_card_number_and_token(redis_broker, pg_engine):
+    dead_id, _ = refused_with_secrets(redis_broker, pg_engine)
+
+    result = cli(pg_engine, "dead-letters", "list", "--json")
+
+    assert result.exit_code == 0, result.output
+    assert not any(secret in result.output for secret in SECRETS), result.output
+    [row] = json.loads(result.output)
+    assert row["id"] == dead_id and row["kwargs"]["params"]["account"]["pass"] == "***"
+    assert row["error"] == "ValidationError: params params: 'password=***' is refused"  # the reason, masked
+
+
+def test_show_masks_and_bounds_the_traceback_of_a_retried_message(redis_broker, pg_engine):
+    traceback = TRACEBACK + f"RuntimeError: login password=hunter2 card {CARD} " + "x" * 1_000_000 + "\n"
+    dead_id = kill(redis_broker, message(retries=10, traceback=traceback))
+
+    human = cli(pg_engine, "dead-letters", "show", dead_id)
+    listed = cli(pg_engine, "dead-letters", "list", "--json")
+
+    assert "hunter2" not in human.output and "4111" not in human.output and len(human.output) < 25_000
+    assert "RuntimeError: login password=*** card ****1111 xxx" in human.output
+    [row] = json.loads(listed.output)
+    assert row["error"].startswith("RuntimeError: login password=*** card ****1111") and len(row["error"]) <= 500
+
+
+def put_raw(redis_client, dead_id: str, payload: bytes) -> None:
+    """A dead letter whose stored payload is ``payload`` (not written by Dramatiq)."""
+    redis_client.zadd(XQ, {dead_id: 1_764_050_000_000})
+    redis_client.hset(XQ_MSGS, dead_id, payload)
+
+
+def test_requeue_of_a_letter_that_is_not_json_fails_with_a_clear_error(redis_client, redis_broker, pg_engine):
+    put_raw(redis_client, "garbage-1", b"not json at all")
+    good = kill(redis_broker, message())
+
+    result = cli(pg_engine, "dead-letters", "requeue", "garbage-1", good)
+
+    assert result.exit_code == 1
+    assert "dead letter garbage-1 in billing.XQ cannot be requeued: its payload is not JSON" in result.output
+    assert "Traceback" not in result.output
+    # the other one was requeued; the garbage stays for an operator to read and purge
+    assert f"requeued {good}" in result.output
+    assert [m.decode() for m in redis_client.zrange(XQ, 0, -1)] == ["garbage-1"] and redis_client.llen(Q) == 1
+
+
+def test_requeue_all_skips_and_names_the_letters_that_are_not_messages(redis_client, redis_broker, pg_engine):
+    put_raw(redis_client, "garbage-1", b"[" * 100_000)
+    put_raw(redis_client, "garbage-2", b"[1, 2]")
+    kill(redis_broker, message())
+
+    result = cli(pg_engine, "dead-letters", "requeue", "--all", "--queue", "billing")
+
+    assert result.exit_code == 0, result.output
+    assert "requeued 1 dead letters to billing" in result.output
+    assert "skipped garbage-1: its payload is not JSON (RecursionError)" in result.output
+    assert "skipped garbage-2: its payload is a JSON list, not a message object" in result.output
+    assert redis_client.zcard(XQ) == 2 and redis_client.llen(Q) == 1
+
+
+def test_show_and_list_of_letters_that_are_not_messages(redis_client, pg_engine):
+    put_raw(redis_client, "deep", b"[" * 100_000)
+    put_raw(redis_client, "card", f"paid {CARD} ".encode() + b"y" * 100_000)
+
+    deep = cli(pg_engine, "dead-letters", "show", "deep")
+    card = cli(pg_engine, "dead-letters", "show", "card", "--json")
+    listed = cli(pg_engine, "dead-letters", "list", "--json")
+
+    assert deep.exit_code == 0 and card.exit_code == 0 and listed.exit_code == 0
+    assert json.loads(card.output)["undecodable"].startswith("paid ****1111 yyy")
+    assert "(100025 characters)" in card.output and len(card.output) < 2_500
+    assert {r["id"] for r in json.loads(listed.output)} == {"deep", "card"}

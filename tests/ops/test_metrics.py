@@ -18,7 +18,7 @@ def test_the_collector_yields_gauges_with_the_state_of_the_moment(redis_broker, 
     kill(redis_broker, message())
     redis_broker.enqueue(message(age_s=90))
     redis_broker.enqueue(message("deliver_email", "emails"), delay=60_000)
-    run_id = add_run(engine, status="succeeded", finished_hours_ago=1, failures=2, invoices=7)
+    run_id = add_run(engine, status="succeeded", finished_hours_ago=1, failures=2, invoices=7, now=NOW)
     add_parked_client(engine)
     now = time.time()
     registry = make_registry(OpsCollector(REDIS_URL, engine=engine, clock=lambda: now))

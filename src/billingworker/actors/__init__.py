@@ -8,6 +8,7 @@ from ..broker import setup_broker
 broker = setup_broker()
 
 from .accounts import send_password_reset_email  # noqa: E402
+from .base import refuse_undecodable_message  # noqa: E402 - internal: refuses what message_guard cannot run
 from .clients import close_client, delete_client, export_client_data, merge_clients  # noqa: E402
 from .daily import (  # noqa: E402
     advance_daily_run,
@@ -39,4 +40,5 @@ __all__ = [
     "send_password_reset_email", "close_client", "delete_client", "export_client_data", "merge_clients",
     "send_client_email", "adjust_credit", "normalize_phone_numbers", "normalize_phone_numbers_batch",
     "delete_selected_items", "mass_update", "relay_module_commands", "run_module_command",
+    "refuse_undecodable_message",
 ]

@@ -21,9 +21,11 @@ from dramatiq.middleware import CurrentMessage
 from ..broker import BILLING_QUEUE
 from ..db import unit_of_work
 from ..domain.errors import Conflict, ValidationError
-from ..domain.failures import ClientFailure, record_failures
+from ..domain.failures import ClientFailure, record_failures, stored_reason
 from ..domain.receipts import run_once
+from ..message_guard import REFUSE_ACTOR, BadMessage
 from ..runtime import runtime
+from .arguments import check_characters, parse_id
 
 log = logging.getLogger("billingworker.jobs")
 
@@ -43,12 +45,20 @@ def current_message_id() -> str:
     return message.message_id if message is not None else ""
 
 
+def last_attempt(actor: dramatiq.Actor) -> bool:
+    """Whether the message being run is the actor's last attempt: its retries are spent (the
+    actor's own ``max_retries``; a message cannot choose its own, see message_options.py)."""
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message is not None else 0
+    return retries >= actor.options.get("max_retries", MAX_RETRIES)
+
+
 def receipt_key(actor: str, request_id) -> str:
     """The run-once key: the caller's ``request_id`` (per job name), else the message id."""
     if request_id is not None:
         if not isinstance(request_id, str) or not request_id or len(request_id) > 150:
             raise ValidationError("request_id", request_id, "must be a non-empty string of at most 150 characters")
-        return f"{actor}:request:{request_id}"
+        return f"{actor}:request:{check_characters('request_id', request_id)}"
     message_id = current_message_id()
     if not message_id:
         raise ValidationError("request_id", request_id, "is required when the job is not run from a message")
@@ -93,7 +103,8 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, prio
                     raise ValidationError("arguments", sorted(kwargs), f"do not fit {name}{signature}: {exc}") from None
                 result = fn(*args, **kwargs)
             except (ValidationError, Conflict) as exc:
-                log.warning("job %s message %s refused: %s", name, message_id, exc, extra=fields("refused"))
+                log.warning("job %s message %s refused: %s", name, message_id, _refusal_text(exc),
+                            extra=fields("refused"))
                 _record_refusal(name, message_id, kwargs, exc)
                 raise
             except BaseException as exc:  # also Dramatiq's time limit, an Interrupt
@@ -113,22 +124,60 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, prio
     return decorate
 
 
+@dramatiq.actor(actor_name=REFUSE_ACTOR, queue_name=BILLING_QUEUE, max_retries=0, throws=(BadMessage,))
+def refuse_undecodable_message(actor: str, field: str, value: Any, rule: str) -> None:
+    """Internal: the guarded consumers (``message_guard``) turn a message the worker cannot run
+    into this one, which keeps the broker's handle on the raw message. It records the refusal
+    (``job_failures``: the job the message named, else this actor) and fails, so Dramatiq
+    dead-letters the raw message after this one attempt. Never sent by anyone else."""
+    exc = BadMessage(field, value, rule)
+    message_id = current_message_id()
+    log.warning("message %s refused: %s", message_id, _refusal_text(exc), extra={
+        "actor": actor or REFUSE_ACTOR, "message_id": message_id, "client_id": None, "outcome": "refused"})
+    _record_refusal(actor or REFUSE_ACTOR, message_id, {}, exc)
+    raise exc
+
+
 def _log_client_id(kwargs: dict) -> int | None:
-    """The message's client, for the log: an integer ``client_id`` (or a string of digits)."""
-    value = kwargs.get("client_id")
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """The message's client, for the log: a valid id in ``client_id`` (an integer or a string of digits)."""
+    try:
+        return parse_id("client_id", kwargs.get("client_id"))
+    except ValidationError:
+        return None
+
+
+#: ``job_failures.field`` is VARCHAR(100); the rule quoted in a reason is cut (the value is
+#: quoted, cut and masked by ``ClientFailure.message``, the reason bounded by ``record_failures``).
+MAX_FIELD_LENGTH = 100
+MAX_RULE_LENGTH = 2000
+
+
+def _refusal_text(exc: ValidationError | Conflict) -> str:
+    """What a log line says of a refusal: the reason ``job_failures`` keeps (its value cut and
+    masked), not ``str(exc)``, which quotes the whole value."""
+    if isinstance(exc, ValidationError):
+        return stored_reason(ClientFailure(None, _printable(exc.field, MAX_FIELD_LENGTH), exc.value,
+                                           _printable(exc.rule, MAX_RULE_LENGTH, keep_lines=True)))
+    return stored_reason(ClientFailure(None, "", None, str(exc)))
+
+
+def _printable(text: str, limit: int, *, keep_lines: bool = False) -> str:
+    """``text`` as the database can store it: control characters (but line breaks and tabs if
+    ``keep_lines``) and lone surrogates escaped, cut at ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() or (keep_lines and c in "\t\n\r") else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _record_refusal(actor: str, message_id: str, kwargs: dict, exc: ValidationError | Conflict) -> None:
-    """Write the refusal in its own transaction (the job's own work was rolled back)."""
-    client_id = kwargs.get("client_id")
-    client_id = client_id if isinstance(client_id, int) and not isinstance(client_id, bool) else None
+    """Write the refusal in its own transaction (the job's own work was rolled back). What the
+    message put in it (a field name, a value) is escaped and cut to fit the columns."""
+    client_id = _log_client_id(kwargs) if isinstance(kwargs.get("client_id"), int) else None
     try:
         with unit_of_work(runtime().engine) as session:
-            failure = (ClientFailure(client_id, exc.field, exc.value, exc.rule) if isinstance(exc, ValidationError)
-                       else ClientFailure(client_id, "", None, str(exc)))
+            failure = (ClientFailure(client_id, _printable(exc.field, MAX_FIELD_LENGTH), exc.value,
+                                     _printable(exc.rule, MAX_RULE_LENGTH, keep_lines=True))
+                       if isinstance(exc, ValidationError) else ClientFailure(client_id, "", None, str(exc)))
             record_failures(session, [failure], actor=actor,
                             message_id=message_id, now=runtime().clock.now(), error=type(exc).__name__)
             session.commit()

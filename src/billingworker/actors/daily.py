@@ -9,7 +9,7 @@ killed), and a batch delivered twice is done and counted once.
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import date, timedelta
 
 from sqlalchemy.exc import DBAPIError
 
@@ -22,8 +22,9 @@ from ..domain.models import Client, DailyRun
 from ..domain.task_registry import SELF_COMMITTING, TASK_NAMES, task_function
 from ..domain.tasks import TaskResult
 from ..runtime import runtime
-from .arguments import parse_bool, parse_date, parse_id, parse_optional_id
+from .arguments import check_characters, parse_bool, parse_count, parse_date, parse_id, parse_optional_id
 from .base import current_message_id, job, send_emails
+from .emails import relay_clients_outbox
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,11 @@ log = logging.getLogger(__name__)
 @job()
 def run_daily_automation(as_of=None, dry_run=False, trigger="job"):
     """Start the day's run (once per installation day), or report what it would do (dry run)."""
-    day = parse_date("as_of", as_of) or runtime().clock.today()
+    day = collection_day(as_of)
     dry_run = parse_bool("dry_run", dry_run)
     if not isinstance(trigger, str) or len(trigger) > 30:
         raise ValidationError("trigger", trigger, "must be a short string")
+    check_characters("trigger", trigger)
     if dry_run:
         report = dry_run_day(day)
         log.info("dry run of %s: %s", day, {t: r.preview[:20] for t, r in report.items()})
@@ -53,6 +55,11 @@ def start_day(day: date, *, trigger: str) -> dict:
     return {"run_date": day.isoformat(), "started": True, "run_id": run_id}
 
 
+#: A running task that counted no batch for this long gets its missing batches re-sent by the
+#: next ``advance_daily_run`` (seconds); the scheduler sends one when a run stalls.
+RESEND_IDLE_SECONDS = 5
+
+
 @job()
 def advance_daily_run(run_id):
     """Move a run to its next task and fan that task out; idempotent."""
@@ -63,14 +70,17 @@ def advance_daily_run(run_id):
         if run is None:
             raise NotFound("run_id", run_id, "daily run")
         step = runs.next_step(session, run_id, now=rt.clock.now())
+        idle = runs.task_idle_seconds(session, run_id, step.task, now=rt.clock.now()) if step.kind == "wait" else 0
         ranges: list[tuple[int, int]] = []
         if step.kind == "start_task":
             ranges = runs.batch_ranges(session, rt.batch_size)
             runs.set_batches(session, run_id, step.task, ranges)
         session.commit()
-    if step.kind == "wait" and step.task is not None:
-        # The task is running: (re)send its missing batches. A batch already counted is skipped
-        # by its job, so this is how a run stalled by a killed worker is resumed.
+    if step.kind == "wait" and step.task is not None and idle >= RESEND_IDLE_SECONDS:
+        # The task is running but has not moved for a while: (re)send its missing batches (a
+        # batch already counted is skipped by its job). This is how a run stalled by a killed
+        # worker or a lost message is resumed; an advance that arrives while batches are being
+        # counted re-sends nothing, so duplicates never multiply.
         resend_missing_batches(run_id, step.task)
     elif step.kind == "start_task":
         if not ranges:
@@ -96,17 +106,31 @@ def run_daily_batch(run_id, task, batch_no, first_client_id, last_client_id):
     run_id = parse_id("run_id", run_id)
     if task not in TASK_NAMES:
         raise ValidationError("task", task, f"is not one of {', '.join(TASK_NAMES)}")
-    if isinstance(batch_no, bool) or not isinstance(batch_no, int) or batch_no < 0:
-        raise ValidationError("batch_no", batch_no, "must be a non-negative integer")
+    batch_no = parse_count("batch_no", batch_no)
     first, last = parse_id("first_client_id", first_client_id), parse_id("last_client_id", last_client_id)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
         run = session.get(DailyRun, run_id)
         if run is None:
             raise NotFound("run_id", run_id, "daily run")
+        # Internal message, so untrusted: it must name a batch exactly as the run recorded it.
+        recorded = runs.recorded_batch(session, run_id, task, batch_no)
+        if recorded != (first, last):
+            raise ValidationError("batch_no", batch_no, f"is not a batch ({first}..{last}) of task {task} of run "
+                                  f"{run_id}: the run recorded {recorded or 'no such batch'}")
         if run.status != "running" or runs.batch_done(session, run_id, task, batch_no):
-            return {"skipped": True}
-        day, ids = run.run_date, eligible_clients(session, first, last)
+            # Delivered again after its work was done (a redelivery, a resend after a broker
+            # restart): the follow-ups it sent the first time may have been lost with the broker.
+            advance = run.status == "running" and runs.awaits_advance(session, run_id, task)
+            done_already = True
+        else:
+            done_already = False
+            day, ids = run.run_date, eligible_clients(session, first, last)
+    if done_already:
+        relayed = relay_clients_outbox(first, last)
+        if advance:
+            advance_daily_run.send(run_id=run_id)
+        return {"skipped": True, "emails_relayed": relayed, "advanced": advance}
     fn = task_function(task)
     if task in SELF_COMMITTING:
         result = fn(session_factory(rt.engine), ids, day, now=rt.clock.now())
@@ -186,9 +210,21 @@ def _counts(result: TaskResult) -> dict:
 
 # --- the collection tasks as standalone jobs ----------------------------------------------------
 
+def collection_day(as_of) -> date:
+    """The day of a collection job (today when ``as_of`` is null): never more than a day ahead,
+    so that no message can charge a late fee, a reminder or a card before its time (a day of
+    margin for installations whose senders' clocks run in another zone)."""
+    today = runtime().clock.today()
+    day = parse_date("as_of", as_of) or today
+    if day > today + timedelta(days=1):
+        raise ValidationError("as_of", as_of, f"is more than a day after today ({today.isoformat()}): "
+                              "collections never run ahead of time")
+    return day
+
+
 def _task_job(task: str, client_id, as_of) -> dict:
     client_id = parse_optional_id("client_id", client_id)
-    day = parse_date("as_of", as_of) or runtime().clock.today()
+    day = collection_day(as_of)
     rt = runtime()
     if client_id is None:
         with unit_of_work(rt.engine) as session:
@@ -227,9 +263,9 @@ def run_task_batch(task, first_client_id, last_client_id, as_of):
     if task not in TASK_NAMES:
         raise ValidationError("task", task, f"is not one of {', '.join(TASK_NAMES)}")
     first, last = parse_id("first_client_id", first_client_id), parse_id("last_client_id", last_client_id)
-    day = parse_date("as_of", as_of)
-    if day is None:
+    if as_of is None:
         raise ValidationError("as_of", as_of, "is required for a batch")
+    day = collection_day(as_of)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
         ids = eligible_clients(session, first, last)

@@ -22,7 +22,16 @@ from ..domain.manual_invoices import (
 from ..domain.models import Client, Currency
 from ..domain.receipts import run_once
 from ..runtime import runtime
-from .arguments import parse_bool, parse_date, parse_id, parse_items, parse_money, parse_optional_id
+from .arguments import (
+    MAX_BATCH_CLIENTS,
+    parse_bool,
+    parse_date,
+    parse_id,
+    parse_id_list,
+    parse_items,
+    parse_money,
+    parse_optional_id,
+)
 from .base import current_message_id, job, receipt_key, send_emails
 
 
@@ -61,9 +70,7 @@ def generate_due_invoices(client_id=None, as_of=None, send_email=True):
 @job()
 def generate_due_invoices_batch(client_ids, as_of, send_email=True):
     """One batch of the fan-out (internal, but a stable contract: see docs/jobs.md)."""
-    if not isinstance(client_ids, list) or not client_ids:
-        raise ValidationError("client_ids", client_ids, "must be a non-empty list of client ids")
-    ids = [parse_id(f"client_ids[{n}]", v) for n, v in enumerate(client_ids)]
+    ids = parse_id_list("client_ids", client_ids, max_length=MAX_BATCH_CLIENTS)
     day = parse_date("as_of", as_of)
     if day is None:
         raise ValidationError("as_of", as_of, "is required for a batch")

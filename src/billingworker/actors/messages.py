@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..db import unit_of_work
-from ..domain.client_email import send_client_email as queue_client_email
+from ..domain.client_email import ClientEmail, check_client_email, prepare_client_email, record_client_email
 from ..runtime import runtime
-from .arguments import parse_bool, parse_id
+from .arguments import check_characters, parse_bool, parse_id
 from .base import job, receipt_key, send_emails
 
 
@@ -17,12 +17,25 @@ def send_client_email(client_id, template=None, subject=None, body=None, save_me
     message in ``email_templates`` (as ``save_as``, default the subject)."""
     client_id = parse_id("client_id", client_id)
     save_message = parse_bool("save_message", save_message)
+    # The domain checks their types and lengths; a control character (NUL...) stops here.
+    for name, text in (("template", template), ("subject", subject), ("save_as", save_as)):
+        check_characters(name, text)
+    check_characters("body", body, multiline=True)
     key = receipt_key("send_client_email", request_id)
     rt = runtime()
+    now = rt.clock.now()
     with unit_of_work(rt.engine) as session:
-        done = queue_client_email(session, client_id, template=template, subject=subject, body=body,
-                                  save_message=save_message, save_as=save_as, dedupe_key=key, now=rt.clock.now())
-        session.commit()
+        draft = prepare_client_email(session, client_id, template=template, subject=subject, body=body,
+                                     save_message=save_message, save_as=save_as, dedupe_key=key, now=now)
+    if isinstance(draft, ClientEmail):  # already queued
+        done = draft
+    else:
+        # The admin's text renders (within its budget: up to 2 s) with no transaction open: on
+        # SQLite a transaction holds the writer lock. A breach is a ValidationError: refused once.
+        check_client_email(draft)
+        with unit_of_work(rt.engine) as session:
+            done = record_client_email(session, draft, now=now)
+            session.commit()
     send_emails(list(done.email_ids))
     return {"outcome": done.outcome, "template": done.template, "email_ids": list(done.email_ids),
             "saved_template_id": done.saved_template_id}

@@ -17,7 +17,7 @@ from ..domain.phones import client_id_batches, normalize_stored_phones
 from ..domain.receipts import run_once
 from ..domain.settings import load_settings
 from ..runtime import runtime
-from .arguments import parse_id, parse_optional_id, parse_text
+from .arguments import MAX_BATCH_CLIENTS, parse_id, parse_id_list, parse_optional_id, parse_text
 from .base import current_message_id, job, receipt_key
 
 #: The width of ``credit_history.description``.
@@ -50,9 +50,7 @@ def normalize_phone_numbers(client_id=None):
 @job()
 def normalize_phone_numbers_batch(client_ids):
     """One batch of the fan-out (a stable contract: a caller may send it for chosen clients)."""
-    if not isinstance(client_ids, list) or not client_ids:
-        raise ValidationError("client_ids", client_ids, "must be a non-empty list of client ids")
-    ids = [parse_id(f"client_ids[{n}]", v) for n, v in enumerate(client_ids)]
+    ids = parse_id_list("client_ids", client_ids, max_length=MAX_BATCH_CLIENTS)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
         result = _normalize(session, ids, rt)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from dramatiq.middleware import CurrentMessage
-
 from ..adapters.server_module import module_for
 from ..db import unit_of_work
 from ..domain.errors import ValidationError
@@ -29,8 +27,8 @@ from ..domain.module_commands import (
 )
 from ..domain.receipts import run_once
 from ..runtime import runtime
-from .arguments import parse_bool, parse_id, parse_items
-from .base import MAX_RETRIES, current_message_id, job, once_per_message, receipt_key, send_emails
+from .arguments import check_characters, parse_bool, parse_count, parse_id, parse_items
+from .base import current_message_id, job, last_attempt, once_per_message, receipt_key, send_emails
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +50,8 @@ def mass_update(client_id, items, changes, create_prorata_invoice=False, send_em
     wanted = parse_items("items", items, MASS_UPDATE_TYPES)
     if not isinstance(changes, dict):
         raise ValidationError("changes", changes, "must be a JSON object of the fields to change")
+    for name, value in changes.items():
+        check_characters(f"changes.{name}", value)
     create_prorata_invoice = parse_bool("create_prorata_invoice", create_prorata_invoice)
     send_email = parse_bool("send_email", send_email)
     key = receipt_key("mass_update", request_id)
@@ -129,11 +129,9 @@ def run_module_command(item_type, item_id, command, command_id=None, params=None
     except Exception as exc:
         # The module raised (unreachable, timed out): count the attempt in its own transaction,
         # then let Dramatiq retry with backoff; after the last retry the row is failed.
-        message = CurrentMessage.get_current_message()
-        options = message.options if message is not None else {}
-        last_try = options.get("retries", 0) >= options.get("max_retries", MAX_RETRIES)
         with unit_of_work(rt.engine) as session:
-            record_module_error(session, command_id, f"{type(exc).__name__}: {exc}", give_up=last_try,
+            record_module_error(session, command_id, f"{type(exc).__name__}: {exc}",
+                                give_up=last_attempt(run_module_command),
                                 now=rt.clock.now())
             session.commit()
         raise
@@ -145,12 +143,8 @@ def relay_module_commands(limit=1000, older_than_seconds=None):
     """Re-enqueue module commands still queued ``older_than_seconds`` (default 300) after they were
     written (a crash between the commit and the enqueue). Sending one twice runs it once."""
     limit = parse_id("limit", limit)
-    if older_than_seconds is None:
-        age = RELAY_AFTER
-    elif isinstance(older_than_seconds, int) and not isinstance(older_than_seconds, bool) and older_than_seconds >= 0:
-        age = timedelta(seconds=older_than_seconds)
-    else:
-        raise ValidationError("older_than_seconds", older_than_seconds, "must be an integer >= 0 or null")
+    age = RELAY_AFTER if older_than_seconds is None else timedelta(
+        seconds=parse_count("older_than_seconds", older_than_seconds))
     rt = runtime()
     with unit_of_work(rt.engine) as session:
         commands = queued_commands(session, pending_module_command_ids(

@@ -1,7 +1,11 @@
 """Payment gateways: one seam, ``PaymentGateway.capture(request)``, and a registry by name.
 
 - ``TestGateway`` (``"testgateway"``): deterministic by card, in memory; the twin used by tests
-  and the demo. Its process-wide instance is ``TEST_GATEWAY``.
+  and the demo. Its process-wide instance is ``TEST_GATEWAY``. It approves without moving any
+  money, so ``gateway_for("testgateway")`` refuses it unless the environment switches it on
+  explicitly: ``PAYMENT_GATEWAYS=test`` (``config.payment_gateways``; the test suite, the demo
+  and the benchmarks set it, production never does). A pay method naming it in production is
+  then an unusable gateway like any unknown name: nothing is charged, nothing is marked paid.
 - ``gateway_for(name)`` returns the gateway a pay method names (``PayMethod.gateway_name``).
 
 The contract every gateway keeps:
@@ -48,6 +52,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal, Protocol
 
+from billingworker.config import payment_gateways
 from billingworker.domain.errors import BillingError, ValidationError
 
 CaptureOutcome = Literal["succeeded", "declined", "error"]
@@ -177,8 +182,22 @@ class TestGateway:
 
 #: The process-wide test gateway, so a replayed key is recognised across runs of one process.
 TEST_GATEWAY = TestGateway()
+#: The value of PAYMENT_GATEWAYS that switches the test gateway on.
+TEST_GATEWAYS_SWITCH = "test"
 
 _FACTORIES: dict[str, Callable[[], PaymentGateway]] = {}
+#: Registered names that are test doubles: usable only while PAYMENT_GATEWAYS switches them on.
+_TEST_DOUBLES: frozenset[str] = frozenset({TestGateway.name})
+
+
+class GatewayNotConfigured(ValidationError):
+    """The name is a test double and this process was not configured to use it: a setup
+    problem, not bad data (the capture job charges nothing and parks nobody for it)."""
+
+
+def is_test_gateway_enabled() -> bool:
+    """Whether PAYMENT_GATEWAYS switches the test gateway on in this process (read each call)."""
+    return TEST_GATEWAYS_SWITCH in payment_gateways()
 
 
 def register_gateway(name: str, factory: Callable[[], PaymentGateway]) -> None:
@@ -189,16 +208,27 @@ def register_gateway(name: str, factory: Callable[[], PaymentGateway]) -> None:
 
 
 def gateway_for(name: str) -> PaymentGateway:
-    """The gateway registered as ``name``; ``ValidationError`` for a name nobody registered."""
+    """The gateway registered as ``name``.
+
+    ``ValidationError`` for a name nobody registered; ``GatewayNotConfigured`` (a
+    ``ValidationError``) for the test gateway while PAYMENT_GATEWAYS does not switch it on.
+    """
+    if name in _TEST_DOUBLES and not is_test_gateway_enabled():
+        raise GatewayNotConfigured(
+            "gateway", name, "is the test gateway, which approves captures without charging anything: it is "
+            f"refused unless the worker's environment sets PAYMENT_GATEWAYS={TEST_GATEWAYS_SWITCH} (tests and demos "
+            "only, never production)")
     factory = _FACTORIES.get(name)
     if factory is None:
-        known = ", ".join(sorted(_FACTORIES)) or "none"
+        known = ", ".join(registered_gateways()) or "none"
         raise ValidationError("gateway", name, f"is not a registered payment gateway (registered: {known})")
     return factory()
 
 
 def registered_gateways() -> tuple[str, ...]:
-    return tuple(sorted(_FACTORIES))
+    """The names ``gateway_for`` accepts now (the test gateway only while switched on)."""
+    enabled = is_test_gateway_enabled()
+    return tuple(sorted(n for n in _FACTORIES if enabled or n not in _TEST_DOUBLES))
 
 
 register_gateway(TestGateway.name, lambda: TEST_GATEWAY)

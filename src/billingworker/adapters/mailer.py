@@ -19,7 +19,7 @@ import smtplib
 import ssl
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from email.charset import QP, Charset
 from email.header import Header
@@ -46,24 +46,25 @@ class Mailer(Protocol):
         ...
 
 
-def send_all(mailer: Mailer, messages: Sequence[Message]) -> list[BaseException | None]:
-    """Send ``messages`` in order; for each, None if it was accepted or the error if it was not.
+def send_each(mailer: Mailer, messages: Sequence[Message]) -> Iterator[BaseException | None]:
+    """Send ``messages`` in order, yielding for each None (accepted) or the error (not sent).
 
-    Uses the mailer's ``send_many`` when it has one (one SMTP connection for a whole batch),
-    else ``send`` message by message. Never raises for a refused message: the caller records
-    which went and which did not.
+    A generator, so that the caller records each outcome (commits the ``sent`` mark) before the
+    next message goes, and may stop early: closing it sends nothing more. Uses the mailer's
+    ``send_each`` when it has one (one SMTP connection for the whole run), else ``send``.
+    Never raises for a refused message.
     """
-    send_many = getattr(mailer, "send_many", None)
-    if send_many is not None:
-        return send_many(messages)
-    outcomes: list[BaseException | None] = []
+    own = getattr(mailer, "send_each", None)
+    if own is not None:
+        yield from own(messages)
+        return
     for message in messages:
         try:
             mailer.send(message)
-            outcomes.append(None)
         except Exception as exc:  # noqa: BLE001 - reported per message
-            outcomes.append(exc)
-    return outcomes
+            yield exc
+        else:
+            yield None
 
 
 class SmtpMailer:
@@ -105,36 +106,37 @@ class SmtpMailer:
         with self._connect() as smtp:
             smtp.send_message(message)
 
-    def send_many(self, messages: Sequence[Message]) -> list[BaseException | None]:
-        """Send ``messages`` over one connection; per message None (accepted) or the error.
+    def send_each(self, messages: Sequence[Message]) -> Iterator[BaseException | None]:
+        """Send ``messages`` over one connection, yielding per message None (accepted) or the error.
 
         A message the server refuses does not stop the others (``RSET`` between them); a lost
-        connection marks the message it happened on and every later one as not sent.
+        connection marks the message it happened on and every later one as not sent. Closing
+        the generator early closes the connection and sends nothing more.
         """
-        outcomes: list[BaseException | None] = []
         try:
             smtp = self._connect()
         except Exception as exc:  # noqa: BLE001 - nothing went
-            return [exc for _ in messages]
+            yield from (exc for _ in messages)
+            return
         with smtp:
             for index, message in enumerate(messages):
                 try:
                     smtp.send_message(message)
-                    outcomes.append(None)
                 except smtplib.SMTPServerDisconnected as exc:
-                    outcomes.extend(exc for _ in messages[index:])
-                    break
+                    yield from (exc for _ in messages[index:])
+                    return
                 except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-                    outcomes.append(exc)
+                    yield exc
                     try:
                         smtp.rset()
                     except Exception as lost:  # noqa: BLE001 - the connection is gone: the rest did not go
-                        outcomes.extend(lost for _ in messages[index + 1:])
-                        break
+                        yield from (lost for _ in messages[index + 1:])
+                        return
                 except Exception as exc:  # noqa: BLE001 - OSError, timeouts: the connection is unusable
-                    outcomes.extend(exc for _ in messages[index:])
-                    break
-        return outcomes
+                    yield from (exc for _ in messages[index:])
+                    return
+                else:
+                    yield None
 
 
 def _filename(message_id: str) -> str:
@@ -282,9 +284,18 @@ def build_message(rendered: RenderedEmail, *, sender: str, message_id: str,
     return message
 
 
+#: Any C0/C1 control character or Unicode line/paragraph separator: some receivers end the
+#: header block at a VT, FF or FS as well as at CR/LF, losing Subject and Message-ID.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: What we accept as the address part: no spaces, no header or list punctuation.
+_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\\\"]+@[^\s@<>()\[\],;:\\\".][^\s@<>()\[\],;:\\\"]*")
+
+
 def _no_line_breaks(field: str, value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValidationError(field, value, "must not contain a line break (header injection)")
+    found = _CONTROL.search(value)
+    if found:
+        raise ValidationError(field, value[:200], f"must not contain the control character U+{ord(found.group()):04X}"
+                              " (header injection)")
     return value
 
 
@@ -297,7 +308,10 @@ def _address_header(field: str, addresses: Sequence[str]) -> str:
     out = []
     for address in addresses:
         name, email_address = parseaddr(_no_line_breaks(field, address))
-        if not email_address or "@" not in email_address:
-            raise ValidationError(field, address, "is not an email address")
+        raw = address.strip()
+        # parseaddr is lenient ("Bcc: x@y", "a@b, c@d" give one address): take only what it read whole.
+        whole = raw == email_address or raw.endswith(f"<{email_address}>")
+        if not whole or not _ADDRESS.fullmatch(email_address):
+            raise ValidationError(field, address[:200], "is not an email address")
         out.append(formataddr((name, email_address), charset="utf-8") if name else email_address)
     return ", ".join(out)

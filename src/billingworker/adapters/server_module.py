@@ -7,10 +7,16 @@ runs it after the commit. When a module answers "succeeded", the worker sets the
 addon's status to match (``domain.module_commands.STATUS_AFTER_COMMAND``): a module only acts on
 the server, never on the billing database.
 
+- ``NoServerModule``: the module of things without one (``products.module`` is ``''``): there
+  is no server to act on, so it answers "succeeded" and the worker records the command and sets
+  the status. It keeps nothing in memory.
 - ``RecordingModule``: the in-memory twin, thread-safe; it records each command it ran in
-  ``commands`` and can be told to refuse or to be unreachable (tests). Its process-wide
-  instance ``RECORDING_MODULE`` is also the module of things without one (``products.module``
-  is ``''``): recording the command is then all there is to do.
+  ``commands`` and can be told to refuse or to be unreachable (tests). It touches no server, so
+  its process-wide instance ``RECORDING_MODULE`` exists for ``module_for`` only when the
+  environment switches it on explicitly: ``SERVER_MODULES=test`` (``config.server_modules``;
+  the test suite, the demo and the benchmarks set it, production never does). Switched on, it
+  is registered as ``recording`` and also stands in for ``''``, so tests see every command;
+  otherwise ``module_for("recording")`` is refused like an unknown module.
 - ``module_for(name)`` returns the module a product names (``products.module``; a domain's
   ``registrar``).
 
@@ -50,6 +56,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from billingworker.config import server_modules
 from billingworker.domain.errors import BillingError, ValidationError
 
 #: The commands an admin can run (SPEC §9), as stored in ``module_commands.command``.
@@ -164,10 +171,34 @@ class RecordingModule:
         return [c.command for c in self.commands if (c.item_type, c.item_id) == (item_type, item_id)]
 
 
-#: The process-wide recording module: the module of things without one, and the tests' twin.
+class NoServerModule:
+    """The module of things without one: nothing to run on a server, so every command succeeds
+    at once (the worker records it and sets the thing's status). Stateless."""
+
+    name = ""
+
+    def run(self, command: ModuleCommandRequest) -> ModuleResult:
+        return ModuleResult("succeeded", f"{command.command} recorded (no server module)")
+
+
+#: The process-wide recording module: the tests' twin (only while SERVER_MODULES=test).
 RECORDING_MODULE = RecordingModule()
+NO_SERVER_MODULE = NoServerModule()
+#: The value of SERVER_MODULES that switches the recording module on.
+TEST_MODULES_SWITCH = "test"
 
 _FACTORIES: dict[str, Callable[[], ServerModule]] = {}
+#: Registered names that are test doubles: usable only while SERVER_MODULES switches them on.
+_TEST_DOUBLES: frozenset[str] = frozenset({RecordingModule.name})
+
+
+class ModuleNotConfigured(ValidationError):
+    """The name is a test double and this process was not configured to use it."""
+
+
+def is_test_module_enabled() -> bool:
+    """Whether SERVER_MODULES switches the recording module on in this process (read each call)."""
+    return TEST_MODULES_SWITCH in server_modules()
 
 
 def register_module(name: str, factory: Callable[[], ServerModule]) -> None:
@@ -178,27 +209,42 @@ def register_module(name: str, factory: Callable[[], ServerModule]) -> None:
 
 
 def unregister_module(name: str) -> None:
-    """Forget a module (tests); the recording module of ``''`` stays."""
+    """Forget a module (tests); the module of ``''`` stays."""
     if name:
         _FACTORIES.pop(name, None)
 
 
 def module_for(name: str) -> ServerModule:
-    """The module registered as ``name`` ('' = no module: the recording module).
+    """The module registered as ``name`` ('' = no module: ``NO_SERVER_MODULE``, or the recording
+    module while SERVER_MODULES=test).
 
     ``ValidationError`` for a name nobody registered: the command cannot run until an operator
-    installs that module.
+    installs that module. ``ModuleNotConfigured`` (a ``ValidationError``) for ``recording``
+    while SERVER_MODULES does not switch it on.
     """
-    factory = _FACTORIES.get(name or "")
+    name = name or ""
+    if name in _TEST_DOUBLES and not is_test_module_enabled():
+        raise ModuleNotConfigured(
+            "module", name, "is the recording test module, which runs nothing on any server: it is refused unless "
+            f"the worker's environment sets SERVER_MODULES={TEST_MODULES_SWITCH} (tests and demos only, never "
+            "production)")
+    factory = _FACTORIES.get(name)
     if factory is None:
-        known = ", ".join(repr(n) for n in sorted(_FACTORIES)) or "none"
+        known = ", ".join(repr(n) for n in registered_modules()) or "none"
         raise ValidationError("module", name, f"is not a registered server module (registered: {known})")
     return factory()
 
 
 def registered_modules() -> tuple[str, ...]:
-    return tuple(sorted(_FACTORIES))
+    """The names ``module_for`` accepts now (``recording`` only while switched on)."""
+    enabled = is_test_module_enabled()
+    return tuple(sorted(n for n in _FACTORIES if enabled or n not in _TEST_DOUBLES))
 
 
-register_module("", lambda: RECORDING_MODULE)
+def _module_of_things_without_one() -> ServerModule:
+    # Under SERVER_MODULES=test the recording module stands in, so that tests see every command.
+    return RECORDING_MODULE if is_test_module_enabled() else NO_SERVER_MODULE
+
+
+register_module("", _module_of_things_without_one)
 register_module(RecordingModule.name, lambda: RECORDING_MODULE)

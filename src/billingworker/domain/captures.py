@@ -23,6 +23,12 @@ money that moved. So ``capture_for_clients`` runs its own transactions, in three
    payment confirmation); a decline or a gateway error is recorded with the gateway's message
    and retried on the schedule.
 
+A card whose gateway cannot be used here (a name nobody registered, or the test gateway in a
+process that did not switch it on with ``PAYMENT_GATEWAYS=test``) is a setup problem, not the
+client's: no capture row, no charge, nothing marked paid, and a ``job_failures`` row that names
+the gateway and does not count towards parking the client (``parks=False``). The invoice is
+attempted on the first run after the gateway is configured (if the schedule still allows it).
+
 Card numbers are never logged or stored: only the card's last four digits.
 """
 
@@ -261,6 +267,7 @@ def _plan(session: Session, client_ids: Sequence[int], as_of: date, gateway_for:
 
     attempts: list[_Attempt] = []
     refused_gateways: set[tuple[int, str]] = set()
+    unusable_gateways: dict[str, str | None] = {}
     for inv in invoices:
         past = history.get(inv.id, [])
         if any(s in (CaptureStatus.SUCCEEDED, CaptureStatus.PENDING) for s, _ in past):
@@ -271,13 +278,18 @@ def _plan(session: Session, client_ids: Sequence[int], as_of: date, gateway_for:
         if not attempt_due(inv.date_due, as_of, failed_on, settings):
             continue
         card = cards[inv.client_id]
-        try:
-            gateway_for(card.gateway_name)
-        except (ValidationError, KeyError):
+        if card.gateway_name not in unusable_gateways:
+            unusable_gateways[card.gateway_name] = _unusable_gateway(card.gateway_name, gateway_for)
+        unusable = unusable_gateways[card.gateway_name]
+        if unusable is not None:
             if (inv.client_id, card.gateway_name) not in refused_gateways:
                 refused_gateways.add((inv.client_id, card.gateway_name))
+                # A configuration problem, not the client's data: reported, never parks the client.
                 result.failures.append(ClientFailure(inv.client_id, "pay_method.gateway_name", card.gateway_name,
-                                                     "is not a registered payment gateway"))
+                                                     f"{unusable}: nothing charged, the invoice stays unpaid",
+                                                     parks=False))
+                log.warning("capture for client %s skipped: gateway %r %s", inv.client_id, card.gateway_name[:50],
+                            unusable)
             continue
         currency = currencies.get(inv.currency_id or client_currency.get(inv.client_id))
         if currency is None or not currency.code:
@@ -291,6 +303,20 @@ def _plan(session: Session, client_ids: Sequence[int], as_of: date, gateway_for:
         return clients, attempts
     ids = _insert_pending(session, [(a, cards[a.client_id].id) for a in attempts], as_of)
     return clients, [replace(a, capture_id=ids[a.invoice_id]) for a in attempts if a.invoice_id in ids]
+
+
+def _unusable_gateway(name: str, gateway_for: Callable[[str], PaymentGateway]) -> str | None:
+    """Why ``name`` cannot be used to charge in this process, or None if it can."""
+    try:
+        gateway_for(name)
+    except (ValidationError, KeyError) as exc:
+        return _refusal(exc)
+    return None
+
+
+def _refusal(exc: Exception) -> str:
+    """The registry's reason (``gateway_for`` raises ``ValidationError``; a test's dict ``KeyError``)."""
+    return exc.rule if isinstance(exc, ValidationError) else "is not a registered payment gateway"
 
 
 #: Pending rows per INSERT statement (a few parameters each, far below the drivers' limits).
@@ -355,6 +381,11 @@ def _ask(attempt: _Attempt, gateway_for: Callable[[str], PaymentGateway]) -> tup
     """The gateway's answer to one capture, or (None, why) when there is no answer to record."""
     try:
         gateway = gateway_for(attempt.gateway)
+    except (ValidationError, KeyError) as exc:
+        # Nobody was asked: the capture stays pending (whatever an earlier run may have charged)
+        # and is asked again, with its key, once the gateway is configured.
+        return None, f"gateway {attempt.gateway!r} {_refusal(exc)}: not asked"
+    try:
         return gateway.capture(attempt.request()), ""
     except GatewayUnavailable as exc:
         if attempt.recovered:

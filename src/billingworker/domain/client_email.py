@@ -9,8 +9,14 @@ body is plain text; the HTML part is built from the rendered text by the ``clien
 file template with autoescaping, so a client called ``<script>`` (or an admin typing ``<b>``)
 shows as text.
 
-The message is rendered once inside the job (to refuse a broken one before anything is
-written) and again at delivery (``render_client_message``), with the client as it is then.
+The message is rendered once by the job (to refuse a broken one before anything is written)
+and again at delivery (``render_client_message``), with the client as it is then. Both renders
+run under the sandbox's budget (``message_sandbox``: steps, size, depth, 2 s of wall clock).
+The job does it in three steps so that no transaction is open while an admin's text renders
+(on SQLite a transaction holds the writer lock): ``prepare_client_email`` reads, in its own
+transaction, everything the render needs; ``check_client_email`` renders, reading nothing;
+``record_client_email`` writes the outbox row in a second transaction.
+``send_client_email`` runs the three on one session (scripts and tests).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from .emails import (
     render_outbox_email,
 )
 from .errors import NotFound, ValidationError
-from .message_sandbox import render_written
+from .message_sandbox import RenderBudget, render_written
 from .models import Client, Currency, EmailTemplate, OutboxEmail
 from .outbox import QueuedEmail, queue_emails
 from .settings import BillingSettings, load_settings
@@ -54,8 +60,6 @@ NOT_BY_NAME = frozenset({CLIENT_MESSAGE_TEMPLATE, PASSWORD_RESET_TEMPLATE})
 ClientEmailOutcome = Literal["queued", "already_queued"]
 
 
-
-
 @dataclass(frozen=True)
 class ClientEmail:
     """What ``send_client_email`` did; ``email_ids`` are to be sent after the commit."""
@@ -65,6 +69,31 @@ class ClientEmail:
     email_ids: tuple[int, ...] = ()
     #: The ``email_templates`` row the message was saved as (``save_message``), if any.
     saved_template_id: int | None = None
+
+
+@dataclass(frozen=True)
+class MessageInputs:
+    """What rendering a written message needs, read from the database beforehand: plain values."""
+
+    values: dict[str, Any]
+    settings: BillingSettings
+    to: list[str]
+    cc: list[str]
+    client_id: int
+
+
+@dataclass(frozen=True)
+class ClientEmailDraft:
+    """A request ``prepare_client_email`` accepted: the outbox row to write, and for a written or
+    saved message the text to render and what it is rendered with. No ORM object."""
+
+    client_id: int
+    template: str
+    context: dict[str, Any]
+    dedupe_key: str
+    message: MessageInputs | None = None
+    #: (name, field) to save the written message as, with ``save_message``.
+    save_as: tuple[str, str] | None = None
 
 
 def client_fields(session: Session, client: Client) -> dict[str, Any]:
@@ -111,6 +140,34 @@ def _paragraphs(text: str) -> list[list[str]]:
     return [p for p in paragraphs if p]
 
 
+def message_inputs(session: Session, client: Client, settings: BillingSettings) -> MessageInputs:
+    """Read what a written message to ``client`` is rendered with. Reads only."""
+    email = (client.email or "").strip()
+    return MessageInputs(values=message_context(session, client, settings), settings=settings,
+                         to=[email] if email else [], cc=general_contacts(session, client.id, email),
+                         client_id=client.id)
+
+
+def render_message(subject: str, body: str, inputs: MessageInputs) -> RenderedEmail:
+    """Render a written subject and body, and lay them out (``client_message`` file template).
+
+    Reads nothing: call it with no transaction open. The subject and body share one budget.
+    Raises ``ValidationError`` naming ``subject`` or ``body``.
+    """
+    budget = RenderBudget()
+    rendered_subject = " ".join(render_written("subject", subject, inputs.values, budget).split())
+    if not rendered_subject:
+        raise ValidationError("subject", subject, "renders to an empty subject")
+    text = render_written("body", body, inputs.values, budget)
+    return render(CLIENT_MESSAGE_TEMPLATE, {
+        "message_subject": rendered_subject,
+        "message_text": text.strip(),
+        "paragraphs": _paragraphs(text),
+        "settings": inputs.settings,
+        "client": inputs.values,
+    }, to=inputs.to, cc=inputs.cc, client_id=inputs.client_id)
+
+
 def render_client_message(session: Session, outbox: OutboxEmail,
                           settings: BillingSettings | None = None) -> RenderedEmail:
     """Render a ``client_message`` outbox row (an admin-written or saved message). Reads only.
@@ -124,19 +181,7 @@ def render_client_message(session: Session, outbox: OutboxEmail,
     if client is None:
         raise NotFound("client_id", outbox.client_id, "client")
     settings = settings if settings is not None else load_settings(session)
-    values = message_context(session, client, settings)
-    subject = " ".join(render_written("subject", context["subject"], values).split())
-    if not subject:
-        raise ValidationError("subject", context["subject"], "renders to an empty subject")
-    text = render_written("body", context["body"], values)
-    email = (client.email or "").strip()
-    return render(CLIENT_MESSAGE_TEMPLATE, {
-        "message_subject": subject,
-        "message_text": text.strip(),
-        "paragraphs": _paragraphs(text),
-        "settings": settings,
-        "client": values,
-    }, to=[email] if email else [], cc=general_contacts(session, client.id, email), client_id=client.id)
+    return render_message(context["subject"], context["body"], message_inputs(session, client, settings))
 
 
 def _written_text(field: str, value: Any, max_length: int) -> str:
@@ -170,17 +215,15 @@ def _save_message(session: Session, field: str, name: str, subject: str, body: s
         return same_or_refuse(session.scalar(select(EmailTemplate).where(EmailTemplate.name == name)))
 
 
-def send_client_email(session: Session, client_id: int, *, template: str | None = None, subject: str | None = None,
-                      body: str | None = None, save_message: bool = False, save_as: str | None = None,
-                      dedupe_key: str, now: datetime) -> ClientEmail:
-    """Queue one email to a client: a file template that needs only the client, a saved
-    ``email_templates`` row (by name), or a ``subject`` + ``body`` written by an admin.
+def prepare_client_email(session: Session, client_id: int, *, template: str | None = None,
+                         subject: str | None = None, body: str | None = None, save_message: bool = False,
+                         save_as: str | None = None, dedupe_key: str, now: datetime) -> ClientEmail | ClientEmailDraft:
+    """Check a request and read what sending it needs. Reads only; the caller may end its
+    transaction before ``check_client_email`` renders.
 
-    Guarantees: one outbox row per ``dedupe_key`` (unique): a redelivered or concurrent twin
-    finds it and queues nothing (``already_queued``). The message is rendered once here: a
-    syntax error, an unknown placeholder or a sandbox violation is a ``ValidationError`` naming
-    the field, and nothing is written. ``save_message`` saves the written subject and body in
-    ``email_templates`` as ``save_as`` (default: the subject, cut to 100 characters).
+    Returns ``ClientEmail("already_queued")`` when the outbox already holds ``dedupe_key``.
+    Raises ``ValidationError`` (``NotFound``) for a bad request. A file template (ours, not an
+    admin's) is rendered here, to refuse one that needs more than the client.
     """
     if now.tzinfo is None:
         raise ValidationError("now", now, "must be timezone-aware")
@@ -194,7 +237,6 @@ def send_client_email(session: Session, client_id: int, *, template: str | None 
 
     if save_as is not None and not save_message:
         raise ValidationError("save_as", save_as, "is only used with save_message=true")
-    written: tuple[str, str] | None = None
     if template is not None:
         template = _written_text("template", template, MAX_NAME_LENGTH)
         if subject is not None or body is not None:
@@ -202,42 +244,90 @@ def send_client_email(session: Session, client_id: int, *, template: str | None 
         if save_message:
             raise ValidationError("save_message", save_message, "only a written subject and body can be saved")
         if template in TEMPLATES and template not in NOT_BY_NAME:
-            outbox_template, context = template, {"copy_to": COPY_TO_GENERAL_CONTACTS}
-        else:
-            saved = session.scalar(select(EmailTemplate).where(EmailTemplate.name == template))
-            if saved is None:
-                raise ValidationError("template", template, "is neither an email template file nor a saved template")
-            outbox_template = CLIENT_MESSAGE_TEMPLATE
-            context = {"subject": saved.subject, "body": saved.body, "saved_template": saved.name}
-    else:
-        written = (_written_text("subject", subject, MAX_SUBJECT_LENGTH),
-                   _written_text("body", body, MAX_BODY_LENGTH))
-        outbox_template, context = CLIENT_MESSAGE_TEMPLATE, {"subject": written[0], "body": written[1]}
+            context = {"copy_to": COPY_TO_GENERAL_CONTACTS}
+            try:
+                render_outbox_email(session, OutboxEmail(template=template, client_id=client.id,
+                                                         context=json.dumps(context, sort_keys=True)))
+            except ValidationError as exc:
+                if exc.field == "context":
+                    raise ValidationError("template", template, "needs more than the client (an invoice...): "
+                                                                "it cannot be sent from the client profile") from None
+                raise
+            return ClientEmailDraft(client.id, template, context, dedupe_key)
+        saved = session.scalar(select(EmailTemplate).where(EmailTemplate.name == template))
+        if saved is None:
+            raise ValidationError("template", template, "is neither an email template file nor a saved template")
+        context = {"subject": saved.subject, "body": saved.body, "saved_template": saved.name}
+        return ClientEmailDraft(client.id, CLIENT_MESSAGE_TEMPLATE, context, dedupe_key,
+                                message=message_inputs(session, client, load_settings(session)))
 
-    # Render it as delivery will, on a row that is never added to the session.
-    try:
-        render_outbox_email(session, OutboxEmail(template=outbox_template, client_id=client.id,
-                                                 context=json.dumps(context, sort_keys=True)))
-    except ValidationError as exc:
-        if outbox_template != CLIENT_MESSAGE_TEMPLATE and exc.field == "context":
-            raise ValidationError("template", template, "needs more than the client (an invoice...): "
-                                                        "it cannot be sent from the client profile") from None
-        raise
+    written = (_written_text("subject", subject, MAX_SUBJECT_LENGTH), _written_text("body", body, MAX_BODY_LENGTH))
+    saving = None
+    if save_message:
+        saving = ((_written_text("save_as", save_as, MAX_NAME_LENGTH), "save_as") if save_as is not None
+                  else (written[0][:MAX_NAME_LENGTH].strip(), "subject"))
+    return ClientEmailDraft(client.id, CLIENT_MESSAGE_TEMPLATE, {"subject": written[0], "body": written[1]},
+                            dedupe_key, message=message_inputs(session, client, load_settings(session)),
+                            save_as=saving)
 
+
+def check_client_email(draft: ClientEmailDraft) -> None:
+    """Render a written or saved message as delivery will, within the sandbox's budget.
+
+    Reads nothing: call it with no transaction open. Raises ``ValidationError`` naming
+    ``subject`` or ``body`` (a breach of the budget: "exceeds the rendering budget (...)").
+    """
+    if draft.message is not None:
+        render_message(draft.context["subject"], draft.context["body"], draft.message)
+
+
+def record_client_email(session: Session, draft: ClientEmailDraft, *, now: datetime) -> ClientEmail:
+    """Write the outbox row of a checked draft (and save the message, with ``save_message``)
+    in the caller's transaction; the caller commits.
+
+    One outbox row per ``dedupe_key`` (unique): a twin that wrote it first (a redelivery, a
+    concurrent request) makes this one ``already_queued``, and nothing is written.
+    """
+    if session.scalar(select(OutboxEmail.id).where(OutboxEmail.dedupe_key == draft.dedupe_key)) is not None:
+        return ClientEmail("already_queued", draft.template)
+    if session.get(Client, draft.client_id) is None:  # deleted since it was read
+        raise NotFound("client_id", draft.client_id, "client")
     try:
         with session.begin_nested():
-            email_ids = queue_emails(session, [QueuedEmail(template=outbox_template, client_id=client.id,
-                                                           context=context, dedupe_key=dedupe_key)])
+            email_ids = queue_emails(session, [QueuedEmail(template=draft.template, client_id=draft.client_id,
+                                                           context=draft.context, dedupe_key=draft.dedupe_key)])
     except IntegrityError:
-        if session.scalar(select(OutboxEmail.id).where(OutboxEmail.dedupe_key == dedupe_key)) is None:
+        if session.scalar(select(OutboxEmail.id).where(OutboxEmail.dedupe_key == draft.dedupe_key)) is None:
             raise
-        return ClientEmail("already_queued", outbox_template)
+        return ClientEmail("already_queued", draft.template)
 
     saved_id = None
-    if save_message and written is not None:
-        if save_as is not None:
-            name, field = _written_text("save_as", save_as, MAX_NAME_LENGTH), "save_as"
-        else:
-            name, field = written[0][:MAX_NAME_LENGTH].strip(), "subject"
-        saved_id = _save_message(session, field, name, written[0], written[1], now.astimezone(UTC))
-    return ClientEmail("queued", outbox_template, email_ids=tuple(email_ids), saved_template_id=saved_id)
+    if draft.save_as is not None:
+        name, field = draft.save_as
+        saved_id = _save_message(session, field, name, draft.context["subject"], draft.context["body"],
+                                 now.astimezone(UTC))
+    return ClientEmail("queued", draft.template, email_ids=tuple(email_ids), saved_template_id=saved_id)
+
+
+def send_client_email(session: Session, client_id: int, *, template: str | None = None, subject: str | None = None,
+                      body: str | None = None, save_message: bool = False, save_as: str | None = None,
+                      dedupe_key: str, now: datetime) -> ClientEmail:
+    """Queue one email to a client: a file template that needs only the client, a saved
+    ``email_templates`` row (by name), or a ``subject`` + ``body`` written by an admin.
+
+    Guarantees: one outbox row per ``dedupe_key`` (unique): a redelivered or concurrent twin
+    finds it and queues nothing (``already_queued``). The message is rendered once here: a
+    syntax error, an unknown placeholder, a sandbox violation or a breach of the rendering
+    budget is a ``ValidationError`` naming the field, and nothing is written. ``save_message``
+    saves the written subject and body in ``email_templates`` as ``save_as`` (default: the
+    subject, cut to 100 characters).
+
+    The three steps on one session: the render runs inside the caller's transaction. The job
+    (actors/messages.py) runs them in two transactions instead, with the render between.
+    """
+    draft = prepare_client_email(session, client_id, template=template, subject=subject, body=body,
+                                 save_message=save_message, save_as=save_as, dedupe_key=dedupe_key, now=now)
+    if isinstance(draft, ClientEmail):
+        return draft
+    check_client_email(draft)
+    return record_client_email(session, draft, now=now)

@@ -106,6 +106,36 @@ def missing_batches(session: Session, run_id: int, task: str) -> list[tuple[int,
     return [(n, first, last) for n, (first, last) in enumerate(json.loads(row.batches)) if n not in done]
 
 
+def task_idle_seconds(session: Session, run_id: int, task: str, *, now: datetime) -> float:
+    """Seconds since the task last counted a batch (or started): how long it has not moved."""
+    row = session.get(DailyRunTask, (run_id, task))
+    last_batch = session.execute(select(func.max(DailyRunBatch.done_at)).where(
+        DailyRunBatch.run_id == run_id, DailyRunBatch.task == task)).scalar()
+    moments = [_aware(m) for m in (last_batch, row.started_at if row is not None else None) if m is not None]
+    return (now - max(moments)).total_seconds() if moments else float("inf")
+
+
+def recorded_batch(session: Session, run_id: int, task: str, batch_no: int) -> tuple[int, int] | None:
+    """(first client id, last client id) of batch ``batch_no`` as the run recorded it when the task
+    started; None when the task has not started or has no such batch. A batch message is checked
+    against it, so a forged or stale message can neither skip a batch nor run one early."""
+    row = session.get(DailyRunTask, (run_id, task))
+    if row is None or row.status == "pending":
+        return None
+    ranges = json.loads(row.batches)
+    if not 0 <= batch_no < len(ranges):
+        return None
+    first, last = ranges[batch_no]
+    return first, last
+
+
+def awaits_advance(session: Session, run_id: int, task: str) -> bool:
+    """Whether every batch of the run's task is counted but the run has not moved past it yet
+    (its ``advance_daily_run`` is under way, or was lost)."""
+    row = session.get(DailyRunTask, (run_id, task))
+    return row is not None and row.status == "running" and row.batches_done >= row.batches_total
+
+
 def batch_done(session: Session, run_id: int, task: str, batch_no: int) -> bool:
     found = session.execute(select(DailyRunBatch.batch_no).where(
         DailyRunBatch.run_id == run_id, DailyRunBatch.task == task, DailyRunBatch.batch_no == batch_no)).first()

@@ -1,10 +1,13 @@
 """Generate due invoices (SPEC §4) for a batch of clients, in the caller's transaction.
 
 Guarantees: a thing is invoiced at most once per due date (client row locks serialise workers;
-the ``billed_periods`` primary key is the final guard); invoice numbers are gap-free; the
-invoice, its claims, the thing's ``next_invoice_date``, the credit spent and the outbox email
-are written together or not at all. One client that cannot be invoiced is recorded as a
-failure and never stops the others.
+the ``billed_periods`` primary key is the final guard) and at most once per billing day
+(``as_of``): running a day twice, in sequence or at once, bills what running it once bills
+(``billed_periods.billed_on`` and its unique index; see ``due_things``). Invoice numbers are
+gap-free; the invoice, its claims, the thing's ``next_invoice_date``, the credit spent and the
+outbox email are written together or not at all. One client that cannot be invoiced is recorded
+as a failure and never stops the others; a claim refused because another worker billed it
+first is "already billed", not a failure.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .bulk import update_rows
 from .due_things import THING_TABLES, DueThings, find_due
 from .failures import ClientFailure
 from .invoice_plan import ClientInfo, InvoicePlan, TaxContext, plan_invoices
-from .invoice_store import StoredInvoice, finish_invoices, insert_invoice_lines, lock_clients
+from .invoice_store import StoredInvoice, finish_invoices, insert_invoice_lines, is_claim_clash, lock_clients
 from .models import Client, ClientStatus, InvoiceStatus
 from .money import ZERO
 from .outbox import QueuedEmail, queue_emails
@@ -99,6 +102,8 @@ def generate_for_clients(
 ) -> GenerationResult:
     """Invoice everything due on ``as_of`` for ``client_ids``; the caller commits.
 
+    Idempotent per billing day: a second call for the same ``as_of`` (same batch again, another
+    fan-out, a concurrent worker) bills nothing the first call billed or would have billed.
     Locks the clients' rows. With ``dry_run`` the same plans are made and returned, nothing is
     written (the operator's preview shares the real run's code path).
     """
@@ -119,7 +124,8 @@ def generate_for_clients(
         if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
             raise
         # Someone else billed part of this batch (another application, a race we did not
-        # expect). Redo it client by client, so the clash costs one client, not the batch.
+        # expect). Redo it client by client, so the clash costs one client, not the batch;
+        # a client billed meanwhile is "already billed" there, not a failure.
         log.warning("batch write failed (%s); retrying client by client", exc.__class__.__name__)
         for client in clients:
             _generate_one(session, client, as_of, settings, rules, result, send_email=send_email)
@@ -137,24 +143,39 @@ def _plan(clients: Sequence[ClientInfo], due: DueThings, as_of: date, settings: 
     return plans
 
 
+#: Looks at one client after its batch clashed: the first on a fresh read, the second after a
+#: claim clash (the other writer has committed by then, so its claims are seen).
+CLIENT_ATTEMPTS = 2
+
+
 def _generate_one(session: Session, client: ClientInfo, as_of: date, settings: BillingSettings,
                   rules: TaxRules, result: GenerationResult, *, send_email: bool) -> None:
-    try:
-        with session.begin_nested():
-            due = find_due(session, [client.id], as_of, settings)
-            plans = _plan([client], due, as_of, settings, rules)
-            if plans:
-                write_plans(session, plans, due, result, send_email=send_email)
-    except (IntegrityError, DBAPIError) as exc:
-        if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
-            raise
-        result.failures.append(ClientFailure(client.id, "", None, f"could not be invoiced: {exc.orig}"))
+    """One client in its own savepoint. A ``billed_periods`` clash means another writer billed
+    this client meanwhile: look again, and if it still clashes count it as already billed (no
+    failure, so a race never parks a client). Any other database error is a failure."""
+    for _ in range(CLIENT_ATTEMPTS):
+        try:
+            with session.begin_nested():
+                due = find_due(session, [client.id], as_of, settings)
+                plans = _plan([client], due, as_of, settings, rules)
+                if plans:
+                    write_plans(session, plans, due, result, send_email=send_email)
+            return
+        except (IntegrityError, DBAPIError) as exc:
+            if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
+                raise
+            if not (isinstance(exc, IntegrityError) and is_claim_clash(exc)):
+                result.failures.append(ClientFailure(client.id, "", None, f"could not be invoiced: {exc.orig}"))
+                return
+            clash = exc
+    log.info("client %s already billed for %s by another writer (%s)", client.id, as_of, clash.orig)
 
 
 def write_plans(session: Session, plans: list[InvoicePlan], due: DueThings, result: GenerationResult, *,
            send_email: bool) -> list[StoredInvoice]:
     claimed = {c for p in plans for c in p.billed_periods}
-    stored = insert_invoice_lines(session, plans, released_claims=sorted(due.stale_claims & claimed))
+    stored = insert_invoice_lines(session, plans, released_claims=sorted(due.stale_claims & claimed),
+                                  billed_on=due.billed_on)
     write_thing_updates(session, [due.updates[ln.key] for p in plans for ln in p.lines if ln.key in due.updates])
     email_ids = []
     if send_email:

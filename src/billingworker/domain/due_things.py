@@ -1,9 +1,19 @@
 """Finding what is due (SPEC §4): services, addons, domains and billable items of some clients.
 
 Set-based and index-friendly: one query per kind of thing for a whole batch of clients, then
-one query per kind for the billed periods of just those candidates (by primary key prefix).
-A thing already billed for its due date on an invoice that is not Cancelled is left out here;
-the ``billed_periods`` primary key remains the final guard when the invoice is written.
+one query per kind for the billed periods of just those candidates (exact index look-ups).
+Left out here:
+
+- a thing already billed for its due date, by any path, on an invoice that is not Cancelled;
+- for the due-invoice generation of day D, a thing that generation claimed another period for
+  on billing day D (``billed_periods.billed_on``): one period per thing per billing day, so
+  running a day twice, in sequence or at once, bills what running it once bills, even when the
+  first pass moved the thing's driving date (an invoice paid from credit at creation). If that
+  day's invoice was Cancelled, the same period may be billed again (taking the claim over with
+  its billing day), never another one.
+
+The ``billed_periods`` primary key and its unique (thing, billed_on) index remain the final
+guards when the invoice is written.
 """
 
 from __future__ import annotations
@@ -57,6 +67,9 @@ class DueThings:
     #: Claims held by Cancelled invoices that a new invoice may take over.
     stale_claims: set[tuple[str, int, date]] = field(default_factory=set)
     updates: dict[tuple[str, int], ThingUpdate] = field(default_factory=dict)
+    #: The billing day to record on the claims (the generation's ``as_of``); None for the
+    #: other paths (invoice selected items), whose claims take no billing day.
+    billed_on: date | None = None
 
     def add(self, client_id: int, line: Line, update: ThingUpdate) -> None:
         self.lines.setdefault(client_id, []).append(line)
@@ -95,9 +108,11 @@ def find_due(
     """Due lines of ``client_ids`` on ``as_of``.
 
     With ``only`` (invoice selected items) exactly those things are considered and the
-    generation window does not apply: their next renewal is invoiced now.
+    generation window does not apply: their next renewal is invoiced now. Without it (the
+    due-invoice generation), ``as_of`` is also the billing day: a thing claimed on that day
+    for another period is left out, and the lines' claims will carry the day.
     """
-    due = DueThings()
+    due = DueThings(billed_on=as_of if only is None else None)
     if not client_ids:
         return due
     ids = sorted(client_ids)
@@ -227,67 +242,83 @@ def find_due(
         candidates.append(_Candidate(r.client_id, line, ThingUpdate(ItemType.BILLABLE, r.id, values)))
 
     # --- drop what is already billed ----------------------------------------------------------
-    claims = _claims_of(session, [c.line for c in candidates])
-    today = _invoiced_on(session, ids, as_of) if continuous and chosen is None else set()
+    claims = _claims_of(session, [c.line for c in candidates], due.billed_on)
     for c in candidates:
         key = (c.line.item_type, c.line.item_id, c.line.due_date)
-        status = claims.get(key)
+        status = claims.periods.get(key)
         if status is not None and status != InvoiceStatus.CANCELLED:
             continue  # already billed for this due date
-        if c.line.key in today:
-            continue  # continuous generation: one period per thing per day, even if run twice
+        if claims.that_day.get(c.line.key, key[2]) != key[2]:
+            # One period per thing per billing day, however often the day is run: only the
+            # period claimed that day (by an invoice since Cancelled) may be billed again.
+            continue
         if status == InvoiceStatus.CANCELLED:
             due.stale_claims.add(key)
         due.add(c.client_id, c.line, c.update)
     return due
 
 
-def _claims_of(session: Session, lines: Sequence[Line]) -> dict[tuple[str, int, date], str]:
-    """Status of the invoice holding the claim on each line's (type, id, due date), if any.
+@dataclass(slots=True)
+class _Claims:
+    #: Status of the invoice holding each (type, id, due date) claim found.
+    periods: dict[tuple[str, int, date], str] = field(default_factory=dict)
+    #: The due date each thing was claimed for on the billing day (by any invoice).
+    that_day: dict[tuple[str, int], date] = field(default_factory=dict)
 
-    Exact primary-key look-ups: on PostgreSQL the keys travel as arrays and are joined to the
-    index (a plan that does not depend on fresh statistics, which a billing run keeps outdating);
-    elsewhere one query per thing type over the key prefix.
+
+def _claims_of(session: Session, lines: Sequence[Line], billed_on: date | None) -> _Claims:
+    """The claims on each line's (type, id, due date) and, with ``billed_on``, the claims its
+    thing took on that billing day, with the status of the invoice holding each.
+
+    One statement per thing type, of exact index look-ups (the primary key, and the unique
+    (type, id, billed_on) index). On PostgreSQL the keys travel as arrays and each one probes
+    the indexes through a LATERAL subquery: its reference to the key forces a nested loop of
+    index look-ups, whatever the statistics say (a billing run keeps outdating them: planned
+    as a plain join against a table the planner believes empty, the look-up became a hash join
+    over every claim of the type, slower with each batch). Elsewhere over the key prefix.
     """
-    found: dict[tuple[str, int, date], str] = {}
+    found = _Claims()
     if not lines:
         return found
     by_type: dict[str, list[Line]] = {}
     for ln in lines:
         by_type.setdefault(ln.item_type, []).append(ln)
+    rows: list[tuple[str, int, date, date | None, str]] = []
     if is_postgres(session):
+        probe = ("SELECT b.due_date, b.billed_on, b.invoice_id FROM billed_periods b"
+                 " WHERE b.item_type = %(type)s AND b.item_id = k.item_id AND b.due_date = k.due_date")
+        if billed_on is not None:
+            # Second look-up, same statement: the claim the thing took on the billing day.
+            probe += (" UNION ALL SELECT b.due_date, b.billed_on, b.invoice_id FROM billed_periods b"
+                      " WHERE b.item_type = %(type)s AND b.item_id = k.item_id AND b.billed_on = %(day)s")
         # Binary array parameters (%b): ids and dates travel without text formatting.
-        sql = ("SELECT bp.item_id, bp.due_date, i.status"
+        sql = ("SELECT k.item_id, bp.due_date, bp.billed_on, i.status"
                " FROM unnest(%(ids)b::integer[], %(dates)b::date[]) AS k(item_id, due_date)"
-               " JOIN billed_periods bp ON bp.item_type = %(type)s AND bp.item_id = k.item_id"
-               " AND bp.due_date = k.due_date"
+               f" CROSS JOIN LATERAL ({probe}) AS bp"
                " JOIN invoices i ON i.id = bp.invoice_id")
         conn = session.connection()
         for item_type, group in by_type.items():
-            rows = conn.exec_driver_sql(sql, {"type": str(item_type), "ids": [ln.item_id for ln in group],
-                                              "dates": [ln.due_date for ln in group]})
-            found.update(((item_type, i, d), status) for i, d, status in rows)
-        return found
-    for item_type, group in by_type.items():
-        rows = session.execute(
-            select(BilledPeriod.item_id, BilledPeriod.due_date, Invoice.status)
-            .join(Invoice, Invoice.id == BilledPeriod.invoice_id)
-            .where(BilledPeriod.item_type == item_type,
-                   BilledPeriod.item_id.in_(sorted({ln.item_id for ln in group})),
-                   BilledPeriod.due_date >= min(ln.due_date for ln in group)))
-        for item_id, due_date, status in rows:
-            found[(item_type, item_id, due_date)] = status
+            result = conn.exec_driver_sql(sql, {"type": str(item_type), "ids": [ln.item_id for ln in group],
+                                                "dates": [ln.due_date for ln in group], "day": billed_on})
+            rows.extend((item_type, *row) for row in result)
+    else:
+        columns = (BilledPeriod.item_id, BilledPeriod.due_date, BilledPeriod.billed_on, Invoice.status)
+        for item_type, group in by_type.items():
+            ids = sorted({ln.item_id for ln in group})
+            stmt = (select(*columns).join(Invoice, Invoice.id == BilledPeriod.invoice_id)
+                    .where(BilledPeriod.item_type == item_type, BilledPeriod.item_id.in_(ids),
+                           BilledPeriod.due_date >= min(ln.due_date for ln in group)))
+            if billed_on is not None:
+                stmt = stmt.union_all(
+                    select(*columns).join(Invoice, Invoice.id == BilledPeriod.invoice_id)
+                    .where(BilledPeriod.item_type == item_type, BilledPeriod.item_id.in_(ids),
+                           BilledPeriod.billed_on == billed_on))
+            rows.extend((item_type, *row) for row in session.execute(stmt))
+    for item_type, item_id, due_date, day, status in rows:
+        found.periods[(item_type, item_id, due_date)] = status
+        if billed_on is not None and day == billed_on:
+            found.that_day[(item_type, item_id)] = due_date
     return found
-
-
-def _invoiced_on(session: Session, client_ids: Sequence[int], day: date) -> set[tuple[str, int]]:
-    """Things of these clients on an invoice created on ``day`` that is not Cancelled."""
-    rows = session.execute(
-        select(BilledPeriod.item_type, BilledPeriod.item_id)
-        .join(Invoice, Invoice.id == BilledPeriod.invoice_id)
-        .where(among(session, Invoice.client_id, client_ids), Invoice.date_created == day,
-               Invoice.status != InvoiceStatus.CANCELLED))
-    return {(t, i) for t, i in rows}
 
 
 #: Invoice selected items: an admin may invoice anything that is not over.

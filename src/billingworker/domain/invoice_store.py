@@ -14,6 +14,7 @@ from decimal import Decimal
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import among, is_postgres
@@ -98,13 +99,17 @@ def store_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: st
 
 
 def insert_invoice_lines(session: Session, plans: Sequence[InvoicePlan], *,
-                         released_claims: Sequence[tuple[str, int, date]] = ()) -> list[StoredInvoice]:
+                         released_claims: Sequence[tuple[str, int, date]] = (),
+                         billed_on: date | None = None) -> list[StoredInvoice]:
     """Reserve the invoices' ids and insert their items and billed-period claims.
 
     The invoice rows themselves are written by ``finish_invoices``, which must run before the
     commit (the items' foreign key is checked at commit). ``released_claims`` are claims held by
     Cancelled invoices that these plans take over. A claim held by any other invoice makes the
     insert fail (primary key): the caller rolls back and nothing is billed twice.
+
+    ``billed_on`` (the due-invoice generation's day; None for other paths) is recorded on every
+    claim: a thing already claimed on that billing day makes the insert fail too (unique index).
     """
     if not plans:
         return []
@@ -127,11 +132,25 @@ def insert_invoice_lines(session: Session, plans: Sequence[InvoicePlan], *,
                 "item_id": ln.item_id, "description": ln.description, "amount": ln.amount,
                 "taxed": ln.taxed, "due_date": ln.due_date, "period_end": ln.period_end,
             })
-        claims.extend({"item_type": t, "item_id": i, "due_date": d, "invoice_id": s.id}
+        claims.extend({"item_type": t, "item_id": i, "due_date": d, "invoice_id": s.id, "billed_on": billed_on}
                       for t, i, d in s.plan.billed_periods)
     insert_rows(session, InvoiceItem.__table__, items)
     insert_rows(session, BilledPeriod.__table__, claims)
     return stored
+
+
+def is_claim_clash(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a ``billed_periods`` guard refusing a claim: another invoice holds the
+    period, or the thing was already claimed on that billing day. To a billing run that means
+    "already billed" (by a worker it raced with, or another application), not an error."""
+    diag = getattr(exc.orig, "diag", None)  # psycopg: the server names the table
+    if getattr(diag, "table_name", None):
+        return diag.table_name == BilledPeriod.__tablename__ and getattr(exc.orig, "sqlstate", None) == "23505"
+    message = str(exc.orig)
+    # SQLite: "UNIQUE constraint failed: billed_periods.item_type, ..."; MySQL: "Duplicate entry
+    # ... for key 'billed_periods.PRIMARY'" (our index names all start with the table's name).
+    lowered = message.lower()
+    return BilledPeriod.__tablename__ in message and ("unique" in lowered or "duplicate" in lowered)
 
 
 def finish_invoices(session: Session, stored: Sequence[StoredInvoice], *, source: str) -> None:

@@ -48,6 +48,9 @@ class BillingSettings:
     add_funds_maximum_balance: Decimal = Decimal("300")
     phone_number_formatting: bool = True
     password_reset_validity_hours: int = 2
+    #: At most this many password-reset links per rolling hour for the whole installation (all
+    #: users together), besides the per-user limit; further requests send nothing.
+    password_reset_installation_limit: int = 100
     #: "exclusive" (prices before tax) or "inclusive" (prices include tax).
     tax_type: str = "exclusive"
     #: Level 2 tax charged on subtotal + tax 1.

@@ -88,7 +88,12 @@ def _queues(queue: str | None) -> tuple[str, ...]:
 @click.option("--limit", default=100, show_default=True, help="At most this many per queue, oldest first.")
 @click.option("--json", "as_json", is_flag=True)
 def dead_letters_list(queue: str | None, limit: int, as_json: bool) -> None:
-    """Dead letters: id, actor, age, retries, and why (traceback's last line or job_failures)."""
+    """Dead letters: id, actor, age, retries, and why (traceback's last line or job_failures).
+
+    Secrets in the kwargs and the reasons are masked, long values cut.
+    """
+    from ..domain.redaction import mask_text
+    from .dead_letters import ERROR_LIMIT
     from .status import format_age, table
 
     with _dead_letter_store() as store:
@@ -98,7 +103,7 @@ def dead_letters_list(queue: str | None, limit: int, as_json: bool) -> None:
     rows = []
     for letter in letters:
         row = letter.summary()
-        row["error"] = row["error"] or reasons.get(letter.message_id, "")
+        row["error"] = row["error"] or mask_text(reasons.get(letter.message_id, ""), ERROR_LIMIT)
         rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -133,23 +138,32 @@ def _failure_reasons(message_ids: list[str]) -> dict[str, str]:
 @dead_letters.command("show")
 @click.argument("ident")
 @queue_option
-@click.option("--json", "as_json", is_flag=True, help="Only the message JSON, exactly as stored.")
+@click.option("--json", "as_json", is_flag=True, help="Only the message JSON (secrets masked, long texts cut).")
 def dead_letters_show(ident: str, queue: str | None, as_json: bool) -> None:
-    """The full message of one dead letter, pretty-printed, and its traceback."""
+    """The message of one dead letter, pretty-printed, and its traceback.
+
+    Secrets (passwords, tokens, card numbers, at any depth) are masked and long texts cut.
+    """
     with _dead_letter_store() as store:
         letter = store.find(ident, _queues(queue))
-    message = letter.message
+    message, traceback = letter.shown()
     if as_json:
-        click.echo(json.dumps(message, indent=2))
+        if traceback is not None and isinstance(message.get("options"), dict):
+            message["options"]["traceback"] = traceback
+        click.echo(json.dumps(message, indent=2, default=str))
         return
     died = datetime.fromtimestamp(letter.died_at_ms / 1000, UTC)
     click.echo(f"queue {letter.queue}   redis id {letter.id}   died {died:%Y-%m-%d %H:%M:%S} UTC   "
                f"retries {letter.retries}")
-    options = dict(letter.options)
-    traceback = options.pop("traceback", None)
-    click.echo(json.dumps({**message, "options": options} if "options" in message else message, indent=2))
+    click.echo(json.dumps(message, indent=2, default=str))
     if traceback:
-        click.echo("\ntraceback of the last retried attempt:\n" + str(traceback).rstrip())
+        click.echo("\ntraceback of the last retried attempt:\n" + traceback.rstrip())
+
+
+def _named(letter) -> str:
+    """``actor, message id`` of a dead letter, as the message put them: bounded and masked."""
+    summary = letter.summary()
+    return f"{summary['actor']}, message {summary['message_id']}"
 
 
 def _check_selection(idents: tuple[str, ...], all_: bool, queue: str | None, verb: str) -> None:
@@ -169,21 +183,33 @@ def dead_letters_requeue(idents: tuple[str, ...], all_: bool, queue: str | None)
     """Send dead letters back to their queue as fresh messages (retries 0, same message_id).
 
     Fix the cause first: a requeued message that fails again is retried and dead-lettered again.
+    A dead letter whose payload is not a JSON message stays where it is (exit status 1).
     """
+    from .dead_letters import NotRequeueable
+
+    refused = 0
     with _dead_letter_store() as store:
         _check_selection(idents, all_, queue, "requeue")
         if all_:
-            new_ids = store.requeue_all(queue)
+            new_ids, skipped = store.requeue_all(queue)
             click.echo(f"requeued {len(new_ids)} dead letters to {queue}")
+            for letter in skipped:
+                click.echo(f"skipped {letter.id}: {letter.decode_error} (show it, then purge it)", err=True)
             return
         for ident in idents:
             letter = store.find(ident, _queues(queue))
-            new_id = store.requeue(letter)
+            try:
+                new_id = store.requeue(letter)
+            except NotRequeueable as exc:
+                click.echo(f"Error: {exc}", err=True)
+                refused += 1
+                continue
             if new_id is None:
                 click.echo(f"{letter.id}: already gone (purged or requeued meanwhile)")
             else:
-                click.echo(f"requeued {letter.id} ({letter.actor}, message {letter.message_id}) to {letter.queue} "
-                           f"as {new_id}")
+                click.echo(f"requeued {letter.id} ({_named(letter)}) to {letter.queue} as {new_id}")
+    if refused:
+        sys.exit(1)
 
 
 @dead_letters.command("purge")
@@ -206,7 +232,7 @@ def dead_letters_purge(idents: tuple[str, ...], all_: bool, queue: str | None, y
             return
         letters = [store.find(ident, _queues(queue)) for ident in idents]
         if not yes:
-            names = ", ".join(f"{letter.id} ({letter.actor})" for letter in letters)
+            names = ", ".join(f"{letter.id} ({_named(letter)})" for letter in letters)
             click.confirm(f"Drop {names} for good?", abort=True)
         for letter in letters:
             gone = store.purge(letter)

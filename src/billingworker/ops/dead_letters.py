@@ -5,6 +5,10 @@ scored by the time in ms it died) and their JSON in the hash ``dramatiq:Q.XQ.msg
 days. A dead message carries the options of its last attempt (``retries``, ``traceback`` of
 the attempt before, ``requeue_timestamp``); a refused one (bad input) carries none, its reason
 is in ``job_failures``.
+
+What the commands print of a dead letter (``summary``, ``shown``) is masked and bounded with the
+rules of ``domain.redaction``: secret keys at any depth of its kwargs, args and options, card
+numbers, URL passwords; long texts cut. Only ``requeue`` handles the message as stored.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import redis
 
-from .errors import DeadLetterNotFound
+from ..domain.redaction import mask, mask_lines, mask_text
+from .errors import DeadLetterNotFound, OpsError
 from .queues import NAMESPACE
 
 #: Options of the last attempt that a requeued message must not carry: it starts afresh.
@@ -38,6 +44,20 @@ redis.call("rpush", KEYS[3], ARGV[3])
 return 1
 """
 
+#: Characters of one text of a message that ``show`` prints (``list`` prints MAX_SHOWN), and of
+#: the error ``list`` prints.
+SHOWN_TEXT_LIMIT = 2_000
+ERROR_LIMIT = 500
+
+
+class NotRequeueable(OpsError, ValueError):
+    """A dead letter whose payload is not a JSON message: there is nothing a worker could run."""
+
+    def __init__(self, letter: DeadLetter) -> None:
+        self.letter = letter
+        super().__init__(f"dead letter {letter.id} in {letter.queue}.XQ cannot be requeued: {letter.decode_error}; "
+                         f"read it with `dead-letters show {letter.id}`, then purge it")
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -48,15 +68,28 @@ class DeadLetter:
     died_at_ms: int
     raw: bytes | None
 
-    @property
-    def message(self) -> dict[str, Any]:
+    @cached_property
+    def _decoded(self) -> tuple[dict[str, Any], str | None]:
         if self.raw is None:
-            return {}
+            return {}, "its body is missing from the .XQ.msgs hash"
         try:
             decoded = json.loads(self.raw)
-        except ValueError:
-            return {"undecodable": self.raw.decode("utf-8", "replace")}
-        return decoded if isinstance(decoded, dict) else {"undecodable": decoded}
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            return ({"undecodable": self.raw.decode("utf-8", "replace")},
+                    f"its payload is not JSON ({type(exc).__name__})")
+        if not isinstance(decoded, dict):
+            return {"undecodable": decoded}, f"its payload is a JSON {type(decoded).__name__}, not a message object"
+        return decoded, None
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """The message as stored (``{"undecodable": ...}`` if it is not a JSON object)."""
+        return self._decoded[0]
+
+    @property
+    def decode_error(self) -> str | None:
+        """Why the payload is not a message that could be requeued; None if it is one."""
+        return self._decoded[1]
 
     @property
     def message_id(self) -> str:
@@ -89,9 +122,22 @@ class DeadLetter:
         return max(0.0, (now_ms - self.died_at_ms) / 1000)
 
     def summary(self, now_ms: int | None = None) -> dict[str, Any]:
-        return {"queue": self.queue, "id": self.id, "message_id": self.message_id, "actor": self.actor,
-                "kwargs": self.message.get("kwargs"), "died_at_ms": self.died_at_ms,
-                "age_seconds": round(self.age_seconds(now_ms), 3), "retries": self.retries, "error": self.error}
+        """What ``list`` prints: kwargs and error masked and bounded."""
+        return {"queue": self.queue, "id": self.id, "message_id": mask_text(self.message_id),
+                "actor": mask_text(self.actor), "kwargs": mask(self.message.get("kwargs")),
+                "died_at_ms": self.died_at_ms, "age_seconds": round(self.age_seconds(now_ms), 3),
+                "retries": self.retries, "error": mask_text(self.error, ERROR_LIMIT)}
+
+    def shown(self) -> tuple[dict[str, Any], str | None]:
+        """What ``show`` prints: the message masked and bounded (texts cut to SHOWN_TEXT_LIMIT),
+        without the traceback of its options, and that traceback, masked, line by line bounded."""
+        message = dict(self.message)
+        options = dict(self.options)
+        traceback = options.pop("traceback", None)
+        if "options" in message:
+            message["options"] = options
+        shown = mask(message, text_limit=SHOWN_TEXT_LIMIT)
+        return shown, None if traceback is None else mask_lines(str(traceback))
 
 
 class DeadLetters:
@@ -140,9 +186,9 @@ class DeadLetters:
         ``message_id`` is kept (run-once receipts key on it) and a fresh ``redis_message_id``
         names the new hash entry. None if the letter was purged or requeued meanwhile.
         """
+        if letter.decode_error is not None:
+            raise NotRequeueable(letter)
         message = letter.message
-        if letter.raw is None or "undecodable" in message:
-            raise ValueError(f"dead letter {letter.id} has no decodable message to requeue")
         new_id = str(uuid.uuid4())
         options = {k: v for k, v in letter.options.items() if k not in _ATTEMPT_OPTIONS}
         options.update(retries=0, redis_message_id=new_id)
@@ -151,16 +197,18 @@ class DeadLetters:
         moved = self._requeue(keys=list(self._keys(letter.queue)), args=[letter.id, letter.raw, new_id, data])
         return new_id if moved else None
 
-    def requeue_all(self, queue: str) -> list[str]:
-        """Requeue every dead letter of ``queue`` (each atomically); returns the new redis ids."""
-        new_ids = []
+    def requeue_all(self, queue: str) -> tuple[list[str], list[DeadLetter]]:
+        """Requeue every dead letter of ``queue`` (each atomically); returns the new redis ids,
+        and the letters left where they are because they are not messages (``NotRequeueable``)."""
+        new_ids, skipped = [], []
         for letter in self.list(queue):
-            if letter.raw is None or "undecodable" in letter.message:
+            if letter.decode_error is not None:
+                skipped.append(letter)
                 continue
             new_id = self.requeue(letter)
             if new_id:
                 new_ids.append(new_id)
-        return new_ids
+        return new_ids, skipped
 
     def purge(self, letter: DeadLetter) -> bool:
         """Drop one dead letter for good; False if it was already gone."""

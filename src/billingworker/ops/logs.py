@@ -2,70 +2,140 @@
 
 ``configure_logging()`` installs one handler on the root logger: JSON lines when stderr is not
 a terminal (a service manager, a container, a pipe), readable text when it is; ``LOG_FORMAT``
-(``json`` or ``text``) overrides. Every record passes through ``redact`` first: anything that
-looks like a card number (13 to 19 digits, spaces or dashes allowed) keeps only its last four
-digits, and the values of keys named like a password, token or secret become ``***``, whether
-they come as ``extra`` fields, as ``key=value`` text, or as the password of a URL.
+(``json`` or ``text``) overrides. Every record is bounded and masked first (``mask_record``),
+with the rules of ``domain.redaction``: secret keys at any depth, card numbers, URL passwords.
+
+Bounded *before* masking, so a hostile value costs the same as a short one: each argument of
+the message is cut to ``MAX_ARGUMENT`` characters (a dict, a list or a Dramatiq message is masked
+key by key, each text in it cut to ``MAX_SHOWN``), the formatted message to ``MAX_MESSAGE``, each line of
+a traceback to ``MAX_TRACEBACK_LINE`` and the traceback to ``MAX_TRACEBACK``; a cut says how long
+the text was. Masking is one linear scan: the time per record is bounded whatever it carried.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
-import re
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
-MASK = "***"
-#: A key whose name contains one of these holds a secret (``password``, ``gateway_token``...).
-SECRET_KEY_PARTS = ("password", "passwd", "token", "secret", "apikey", "api_key", "authorization")
-#: 13 to 19 digits, single spaces or dashes between them, not part of a longer word or number.
-CARD_NUMBER = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?!\w)")
-#: ``password=x``, ``"token": "x"``, ``'api_secret': 'x'``, ``?token=x&`` ...
-SECRET_ASSIGNMENT = re.compile(
-    r"(?i)(\b[\w-]*(?:password|passwd|token|secret|api_?key)[\w-]*[\"']?\s*[:=]\s*[\"']?)([^\s\"',;&)}\]]+)")
-#: The password of ``scheme://user:password@host``.
-URL_PASSWORD = re.compile(r"(\b[a-z][\w+.-]*://[^:/\s@]*:)([^@\s/]+)(@)", re.IGNORECASE)
+from ..domain.redaction import MASK, MAX_SHOWN, is_secret_key, mask, mask_lines, mask_text, shorten
+
+__all__ = ["MASK", "is_secret_key", "redact", "redact_text", "mask_record", "RedactFilter", "JsonFormatter",
+           "TextFormatter", "configure_logging", "StructuredLogging"]
+
+#: Characters of one argument of a log message (a text, or an object's text): a sentence such
+#: as a refusal's reason fits; a value inside a dict or a list is cut at MAX_SHOWN (200).
+MAX_ARGUMENT = 1_000
+#: Characters of a formatted log message, after its arguments were cut.
+MAX_MESSAGE = 4_000
+#: Characters of one line of a traceback (or stack), and of the whole traceback.
+MAX_TRACEBACK_LINE = 1_000
+MAX_TRACEBACK = 20_000
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 _HANDLER_MARK = "_billingworker_handler"
+#: Set on a record once ``mask_record`` has bounded and masked it in place.
+_MASKED_MARK = "_billingworker_masked"
 
 
-def _mask_card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    return f"****{digits[-4:]}"
-
-
-def redact_text(text: str) -> str:
-    """``text`` with card numbers, secret assignments and URL passwords masked."""
-    text = CARD_NUMBER.sub(_mask_card, text)
-    text = URL_PASSWORD.sub(rf"\1{MASK}\3", text)
-    return SECRET_ASSIGNMENT.sub(rf"\1{MASK}", text)
-
-
-def is_secret_key(key: str) -> bool:
-    key = key.lower()
-    return any(part in key for part in SECRET_KEY_PARTS)
+def redact_text(text: str, limit: int | None = MAX_MESSAGE) -> str:
+    """``text`` cut to ``limit`` characters, then with card numbers, secret assignments and URL
+    passwords masked (``domain.redaction.mask_text``)."""
+    return mask_text(text, limit)
 
 
 def redact(value: Any) -> Any:
-    """A copy of ``value`` (str, number, dict, list...) with every secret in it masked."""
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, bool) or value is None or isinstance(value, float):
-        return value
-    if isinstance(value, int):
-        return redact_text(str(value)) if 13 <= len(str(abs(value))) <= 19 else value
-    if isinstance(value, dict):
-        return {k: MASK if isinstance(k, str) and is_secret_key(k) else redact(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [redact(v) for v in value]
-    return redact_text(str(value))
+    """A copy of ``value`` (str, number, dict, list...) bounded, with every secret in it masked."""
+    return mask(value)
+
+
+class _Shown:
+    """An argument of a log message as the message may print it: its text cut to MAX_ARGUMENT
+    characters (and masked with the message). Computed once, when the message is formatted."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return shorten(str(self.value), MAX_ARGUMENT)
+
+    def __repr__(self) -> str:
+        return shorten(repr(self.value), MAX_ARGUMENT)
+
+
+class _ShownMessage(_Shown):
+    """A Dramatiq message (``actor(arg, key=value)`` in Dramatiq's own lines): its arguments
+    masked key by key, so a password nested in a dict of its kwargs never reaches the text."""
+
+    def __str__(self) -> str:
+        args, kwargs = mask(list(self.value.args)), mask(dict(self.value.kwargs))
+        params = [repr(arg) for arg in args] + [f"{key}={value!r}" for key, value in kwargs.items()]
+        return f"{shorten(str(self.value.actor_name), MAX_SHOWN)}({', '.join(params)})"
+
+    __repr__ = __str__
+
+
+def _bounded(arg: Any) -> Any:
+    """A log message argument with its size bounded: numbers as they are (``%d`` and ``%.2f``
+    still work), texts cut, containers masked, anything else cut when printed."""
+    if arg is None or isinstance(arg, bool | float):
+        return arg
+    if isinstance(arg, int):
+        return arg if arg.bit_length() <= 64 else _Shown(f"<an integer of {arg.bit_length()} bits>")
+    if isinstance(arg, numbers.Number):
+        return arg
+    if isinstance(arg, str):
+        return shorten(arg, MAX_ARGUMENT)
+    if isinstance(arg, Message | MessageProxy):
+        return _ShownMessage(arg)
+    if isinstance(arg, Mapping | list | tuple | set | frozenset):
+        return mask(arg)
+    return _Shown(arg)
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's message, its arguments bounded before it is formatted, then the whole cut
+    to MAX_MESSAGE and masked."""
+    msg = record.msg if isinstance(record.msg, str) else str(_bounded(record.msg))
+    args = record.args
+    try:
+        if isinstance(args, Mapping):
+            text = msg % {key: MASK if isinstance(key, str) and is_secret_key(key) else _bounded(value)
+                          for key, value in args.items()}
+        elif args:
+            text = msg % tuple(_bounded(arg) for arg in args)
+        else:
+            text = msg
+    except Exception as exc:  # noqa: BLE001 - a bad format string: keep the line, masked, say why
+        text = f"{shorten(msg, MAX_MESSAGE // 2)} (its arguments could not be formatted: {type(exc).__name__})"
+    return mask_text(text, MAX_MESSAGE)
+
+
+def mask_record(record: logging.LogRecord) -> None:
+    """Bound and mask ``record`` in place (message, extra fields, traceback, stack), once: every
+    handler after this one sees only the masked record."""
+    if getattr(record, _MASKED_MARK, False):
+        return
+    record.msg, record.args = _message(record), None
+    for key, value in record_extras(record).items():
+        setattr(record, key, MASK if is_secret_key(key) else mask(value))
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = mask_lines(record.exc_text, line_limit=MAX_TRACEBACK_LINE, limit=MAX_TRACEBACK)
+    if record.stack_info:
+        record.stack_info = mask_lines(record.stack_info, line_limit=MAX_TRACEBACK_LINE, limit=MAX_TRACEBACK)
+    setattr(record, _MASKED_MARK, True)
 
 
 def record_extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -74,60 +144,48 @@ def record_extras(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class RedactFilter(logging.Filter):
-    """Masks secrets in a record in place (message, extras, exception text): every handler after
-    it, ours or another (a tracker, a file), sees the masked record only."""
+    """Bounds and masks a record in place (``mask_record``): every handler after it, ours or
+    another (a tracker, a file), sees the masked record only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string is logging's to report, not ours
-            return True
-        record.msg, record.args = redact_text(message), None
-        for key, value in record_extras(record).items():
-            setattr(record, key, MASK if is_secret_key(key) else redact(value))
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact_text(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact_text(record.stack_info)
+        mask_record(record)
         return True
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message, process, thread,
     then the ``extra`` fields (``actor``, ``message_id``, ``client_id``, ``outcome``,
-    ``duration_ms`` for jobs) and ``exception`` when there is one. Secrets are masked here too,
-    so the formatter is safe even on a handler without ``RedactFilter``."""
+    ``duration_ms`` for jobs) and ``exception`` when there is one. The record is bounded and
+    masked here too, so the formatter is safe even on a handler without ``RedactFilter``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        mask_record(record)
         data: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": redact_text(record.getMessage()),
+            "message": record.getMessage(),
             "process": record.process,
             "thread": record.threadName,
         }
         for key, value in record_extras(record).items():
-            data[key if key not in data else f"extra_{key}"] = MASK if is_secret_key(key) else redact(value)
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
+            data[key if key not in data else f"extra_{key}"] = value
         if record.exc_text:
-            data["exception"] = redact_text(record.exc_text)
+            data["exception"] = record.exc_text
         if record.stack_info:
-            data["stack"] = redact_text(self.formatStack(record.stack_info))
+            data["stack"] = record.stack_info
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
 class TextFormatter(logging.Formatter):
-    """The human format (time, level, logger, message), with secrets masked."""
+    """The human format (time, level, logger, message), bounded and masked."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
+        mask_record(record)
+        return super().format(record)
 
 
 def _is_terminal(stream: IO[str] | None) -> bool:

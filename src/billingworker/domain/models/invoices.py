@@ -116,20 +116,33 @@ class InvoiceItem(Base):
 
 
 class BilledPeriod(Base):
-    """The database's guard against billing a thing twice for one due date (SPEC §4).
+    """The database's guard against billing a thing twice for one due date (SPEC §4), and
+    against billing it twice on one billing day.
 
     One row per (thing, due date) that an invoice bills. The primary key makes a second claim
     fail even if two workers race. A claim whose invoice is Cancelled may be taken over by a
     new invoice; deleting the invoice drops its claims.
+
+    ``billed_on`` is the day (``as_of``) of the due-invoice generation that made the claim, NULL
+    for every other path (invoice selected items, mass update). The unique index on
+    (thing, ``billed_on``) lets generation claim one period per thing per billing day, however
+    often or concurrently the day is run: a period that became due during the day (paid from
+    credit at creation, so ``next_due_date`` moved into the window) waits for the next day.
     """
 
     __tablename__ = "billed_periods"
+    __table_args__ = (
+        Index("uq_billed_periods_billing_day", "item_type", "item_id", "billed_on", unique=True),
+    )
 
     item_type: Mapped[str] = mapped_column(String(20), primary_key=True)
     item_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     due_date: Mapped[date] = mapped_column(Date, primary_key=True)
     invoice_id: Mapped[int] = mapped_column(
         ForeignKey("invoices.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED"), index=True)
+    #: The billing day of the generation run that claimed this period; NULL for other paths
+    #: (NULLs never clash in a unique index, on PostgreSQL, SQLite and MySQL alike).
+    billed_on: Mapped[date | None] = mapped_column(Date)
 
 
 class InvoiceSequence(Base):

@@ -13,6 +13,11 @@ from .base import Base
 
 class OutboxStatus(StrEnum):
     QUEUED = "queued"
+    #: Claimed by a worker at ``claimed_at``, which is handing it to the mail transport now. The
+    #: claim is committed before the transport is called and the ``sent`` mark right after, so a
+    #: crash can only repeat the emails in flight at that instant; a claim older than the claim
+    #: timeout was left by a dead worker and is delivered again.
+    SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
     #: Not sent on purpose: a reminder whose invoice was paid or cancelled before delivery.
@@ -42,6 +47,10 @@ class OutboxEmail(Base):
     last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
     sent_at: Mapped[datetime | None]
+    #: When a worker claimed the row for sending (status ``sending``); kept after it was sent.
+    claimed_at: Mapped[datetime | None]
+    #: When the relay last re-offered the row (it re-offers a row at most once per relay age).
+    relayed_at: Mapped[datetime | None]
 
 
 class EmailLog(Base):
