@@ -4,9 +4,11 @@ The value is what issue 9 found: ``'password'`` repeated (12,000 times = 96 KB; 
 1 MB), logged as a refused value is (``job adjust_credit message m-1 refused: <value>``) through
 the handler ``configure_logging()`` installs (JSON lines, here to a null stream).
 
-- **before**: ``src/billingworker/ops/logs.py`` as committed (``git show HEAD:...``), loaded
-  into a module of its own from a temporary file; it runs in a child process, stopped after
-  ``--before-timeout`` seconds (its patterns backtrack quadratically: 1 MB takes about 25 min).
+- **before**: ``src/billingworker/ops/logs.py`` as it was before linear masking (``git show
+  REV:...``; REV is ``--before-rev``, by default the parent of the commit that added
+  ``domain/redaction.py``, or HEAD while that is uncommitted), loaded into a module of its own
+  from a temporary file; it runs in a child process, stopped after ``--before-timeout`` seconds
+  (its patterns backtrack quadratically: 1 MB takes about an hour).
 - **after**: the working tree's ``billingworker.ops.logs``.
 
 Run from the repository root::
@@ -15,8 +17,8 @@ Run from the repository root::
     .venv/bin/python -m bench.log_masking --before-timeout 0    # wait for the old code, however long
 
 Times are printed, never asserted. The exit status is 1 when a correctness check fails: after,
-the line must be bounded (at most ``MAX_MESSAGE`` characters of message), give the value's length
-and show none of it unmasked.
+the message must be bounded (``MAX_MESSAGE``), give the value's length and quote at most
+``MAX_ARGUMENT`` characters of it.
 """
 
 from __future__ import annotations
@@ -39,16 +41,25 @@ if __package__ in (None, ""):  # run as a script: make the package importable fr
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS_PATH = "src/billingworker/ops/logs.py"
+#: The module that brought linear masking: the "before" is the commit before the one adding it.
+REDACTION_PATH = "src/billingworker/domain/redaction.py"
 #: (label, repeats of 'password')
 SIZES = [("96 KB", 12_000), ("1 MB", 131_072)]
-#: Characters of a value a log line may quote (``domain.redaction.MAX_SHOWN``).
-MAX_SHOWN = 200
 
 
-def load_before() -> ModuleType:
-    """The committed ``ops/logs.py``, loaded from a temporary copy (the working tree is untouched)."""
-    source = subprocess.run(["git", "show", f"HEAD:{LOGS_PATH}"], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+
+def before_revision() -> str:
+    """The parent of the commit that added ``domain/redaction.py``; HEAD while it is uncommitted."""
+    added = git("log", "--diff-filter=A", "--format=%H", "--", REDACTION_PATH).split()
+    return f"{added[-1]}^" if added else "HEAD"
+
+
+def load_before(revision: str) -> ModuleType:
+    """``ops/logs.py`` at ``revision``, loaded from a temporary copy (the working tree is untouched)."""
+    source = git("show", f"{revision}:{LOGS_PATH}")
     directory = Path(tempfile.mkdtemp(prefix="logs_before_"))
     path = directory / "logs_before.py"
     path.write_text(source)
@@ -83,16 +94,16 @@ def time_one(module: ModuleType, repeats: int) -> tuple[float, str]:
     return elapsed, stream.getvalue()
 
 
-def _child(repeats: int, results) -> None:
-    elapsed, line = time_one(load_before(), repeats)
+def _child(revision: str, repeats: int, results) -> None:
+    elapsed, line = time_one(load_before(revision), repeats)
     results.put((elapsed, len(line)))
 
 
-def time_before(repeats: int, timeout: float) -> float | None:
+def time_before(revision: str, repeats: int, timeout: float) -> float | None:
     """Seconds the old code takes, in a child process; None if stopped after ``timeout`` (0: no limit)."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=_child, args=(repeats, results))
+    child = context.Process(target=_child, args=(revision, repeats, results))
     child.start()
     child.join(timeout or None)
     if child.is_alive():
@@ -102,14 +113,14 @@ def time_before(repeats: int, timeout: float) -> float | None:
     return results.get()[0]
 
 
-def check_after(line: str, repeats: int, max_message: int) -> list[str]:
+def check_after(line: str, repeats: int, max_message: int, max_argument: int) -> list[str]:
     problems = []
     data = json.loads(line)
     if len(data["message"]) > max_message:
         problems.append(f"message of {len(data['message'])} characters (more than {max_message})")
     if f"({len('password') * repeats} characters)" not in data["message"]:
         problems.append("the message does not give the value's length")
-    if line.count("password") * len("password") > 2 * MAX_SHOWN:
+    if line.count("password") * len("password") > max_argument:
         problems.append("the value is shown beyond its cut")
     return problems
 
@@ -120,18 +131,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop the old code after this many seconds per size (0: no limit; default 120)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of the new code per size (the best is shown)")
     parser.add_argument("--no-before", action="store_true", help="time the new code only")
+    parser.add_argument("--before-rev", default=None,
+                        help="the git revision of the old code (default: the commit before domain/redaction.py)")
     args = parser.parse_args(argv)
+    revision = args.before_rev or before_revision()
+    if not args.no_before:
+        print(f"before: {LOGS_PATH} at {git('rev-parse', '--short', revision).strip()}; after: the working tree")
 
     after = load_after()
     problems: list[str] = []
     print(f"{'value':<8} {'before':>14} {'after':>12} {'line after':>12}")
     for label, repeats in SIZES:
         best, line = min(time_one(after, repeats) for _ in range(args.repeat))
-        problems += [f"{label}: {p}" for p in check_after(line.strip(), repeats, after.MAX_MESSAGE)]
+        problems += [f"{label}: {p}" for p in check_after(line.strip(), repeats, after.MAX_MESSAGE, after.MAX_ARGUMENT)]
         if args.no_before:
             before = "-"
         else:
-            seconds = time_before(repeats, args.before_timeout)
+            seconds = time_before(revision, repeats, args.before_timeout)
             before = f"> {args.before_timeout:.0f} s (stopped)" if seconds is None else f"{seconds:.3f} s"
         print(f"{label:<8} {before:>14} {best * 1000:>9.3f} ms {len(line.strip()):>7} chars", flush=True)
     for problem in problems:

@@ -123,8 +123,6 @@ def test_domains_take_domain_statuses(session, hosting):
     ({"payment_method": "x" * 51}, "changes.payment_method"),
     ({"module_command": "reboot"}, "changes.module_command"),
     ({"module_params": {"plan": "gold"}}, "changes.module_params"),
-    ({"module_command": "change_password", "module_params": {"new_password": "hunter2"}},
-     "changes.module_params.new_password"),
     ({}, "changes"),
     ({"status": ""}, "changes"),
 ])

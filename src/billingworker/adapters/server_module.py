@@ -30,8 +30,9 @@ The contract every module keeps:
 - A command may be delivered again after a crash between the module's answer and the commit
   (at-least-once): ``command.idempotency_key`` is the same every time for one command, and
   commands should be safe to repeat (suspending a suspended account is a no-op).
-- Passwords are never in ``params`` (they are never stored in ``module_commands``): a module
-  that changes a password generates it or reads it from its own store.
+- A secret in ``params`` (a new password, a token) reaches the module as sent, but is stored in
+  ``module_commands`` only sealed, and only until the command ran (``domain/sealing.py``): never
+  log ``params`` whole.
 
 Adding a real module is one class and one line::
 
@@ -90,8 +91,8 @@ class ModuleCommandRequest:
     #: The account on the server: the service's domain and username ('' when there is none).
     domain: str = ""
     username: str = ""
-    #: The command's parameters (never a password).
-    params: Mapping[str, Any] = field(default_factory=dict)
+    #: The command's parameters, secrets included (unsealed for this call only): not in the repr.
+    params: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

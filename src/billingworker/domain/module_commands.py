@@ -30,6 +30,7 @@ from ..adapters.server_module import MODULE_COMMANDS, ModuleCommandRequest, Modu
 from ..db import among, for_update, is_postgres
 from .errors import NotFound, ValidationError
 from .models import Addon, Domain, ItemType, ModuleCommand, ModuleCommandStatus, Product, Service, ThingStatus
+from .sealing import ParamSealer, public_params
 
 #: Things a server module acts on: a service's product module, an addon's (its service's), a
 #: domain's registrar.
@@ -56,8 +57,8 @@ def parse_module_command(field: str, value: Any) -> str:
 
 
 def parse_module_params(field: str, value: Any) -> dict[str, Any]:
-    """A JSON object of parameters for the module; ``None`` is ``{}``. Never a password: any key
-    that names one is refused, since the row is stored and logged."""
+    """A JSON object of parameters for the module; ``None`` is ``{}``. A secret (a key naming a
+    password, secret, token, API key..., at any depth) is accepted: it is stored only sealed."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -65,9 +66,7 @@ def parse_module_params(field: str, value: Any) -> dict[str, Any]:
     for key in value:
         if not isinstance(key, str):
             raise ValidationError(field, key, "has a key that is not a string")
-        if "password" in key.lower() or "passwd" in key.lower():
-            raise ValidationError(f"{field}.{key}", "***", "is refused: passwords are never stored or sent in "
-                                  "module parameters (the module generates or reads them)")
+    public_params(value)  # bounds the nesting; secrets are sealed when the command is queued
     try:
         text = json.dumps(value, sort_keys=True)
     except (TypeError, ValueError):
@@ -104,6 +103,13 @@ class NewCommand:
     request_key: str
 
 
+def default_sealer() -> ParamSealer:
+    """Sealing keyed by SECRET_KEY (sealing), opening with its fallbacks too."""
+    from ..config import get_config
+
+    return ParamSealer(get_config().secret_keys())
+
+
 def _utc(now: datetime) -> datetime:
     if now.tzinfo is None:
         raise ValidationError("now", now, "must be timezone-aware")
@@ -111,18 +117,28 @@ def _utc(now: datetime) -> datetime:
     return now.astimezone(UTC)
 
 
-def queue_module_commands(session: Session, commands: Sequence[NewCommand], *, now: datetime) -> list[QueuedCommand]:
+def queue_module_commands(session: Session, commands: Sequence[NewCommand], *, now: datetime,
+                          sealer: ParamSealer | None = None) -> list[QueuedCommand]:
     """Write ``queued`` rows in the caller's transaction; returns them in the order given.
+
+    Secret parameters are stored only sealed (``sealing.py``; ``sealer`` defaults to one keyed by
+    SECRET_KEY and its fallbacks).
 
     Idempotent per ``request_key`` (unique index): a key already written is not written again and
     its existing row is returned, so a redelivered job never queues a command twice.
     """
     if not commands:
         return []
-    rows = [{"client_id": c.client_id, "item_type": c.item_type, "item_id": c.item_id, "command": c.command,
-             "params": json.dumps(dict(c.params), sort_keys=True), "request_key": c.request_key,
-             "status": ModuleCommandStatus.QUEUED, "attempts": 0, "result": "", "created_at": _utc(now)}
-            for c in commands]
+    rows = []
+    for c in commands:
+        shown, secret = public_params(c.params)
+        if secret:
+            sealer = sealer or default_sealer()
+        rows.append({"client_id": c.client_id, "item_type": c.item_type, "item_id": c.item_id, "command": c.command,
+                     "params": json.dumps(shown, sort_keys=True),
+                     "sealed_params": sealer.seal(c.params) if secret and sealer else None,
+                     "request_key": c.request_key, "status": ModuleCommandStatus.QUEUED, "attempts": 0, "result": "",
+                     "created_at": _utc(now)})
     insert = pg_insert if is_postgres(session) else sqlite_insert
     session.execute(insert(ModuleCommand).on_conflict_do_nothing(index_elements=["request_key"]), rows)
     keys = [c.request_key for c in commands]
@@ -192,7 +208,7 @@ def _target(session: Session, item_type: str, item_id: int) -> _Target | None:
 
 def run_queued_command(session: Session, command_id: int, *, module_for: Callable[[str], ServerModule],
                        now: datetime, expect: tuple[str, int, str] | None = None,
-                       as_of: date | None = None) -> ModuleRun:
+                       as_of: date | None = None, sealer: ParamSealer | None = None) -> ModuleRun:
     """Run one queued command through its module; the caller commits.
 
     Locks the row for the whole call, so two deliveries never run it at once; a row that already
@@ -223,10 +239,12 @@ def run_queued_command(session: Session, command_id: int, *, module_for: Callabl
     row.status = ModuleCommandStatus.RUNNING
     row.attempts += 1
     session.flush()
+    params = (sealer or default_sealer()).unseal(row.sealed_params) if row.sealed_params else json.loads(
+        row.params or "{}")
     answer = module.run(ModuleCommandRequest(
         command_id=row.id, idempotency_key=f"module-command-{row.id}", item_type=row.item_type,
         item_id=row.item_id, client_id=target.client_id, command=row.command, module=target.module,
-        domain=target.domain, username=target.username, params=json.loads(row.params or "{}")))
+        domain=target.domain, username=target.username, params=params))
     if answer.succeeded:
         _take_status(session, row.item_type, row.item_id, row.command, as_of)
     return _finish(row, answer, now)
@@ -248,6 +266,7 @@ def _take_status(session: Session, item_type: str, item_id: int, command: str, a
 
 def _finish(row: ModuleCommand, answer: ModuleResult, now: datetime) -> ModuleRun:
     row.status = ModuleCommandStatus.SUCCEEDED if answer.succeeded else ModuleCommandStatus.FAILED
+    row.sealed_params = None  # the command ran: its secrets are no longer kept
     row.result = answer.message[:MAX_RESULT_CHARS]
     row.finished_at = _utc(now)
     return ModuleRun(row.id, answer.status, answer.message, row.client_id)
@@ -267,6 +286,7 @@ def record_module_error(session: Session, command_id: int, error: str, *, give_u
     if give_up:
         row.status = ModuleCommandStatus.FAILED
         row.finished_at = _utc(now)
+        row.sealed_params = None
     else:
         row.status = ModuleCommandStatus.QUEUED
 

@@ -63,8 +63,12 @@ class ModuleCommand(Base):
     item_id: Mapped[int] = mapped_column(Integer)
     #: create, suspend, unsuspend, terminate, change_package, change_password.
     command: Mapped[str] = mapped_column(String(30))
-    #: JSON object of the command's parameters (never a password).
+    #: JSON object of the command's parameters, each secret value (a key naming a password,
+    #: secret, token, API key...) replaced by "[sealed]" (domain/sealing.py).
     params: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    #: The whole parameters, sealed under a key derived from SECRET_KEY, while the command has a
+    #: secret and has not run yet; erased (NULL) once it succeeded or failed for good.
+    sealed_params: Mapped[str | None] = mapped_column(Text)
     #: One command per request: e.g. "mass_update:message:<id>:service:12".
     request_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(10), default=ModuleCommandStatus.QUEUED, server_default="queued")
