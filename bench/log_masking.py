@@ -110,7 +110,9 @@ def time_before(revision: str, repeats: int, timeout: float) -> float | None:
         child.terminate()
         child.join()
         return None
-    return results.get()[0]
+    if child.exitcode != 0:
+        raise RuntimeError(f"the old code's process ended with status {child.exitcode}")
+    return results.get(timeout=10)[0]
 
 
 def check_after(line: str, repeats: int, max_message: int, max_argument: int) -> list[str]:

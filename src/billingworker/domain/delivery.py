@@ -25,6 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext as _nothing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -35,7 +36,6 @@ from sqlalchemy import and_, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from billingworker.adapters.mailer import Mailer, build_message, send_each
-from billingworker.db import is_postgres
 
 from .emails import RenderCache, RenderedEmail, load_context, render_outbox_email
 from .errors import ValidationError
@@ -131,15 +131,8 @@ def deliver_emails(session: Session, email_ids: Sequence[int], mailer: Mailer, *
 
     released: list[tuple[int, str]] = []
     outcomes = send_each(mailer, [c.message for c in claimed])
-    fast_commits = bool(claimed) and is_postgres(session)
-    if fast_commits:
-        # The sent marks do not wait for the WAL flush: a mark is safe once the server has it,
-        # whatever happens to this worker, and the window in which a kill repeats an email
-        # shrinks to a round trip. Only a crash of PostgreSQL itself can lose the last marks
-        # (those emails are then sent again, with the same Message-ID).
-        session.execute(text("SET synchronous_commit = off"))
-        session.commit()
     failure: BaseException | None = None
+    marks = _Marks(session.get_bind()) if claimed else None
     try:
         for n, item in enumerate(claimed):
             if time.monotonic() - claimed_at > claim_timeout.total_seconds() / 2:
@@ -149,8 +142,7 @@ def deliver_emails(session: Session, email_ids: Sequence[int], mailer: Mailer, *
             error = next(outcomes)
             message_id = str(item.message["Message-ID"])
             if error is None:
-                log_id = _mark_sent(session, item, now)
-                session.commit()
+                log_id = marks.sent(item, now)
                 results[item.row_id] = DeliveryResult(
                     item.row_id, "sent" if log_id is not None else "already_sent", message_id=message_id,
                     template=item.rendered.template, to=tuple(item.rendered.to), cc=tuple(item.rendered.cc),
@@ -162,17 +154,12 @@ def deliver_emails(session: Session, email_ids: Sequence[int], mailer: Mailer, *
                                                       template=item.rendered.template, error=reason)
     except BaseException as exc:
         failure = exc
-        session.rollback()
         raise
     finally:
         outcomes.close()
         try:
-            if released:
-                _release(session, released)
-                session.commit()
-            if fast_commits:
-                session.execute(text("RESET synchronous_commit"))  # the connection goes back to the pool
-                session.commit()
+            if marks is not None:
+                marks.close(released)
         except Exception:
             if failure is None:
                 raise
@@ -242,31 +229,71 @@ def _claim(session: Session, ids: list[int], *, sender: str, now: datetime, clai
     return claimed
 
 
-def _mark_sent(session: Session, item: _Claimed, now: datetime) -> int | None:
-    """Mark a claimed row ``sent`` and write its ``email_log`` row; None if it was no longer
-    ``sending`` (a worker that took over a stale claim marked it first: one log row only)."""
-    done = session.execute(update(OutboxEmail.__table__).where(
-        OutboxEmail.id == item.row_id, OutboxEmail.status == OutboxStatus.SENDING).values(
-        status=OutboxStatus.SENT, sent_at=now))
-    if done.rowcount != 1:
-        return None
-    rendered = item.rendered
-    subject, body_text, body_html = rendered.for_log()
-    client_id = rendered.client_id if rendered.client_id is not None else item.client_id
-    return session.execute(insert(EmailLog.__table__).returning(EmailLog.id).values(
-        client_id=client_id, outbox_id=item.row_id, template=rendered.template,
-        subject=subject[:MAX_SUBJECT_LENGTH], body_text=body_text, body_html=body_html,
-        to_address=", ".join(rendered.to), cc=", ".join(rendered.cc), sent_at=now)).scalar_one()
+class _Marks:
+    """Commits each ``sent`` mark (with its ``email_log`` row) the moment the server accepted the
+    message, on one connection held for the batch.
 
+    On PostgreSQL a mark is one statement in autocommit (the update and the log row in one CTE),
+    and does not wait for the WAL flush (``synchronous_commit = off``): a mark is safe once the
+    server has it, whatever happens to this worker, so the window in which a kill repeats an
+    email is one round trip. Only a crash of PostgreSQL itself can lose the last marks (those
+    emails are then sent again, with the same Message-ID). Elsewhere: a transaction per mark.
+    """
 
-def _release(session: Session, released: list[tuple[int, str]]) -> None:
-    """Give claimed rows back (``queued``): a refusal counts one more attempt and keeps the error."""
-    for row_id, reason in released:
-        values: dict = {"status": OutboxStatus.QUEUED}
-        if reason:
-            values |= {"attempts": OutboxEmail.attempts + 1, "last_error": reason}
-        session.execute(update(OutboxEmail.__table__).where(
-            OutboxEmail.id == row_id, OutboxEmail.status == OutboxStatus.SENDING).values(**values))
+    _PG_MARK = text(
+        "WITH marked AS (UPDATE email_outbox SET status = 'sent', sent_at = :now"
+        " WHERE id = :outbox_id AND status = 'sending' RETURNING id)"
+        " INSERT INTO email_log (client_id, outbox_id, template, subject, body_text, body_html, to_address, cc,"
+        " sent_at) SELECT :client_id, id, :template, :subject, :body_text, :body_html, :to_address, :cc, :now"
+        " FROM marked RETURNING id")
+
+    def __init__(self, bind) -> None:
+        self.conn = bind.connect()
+        self.postgres = self.conn.dialect.name == "postgresql"
+        if self.postgres:
+            self.conn.execution_options(isolation_level="AUTOCOMMIT")
+            self.conn.exec_driver_sql("SET synchronous_commit = off")
+
+    def sent(self, item: _Claimed, now: datetime) -> int | None:
+        """Mark a claimed row ``sent`` and write its log row; None if it was no longer ``sending``
+        (a worker that took over a stale claim marked it first: one log row only)."""
+        rendered = item.rendered
+        subject, body_text, body_html = rendered.for_log()
+        values = {"now": now, "outbox_id": item.row_id, "template": rendered.template,
+                  "client_id": rendered.client_id if rendered.client_id is not None else item.client_id,
+                  "subject": subject[:MAX_SUBJECT_LENGTH], "body_text": body_text, "body_html": body_html,
+                  "to_address": ", ".join(rendered.to), "cc": ", ".join(rendered.cc)}
+        if self.postgres:
+            return self.conn.execute(self._PG_MARK, values).scalar()
+        with self.conn.begin():
+            done = self.conn.execute(update(OutboxEmail.__table__).where(
+                OutboxEmail.id == item.row_id, OutboxEmail.status == OutboxStatus.SENDING).values(
+                status=OutboxStatus.SENT, sent_at=now))
+            if done.rowcount != 1:
+                return None
+            return self.conn.execute(insert(EmailLog.__table__).returning(EmailLog.id).values(
+                client_id=values["client_id"], outbox_id=item.row_id, template=rendered.template,
+                subject=values["subject"], body_text=body_text, body_html=body_html,
+                to_address=values["to_address"], cc=values["cc"], sent_at=now)).scalar_one()
+
+    def close(self, released: list[tuple[int, str]]) -> None:
+        """Give claimed rows back (``queued``): a refusal counts one more attempt and keeps the
+        error; then hand the connection back to the pool as it was."""
+        try:
+            if released:
+                if self.conn.in_transaction():
+                    self.conn.rollback()
+                with self.conn.begin() if not self.postgres else _nothing():
+                    for row_id, reason in released:
+                        values: dict = {"status": OutboxStatus.QUEUED}
+                        if reason:
+                            values |= {"attempts": OutboxEmail.attempts + 1, "last_error": reason}
+                        self.conn.execute(update(OutboxEmail.__table__).where(
+                            OutboxEmail.id == row_id, OutboxEmail.status == OutboxStatus.SENDING).values(**values))
+            if self.postgres:
+                self.conn.exec_driver_sql("RESET synchronous_commit")
+        finally:
+            self.conn.close()
 
 
 def record_delivery_failure(session: Session, email_id: int, error: str, *,
