@@ -19,6 +19,7 @@ from billingworker.actors.arguments import (
     MAX_ID,
     check_characters,
     parse_count,
+    parse_date,
     parse_id,
     parse_id_list,
     parse_optional_id,
@@ -305,3 +306,12 @@ def test_a_message_over_a_megabyte_is_refused_before_it_is_parsed():
     fields = GuardedEncoder().decode(payload)
     assert fields["actor_name"] == REFUSE_ACTOR
     assert fields["kwargs"]["field"] == "message" and "larger than 1048576 bytes" in fields["kwargs"]["rule"]
+
+
+@pytest.mark.parametrize("value", ["9999-12-31", "0001-01-01", "2200-01-01"])
+def test_a_date_far_from_today_is_refused_not_retried(value):
+    # 9999-12-31 plus the generation days overflowed (OverflowError, retried 10 times)
+    with pytest.raises(ValidationError, match="is outside 1970-01-01 .. 2199-12-31") as err:
+        parse_date("as_of", value)
+    assert err.value.field == "as_of"
+    assert parse_date("as_of", "2199-12-31") == date(2199, 12, 31)

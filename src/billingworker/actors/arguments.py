@@ -81,6 +81,10 @@ def parse_optional_id(field: str, value: Any) -> int | None:
     return None if value is None else parse_id(field, value)
 
 
+#: The dates a job accepts (``as_of`` and the like).
+FIRST_DATE, LAST_DATE = date(1970, 1, 1), date(2199, 12, 31)
+
+
 def parse_date(field: str, value: Any) -> date | None:
     """An ISO date ``YYYY-MM-DD``, or None (meaning: today, from the clock)."""
     if value is None:
@@ -88,9 +92,14 @@ def parse_date(field: str, value: Any) -> date | None:
     if not isinstance(value, str):
         raise ValidationError(field, shown(value), "must be an ISO date string YYYY-MM-DD")
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise ValidationError(field, shown(value), "is not a valid ISO date YYYY-MM-DD") from None
+    if not FIRST_DATE <= day <= LAST_DATE:
+        # Date arithmetic past year 9999 overflows (a retried OverflowError before): no bill is
+        # that far from today.
+        raise ValidationError(field, value, f"is outside {FIRST_DATE.isoformat()} .. {LAST_DATE.isoformat()}")
+    return day
 
 
 def parse_bool(field: str, value: Any) -> bool:
