@@ -221,21 +221,6 @@ def failures(limit: int, client_id: int | None, as_json: bool) -> None:
 
 
 @main.group()
-def outbox() -> None:
-    """The email outbox."""
-
-
-@outbox.command("relay")
-def outbox_relay() -> None:
-    """Re-enqueue every email whose delivery message was lost (queued a minute after it was written,
-    or left `sending` by a dead worker)."""
-    from .actors import relay_outbox
-
-    relay_outbox.send()
-    click.echo("relay_outbox enqueued")
-
-
-@main.group()
 def settings() -> None:
     """Installation settings (SPEC §2), kept in the shared database."""
 

@@ -18,7 +18,7 @@ from .errors import OpsError
 
 def register(main: click.Group) -> None:
     """Add the operator commands (status, dead-letters, health, metrics) to ``main``."""
-    for command in (status, dead_letters, health, metrics):
+    for command in (status, dead_letters, health, metrics, outbox):
         main.add_command(command)
 
 
@@ -237,6 +237,23 @@ def dead_letters_purge(idents: tuple[str, ...], all_: bool, queue: str | None, y
         for letter in letters:
             gone = store.purge(letter)
             click.echo(f"purged {letter.id}" if gone else f"{letter.id}: already gone")
+
+
+# --- outbox -------------------------------------------------------------------------------------
+
+@click.group()
+def outbox() -> None:
+    """The email outbox."""
+
+
+@outbox.command("relay")
+def outbox_relay() -> None:
+    """Re-enqueue every email whose delivery message was lost (queued a minute after it was written,
+    or left `sending` by a dead worker)."""
+    from ..actors import relay_outbox
+
+    relay_outbox.send()
+    click.echo("relay_outbox enqueued")
 
 
 # --- health -------------------------------------------------------------------------------------
