@@ -58,6 +58,13 @@ def make_broker(url: str) -> Broker:
         from .ops.logs import StructuredLogging
 
         broker.add_middleware(StructuredLogging())
+    if isinstance(broker, GuardedRedisBroker):
+        # Worker processes (and only they: it starts at worker boot) record themselves as
+        # consumers, with their processed/failed counts: what `health` and `status` count as
+        # live workers (Dramatiq's heartbeats also count every process that enqueues).
+        from .ops.consumers import ConsumerPresence
+
+        broker.add_middleware(ConsumerPresence(broker.client))
     if not url.startswith("stub:"):
         # PROMETHEUS_PORT set: Dramatiq's Prometheus middleware, serving our queue and daily-run
         # gauges on the same port (docs/operations.md). Off when unset, as in the tests.

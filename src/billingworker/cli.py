@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -13,12 +12,20 @@ from .config import get_config
 
 
 @click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Log what the jobs do.")
-def main(verbose: bool) -> None:
-    """billingworker: the billing automation worker."""
-    from .ops.logs import configure_logging
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO (what the jobs do).")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """billingworker: the billing automation worker.
 
-    configure_logging(level=logging.INFO if verbose else logging.WARNING)
+    Logs go to stderr: LOG_LEVEL (default INFO for scheduler, metrics and console, WARNING for
+    the other commands; -v: INFO) and LOG_FORMAT (json or text) as for the worker.
+    """
+    from .ops.logs import LoggingSetupError, command_log_level, configure_logging
+
+    try:
+        configure_logging(level=command_log_level(ctx.invoked_subcommand, verbose=verbose))
+    except LoggingSetupError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @main.group()
@@ -55,7 +62,8 @@ def demo(database: Path, mail_dir: Path, threads: int) -> None:
 @main.command()
 @click.argument("actor")
 @click.argument("arguments", nargs=-1)
-@click.option("--as-of", default=None, help="daily-run: the day to run (YYYY-MM-DD); default today.")
+@click.option("--as-of", default=None, metavar="YYYY-MM-DD",
+              help="daily-run: the day to run; default today. A later day only with --dry-run.")
 @click.option("--dry-run", is_flag=True, help="daily-run: report what the day would do, write nothing.")
 def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: bool) -> None:
     """Send a job to the broker.
@@ -70,28 +78,34 @@ def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: 
 
     Each argument is NAME=VALUE where VALUE is JSON (a bare word is taken as a string). A number
     with a decimal point is sent as a string ("10.50"): the jobs take money as decimal strings.
+    What the job would refuse at once (an unknown or missing argument, a value its rules
+    refuse) is refused here, exit status 2, and nothing is sent.
     """
     from .actors import broker
+    from .ops.enqueue_check import DAILY_RUN_JOB, MessageRefused, check_message, find_job, parse_assignments
+    from .ops.tables import InputRefused
 
-    kwargs = {}
-    for arg in arguments:
-        name, sep, raw = arg.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{arg!r} is not NAME=VALUE", param_hint="ARGUMENTS")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        # JSON floats lose cents, and every job refuses them: 10.50 is meant as money.
-        kwargs[name] = raw.strip() if isinstance(value, float) else value
-    if actor == "daily-run":
-        actor = "run_daily_automation"
-        kwargs.update({"as_of": as_of, "dry_run": dry_run, "trigger": "cron"})
     try:
-        target = broker.get_actor(actor)
-    except Exception:  # noqa: BLE001 - dramatiq raises ActorNotFound
-        names = ", ".join(sorted(broker.get_declared_actors()))
-        raise click.BadParameter(f"{actor!r} is not a job; jobs: daily-run, {names}", param_hint="ACTOR") from None
+        kwargs = parse_assignments(arguments)
+        if actor == "daily-run":
+            from . import runtime as rt
+            from .ops.daily_cli import run_day
+
+            if as_of is not None:
+                clock = rt.runtime().clock
+                try:
+                    run_day(as_of, today=clock.today(), dry_run=dry_run, zone=str(clock.zone))
+                except InputRefused as exc:
+                    raise MessageRefused("--as-of", exc.message) from None
+            actor = DAILY_RUN_JOB
+            kwargs.update({"as_of": as_of, "dry_run": dry_run, "trigger": "cron"})
+        elif as_of is not None or dry_run:
+            option = "--as-of" if as_of is not None else "--dry-run"
+            raise MessageRefused(option, f"{option} is for daily-run only; give {actor} its arguments as NAME=VALUE")
+        target = find_job(broker, actor)
+        check_message(target, kwargs)
+    except MessageRefused as exc:
+        raise InputRefused(f"{exc}; nothing was enqueued") from None
     message = target.send(**kwargs)
     click.echo(f"enqueued {actor} {json.dumps(kwargs)} as message {message.message_id}")
 
@@ -111,150 +125,61 @@ def scheduler(tick: float, stall_seconds: int, relay_every: int, relay_after: in
     import threading
 
     from . import runtime as rt
+    from .ops.samples import record_sample
     from .scheduler import Scheduler
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     current = rt.runtime()
-    Scheduler(current.engine, current.clock, stall_seconds=stall_seconds,
-              relay_every_seconds=relay_every, relay_after_seconds=relay_after).run_forever(stop, tick)
-
-
-@main.command("daily-run")
-@click.option("--as-of", default=None, help="The day to run (YYYY-MM-DD); default today.")
-@click.option("--dry-run", is_flag=True, help="Report what the day would do; write nothing.")
-@click.option("--threads", default=4, show_default=True)
-def daily_run(as_of: str | None, dry_run: bool, threads: int) -> None:
-    """Run the day in the foreground (in-process broker and workers), with progress."""
-    import os
-    import time as _time
-    from datetime import date
-
-    os.environ["BROKER_URL"] = "stub://"
-    from dramatiq import Worker
-    from sqlalchemy import select
-
-    from . import runtime as rt
-    from .actors import broker
-    from .actors.daily import dry_run_day, start_day
-    from .db import unit_of_work
-    from .domain.models import DailyRun, DailyRunTask
-
-    current = rt.runtime()
-    day = date.fromisoformat(as_of) if as_of else current.clock.today()
-    if dry_run:
-        report = dry_run_day(day)
-        for task, result in report.items():
-            click.echo(f"{task:<24} clients {result.clients:>7}  invoices {result.invoices_created:>6}  "
-                       f"fees {result.fees_added:>5}  captures {result.captures:>5}  emails {result.emails_queued:>6}  "
-                       f"failures {len(result.failures):>4}  amount {result.amount}  ({len(result.preview)} lines)")
-            for line in result.preview[:50]:
-                click.echo(f"    {json.dumps(line)}")
-        return
-    worker = Worker(broker, worker_threads=threads)
-    worker.start()
-    try:
-        started = start_day(day, trigger="cli")
-        if not started["started"]:
-            click.echo(f"{day}: {started['reason']}")
-            return
-        run_id = started["run_id"]
-        while True:
-            with unit_of_work(current.engine) as session:
-                run = session.get(DailyRun, run_id)
-                tasks = list(session.execute(select(DailyRunTask).where(DailyRunTask.run_id == run_id)
-                                             .order_by(DailyRunTask.position)).scalars())
-            line = "  ".join(f"{t.task}: {t.batches_done}/{t.batches_total}" for t in tasks if t.status != "pending")
-            click.echo(f"\r{line}", nl=False)
-            if run.status != "running":
-                break
-            _time.sleep(0.5)
-        broker.join("emails", fail_fast=False)
-        click.echo(f"\nrun {run_id} for {day}: {run.status}")
-        for t in tasks:
-            click.echo(f"  {t.task:<24} clients {t.clients:>7}  invoices {t.invoices_created:>6}  "
-                       f"fees {t.fees_added:>5}  captures {t.captures:>5}  credit {t.credit_applied:>5}  "
-                       f"emails {t.emails_queued:>6}  failures {t.failures:>4}")
-    finally:
-        worker.stop()
+    broker_url = get_config().broker_url
+    Scheduler(current.engine, current.clock, stall_seconds=stall_seconds, relay_every_seconds=relay_every,
+              relay_after_seconds=relay_after, claim_timeout=current.email_claim_timeout,
+              sample=lambda now: record_sample(broker_url, now)).run_forever(stop, tick)
 
 
 @main.command()
-@click.argument("client_id", type=int)
+@click.argument("client_id", type=click.IntRange(min=1))
 def unpark(client_id: int) -> None:
-    """Let the daily run process a parked client again."""
+    """Let the daily run process a parked client again (its failure streak starts from 0)."""
     from .db import get_engine, unit_of_work
     from .domain.daily_run import unpark as unpark_client
+    from .domain.models import Client
 
     with unit_of_work(get_engine()) as session:
+        if session.get(Client, client_id) is None:
+            raise click.ClickException(f"client {client_id} does not exist")
         changed = unpark_client(session, client_id)
         session.commit()
-    click.echo(f"client {client_id} unparked" if changed else f"client {client_id} was not parked")
+    click.echo(f"client {client_id} unparked: the next daily run processes it again" if changed
+               else f"client {client_id} was not parked: nothing to do")
 
 
 @main.command()
-@click.option("--limit", default=50, show_default=True)
-@click.option("--client", "client_id", type=int, default=None)
-@click.option("--json", "as_json", is_flag=True)
-def failures(limit: int, client_id: int | None, as_json: bool) -> None:
-    """Clients and messages the jobs could not process, newest first."""
-    from sqlalchemy import select
-
+@click.option("--client", "client_id", type=click.IntRange(min=1), default=None, help="Only this client's.")
+@click.option("--run", "run_id", type=click.IntRange(min=1), default=None, help="Only this daily run's.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+def failures(client_id: int | None, run_id: int | None, limit: int, as_json: bool) -> None:
+    """Clients and messages the jobs could not process (job_failures), newest first."""
     from .db import get_engine, unit_of_work
-    from .domain.models import JobFailure
+    from .ops.failures import recent_failures
+    from .ops.tables import print_json, print_table
 
     with unit_of_work(get_engine()) as session:
-        stmt = select(JobFailure).order_by(JobFailure.id.desc()).limit(limit)
-        if client_id is not None:
-            stmt = stmt.where(JobFailure.client_id == client_id)
-        rows = list(session.execute(stmt).scalars())
+        rows = recent_failures(session, limit=limit, client_id=client_id, run_id=run_id)
     if as_json:
-        click.echo(json.dumps([{"id": r.id, "actor": r.actor, "message_id": r.message_id, "client_id": r.client_id,
-                                "error": r.error, "field": r.field, "reason": r.reason,
-                                "at": r.created_at.isoformat() if r.created_at else None} for r in rows], indent=2))
+        print_json([r.as_dict() for r in rows])
         return
     if not rows:
-        click.echo("no failures recorded")
-    for r in rows:
-        click.echo(f"{r.created_at:%Y-%m-%d %H:%M}  {r.actor:<24} client {r.client_id!s:<8} {r.error}: {r.reason}")
-
-
-@main.group()
-def settings() -> None:
-    """Installation settings (SPEC §2), kept in the shared database."""
-
-
-@settings.command("show")
-def settings_show() -> None:
-    from dataclasses import asdict
-
-    from .db import get_engine, unit_of_work
-    from .domain.settings import load_settings
-
-    with unit_of_work(get_engine()) as session:
-        for name, value in asdict(load_settings(session)).items():
-            click.echo(f"{name} = {value}")
-
-
-@settings.command("set")
-@click.argument("assignments", nargs=-1, required=True)
-def settings_set(assignments: tuple[str, ...]) -> None:
-    """billingworker settings set invoice_generation_days=10 late_fee_amount='"5.00"'"""
-    from .db import get_engine, unit_of_work
-    from .domain.settings import save_settings
-
-    values = {}
-    for arg in assignments:
-        name, _, raw = arg.partition("=")
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
-    with unit_of_work(get_engine()) as session:
-        save_settings(session, **values)
-        session.commit()
-    click.echo("saved")
+        click.echo("no failures recorded" + (" for these filters" if client_id or run_id else ""))
+        return
+    print_table(f"Failures (newest {len(rows)})", ["time (UTC)", "actor", "client", "run", "field", "reason",
+                                                    "message id"],
+                [[f"{r.created_at:%Y-%m-%d %H:%M:%S}" if r.created_at else None, r.actor,
+                  f"{r.client_id} {r.client_name}".strip() if r.client_id is not None else None,
+                  f"#{r.run_id}" if r.run_id else None, r.field or None, f"{r.error}: {r.reason}",
+                  r.message_id or None] for r in rows])
 
 
 def _safe(url: str) -> str:
@@ -267,6 +192,17 @@ from .ops.cli import register as _register_ops  # noqa: E402 - operator commands
 
 _register_ops(main)
 
+from .ops.daily_cli import daily_run as _daily_run  # noqa: E402
+from .ops.demo_cli import seed_demo as _seed_demo  # noqa: E402
+from .ops.settings_cli import settings as _settings  # noqa: E402
+
+for _command in (_daily_run, _seed_demo, _settings):
+    main.add_command(_command)
+
 from .reports_cli import register as _register_reports  # noqa: E402 - statement, summary
 
 _register_reports(main)
+
+from .console.cli import register as _register_console  # noqa: E402 - the web console (console/)
+
+_register_console(main)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -31,6 +32,7 @@ from .domain.models import (
     JobFailure,
     Product,
     Service,
+    Setting,
     TaxRule,
 )
 from .domain.money import format_money
@@ -43,50 +45,69 @@ class DemoPaths:
     mail: Path
 
 
-def seed_demo(session: Session, today: date) -> None:
-    """A small hosting company: a dozen clients in four countries, due dates around ``today``."""
-    usd = Currency(code="USD", prefix="$", suffix="USD", minor_units=2, is_default=True)
-    eur = Currency(code="EUR", prefix="€", suffix="EUR", minor_units=2)
-    gbp = Currency(code="GBP", prefix="£", suffix="GBP", minor_units=2)
-    session.add_all([usd, eur, gbp])
-    session.add_all([
-        TaxRule(level=1, name="VAT", country="GB", rate=Decimal("20")),
-        TaxRule(level=1, name="MwSt", country="DE", rate=Decimal("19")),
-        TaxRule(level=1, name="GST", country="CA", rate=Decimal("5")),
-        TaxRule(level=2, name="QST", country="CA", state="QC", rate=Decimal("9.975")),
-        TaxRule(level=1, name="Sales Tax", country="US", state="TX", rate=Decimal("8.25")),
-    ])
-    resellers = ClientGroup(name="Resellers", separate_invoices=True)
-    session.add(resellers)
-    shared = Product(name="Shared Hosting Starter", group_name="Hosting", module="cpanel")
-    vps = Product(name="VPS 2GB", group_name="Servers", module="proxmox")
-    session.add_all([shared, vps])
+#: The demo's people: (first, last, email, country, state, currency code, extra columns).
+PEOPLE = [
+    ("Ada", "Lovelace", "ada@example.com", "GB", "", "GBP", {}),
+    ("Grace", "Hopper", "grace@example.com", "US", "TX", "USD", {}),
+    ("Alan", "Turing", "alan@example.com", "GB", "", "GBP", {"credit_balance": Decimal("25.00")}),
+    ("Katherine", "Johnson", "katherine@example.com", "US", "VA", "USD", {"tax_exempt": True}),
+    ("Konrad", "Zuse", "konrad@example.com", "DE", "", "EUR", {}),
+    ("Margaret", "Hamilton", "margaret@example.com", "CA", "QC", "USD", {"group": True}),
+    ("Edsger", "Dijkstra", "edsger@example.com", "NL", "", "EUR", {"separate_invoices": True}),
+    ("Barbara", "Liskov", "barbara@example.com", "US", "MA", "USD", {}),
+    ("Donald", "Knuth", "donald@example.com", "US", "CA", "USD", {"credit_balance": Decimal("500.00")}),
+    ("Frances", "Allen", "frances@example.com", "US", "NY", "USD", {"status": "Closed"}),
+    ("Radia", "Perlman", "radia@example.com", "US", "WA", None, {}),  # no currency: shows a failure
+    ("Tim", "Berners-Lee", "tim@example.com", "GB", "", "GBP", {}),
+]
+
+
+def seed_demo(session: Session, today: date, *, clients: int = len(PEOPLE),
+              on_client: Callable[[int], None] | None = None) -> int:
+    """A small hosting company: the dozen PEOPLE (repeated, numbered, for ``clients`` > 12) in
+    four countries, due dates around ``today``; commits. What exists already (currencies, tax
+    rules, the group, the products, settings) is reused, never changed, so a seed into a database
+    that holds data adds clients and nothing else. ``on_client(n)`` is called after each client
+    (progress). Returns the number of clients added."""
+    codes = {c.code: c for c in session.execute(select(Currency)).scalars()}
+    for code, prefix, default in (("USD", "$", True), ("EUR", "€", False), ("GBP", "£", False)):
+        if code not in codes:
+            codes[code] = Currency(code=code, prefix=prefix, suffix=code, minor_units=2,
+                                   is_default=default and not codes)
+            session.add(codes[code])
+    if session.scalar(select(func.count()).select_from(TaxRule)) == 0:
+        session.add_all([
+            TaxRule(level=1, name="VAT", country="GB", rate=Decimal("20")),
+            TaxRule(level=1, name="MwSt", country="DE", rate=Decimal("19")),
+            TaxRule(level=1, name="GST", country="CA", rate=Decimal("5")),
+            TaxRule(level=2, name="QST", country="CA", state="QC", rate=Decimal("9.975")),
+            TaxRule(level=1, name="Sales Tax", country="US", state="TX", rate=Decimal("8.25")),
+        ])
+    resellers = _one(session, ClientGroup, name="Resellers", separate_invoices=True)
+    shared = _one(session, Product, name="Shared Hosting Starter", group_name="Hosting", module="cpanel")
+    vps = _one(session, Product, name="VPS 2GB", group_name="Servers", module="proxmox")
     session.flush()
-    save_settings(session, company_name="Demo Hosting Ltd", system_url="https://billing.demo-hosting.test/")
+    demo_settings = {"company_name": "Demo Hosting Ltd", "system_url": "https://billing.demo-hosting.test/"}
+    taken = set(session.execute(select(Setting.name).where(Setting.name.in_(demo_settings))).scalars())
+    save_settings(session, **{k: v for k, v in demo_settings.items() if k not in taken})
 
     def day(offset: int) -> date:
         return today + timedelta(days=offset)
 
-    people = [
-        ("Ada", "Lovelace", "ada@example.com", "GB", "", gbp, {}),
-        ("Grace", "Hopper", "grace@example.com", "US", "TX", usd, {}),
-        ("Alan", "Turing", "alan@example.com", "GB", "", gbp, {"credit_balance": Decimal("25.00")}),
-        ("Katherine", "Johnson", "katherine@example.com", "US", "VA", usd, {"tax_exempt": True}),
-        ("Konrad", "Zuse", "konrad@example.com", "DE", "", eur, {}),
-        ("Margaret", "Hamilton", "margaret@example.com", "CA", "QC", usd, {"group_id": resellers.id}),
-        ("Edsger", "Dijkstra", "edsger@example.com", "NL", "", eur, {"separate_invoices": True}),
-        ("Barbara", "Liskov", "barbara@example.com", "US", "MA", usd, {}),
-        ("Donald", "Knuth", "donald@example.com", "US", "CA", usd, {"credit_balance": Decimal("500.00")}),
-        ("Frances", "Allen", "frances@example.com", "US", "NY", usd, {"status": "Closed"}),
-        ("Radia", "Perlman", "radia@example.com", "US", "WA", None, {}),  # no currency: shows a failure
-        ("Tim", "Berners-Lee", "tim@example.com", "GB", "", gbp, {}),
-    ]
-    for n, (first, last, email, country, state, currency, extra) in enumerate(people):
+    for number in range(clients):
+        n = number % len(PEOPLE)
+        first, last, email, country, state, code, extra = PEOPLE[n]
+        if number >= len(PEOPLE):
+            email = email.replace("@", f"+{number}@")
+        extra = dict(extra)
+        if extra.pop("group", False):
+            extra["group_id"] = resellers.id
+        currency = codes[code] if code else None
         client = Client(first_name=first, last_name=last, email=email, country=country, state=state,
                         currency_id=currency.id if currency else None, signup_date=day(-400 + n), **extra)
         session.add(client)
         session.flush()
-        site = f"{last.lower().replace('-', '')}.example"
+        site = f"{last.lower().replace('-', '')}{number if number >= len(PEOPLE) else ''}.example"
         due = day(3 + n)  # inside the 14-day window
         svc = Service(client_id=client.id, product_id=shared.id, domain=site, amount=Decimal("9.99"),
                       billing_cycle="Monthly", payment_method="stripe", status="Active", next_due_date=due,
@@ -116,7 +137,19 @@ def seed_demo(session: Session, today: date) -> None:
         if n == 1:
             session.add(Service(client_id=client.id, name="Lifetime licence", amount=Decimal("99.00"),
                                 billing_cycle="One Time", status="Active", next_due_date=day(2)))
+        if on_client is not None:
+            on_client(number + 1)
     session.commit()
+    return clients
+
+
+def _one(session: Session, model, *, name: str, **columns):
+    """The row of ``model`` with this name, or a new one."""
+    found = session.execute(select(model).where(model.name == name).limit(1)).scalar()
+    if found is None:
+        found = model(name=name, **columns)
+        session.add(found)
+    return found
 
 
 def run_demo(paths: DemoPaths, *, workers: int = 4, echo=click.echo) -> dict:

@@ -262,3 +262,117 @@ def test_show_and_list_of_letters_that_are_not_messages(redis_client, pg_engine)
     assert json.loads(card.output)["undecodable"].startswith("paid ****1111 yyy")
     assert "(100025 characters)" in card.output and len(card.output) < 2_500
     assert {r["id"] for r in json.loads(listed.output)} == {"deep", "card"}
+
+
+# --- why it was refused, and a corrected requeue ------------------------------------------------
+
+def refused_payment(redis_broker, engine) -> tuple[str, Message]:
+    """An apply_payment message refused at once for bad input (no gateway nor transaction id),
+    dead-lettered by a worker, with the job_failures row the worker wrote."""
+    msg = message()  # apply_payment(invoice_id=7, amount="10.00")
+    dead_id = kill(redis_broker, msg)
+    with unit_of_work(engine) as session:
+        session.add(JobFailure(actor="apply_payment", message_id=msg.message_id, error="ValidationError",
+                               field="arguments", reason="arguments: ['amount', 'invoice_id'] do not fit apply_payment",
+                               created_at=NOW))
+        session.commit()
+    return dead_id, msg
+
+
+def test_show_gives_the_refusal_reason_from_job_failures(redis_broker, engine):
+    dead_id, msg = refused_payment(redis_broker, engine)
+
+    human = cli(engine, "dead-letters", "show", dead_id)
+    as_json = cli(engine, "dead-letters", "show", dead_id, "--json")
+
+    assert human.exit_code == 0 and as_json.exit_code == 0, human.output + as_json.output
+    assert "Refused (job_failures)" in human.output
+    row = next(line for line in human.output.splitlines() if line.startswith("ValidationError"))
+    assert row.split()[:2] == ["ValidationError", "arguments"] and "do not fit apply_payment" in row
+    shown = json.loads(as_json.output)
+    [failure] = shown["job_failures"]
+    assert (failure["error"], failure["field"]) == ("ValidationError", "arguments")
+    assert failure["reason"] == "arguments: ['amount', 'invoice_id'] do not fit apply_payment"
+    assert shown["refusal"].startswith("ValidationError: arguments arguments: ['amount'")
+
+
+def test_show_of_a_letter_that_died_of_retries_has_no_refusal(redis_broker, pg_engine):
+    dead_id = kill(redis_broker, message(retries=10, traceback=TRACEBACK))
+
+    shown = json.loads(cli(pg_engine, "dead-letters", "show", dead_id, "--json").output)
+
+    assert shown["job_failures"] == [] and shown["refusal"] is None
+    assert "Refused" not in cli(pg_engine, "dead-letters", "show", dead_id).output
+
+
+def test_requeue_with_corrected_arguments(redis_broker, redis_client, engine):
+    # Given: a payment refused for its missing arguments
+    dead_id, msg = refused_payment(redis_broker, engine)
+
+    # When the operator adds them
+    result = cli(engine, "dead-letters", "requeue", dead_id, "--set", "gateway=banktransfer",
+                 "--set", 'transaction_id="TX-1"', "--set", "amount=12.50")
+
+    # Then the message is back with them (money kept as a decimal string), no warning given
+    assert result.exit_code == 0, result.output
+    assert "with amount, gateway, transaction_id corrected" in result.output and "Warning" not in result.output
+    [new_id] = [i.decode() for i in redis_client.lrange(Q, 0, -1)]
+    back = stored(redis_client, Q_MSGS, new_id)
+    assert back["kwargs"] == {"invoice_id": 7, "amount": "12.50", "gateway": "banktransfer", "transaction_id": "TX-1"}
+    assert back["message_id"] == msg.message_id and redis_client.zcard(XQ) == 0
+
+
+def test_requeue_refuses_a_correction_the_job_would_refuse(redis_broker, redis_client, pg_engine):
+    dead_id, _ = refused_payment(redis_broker, pg_engine)
+
+    result = cli(pg_engine, "dead-letters", "requeue", dead_id, "--set", "gatewya=bank", "--yes")
+    malformed = cli(pg_engine, "dead-letters", "requeue", dead_id, "--set", "gateway")
+
+    assert result.exit_code == 1
+    assert "gatewya" in result.output and "not an argument of apply_payment" in result.output
+    assert "Traceback" not in result.output
+    assert malformed.exit_code == 2 and "'gateway' is not NAME=VALUE" in malformed.output
+    # nothing was sent: the letter is still dead
+    assert redis_client.zcard(XQ) == 1 and redis_client.llen(Q) == 0
+
+
+def test_requeue_unchanged_of_a_refused_letter_warns_and_asks(redis_broker, redis_client, pg_engine):
+    dead_id, _ = refused_payment(redis_broker, pg_engine)
+
+    declined = cli(pg_engine, "dead-letters", "requeue", dead_id, input="n\n")
+
+    assert declined.exit_code == 1
+    assert f"Warning: {dead_id} (apply_payment, message" in declined.output
+    assert "died of bad input (ValidationError: arguments" in declined.output
+    assert "requeued unchanged it will die again" in declined.output
+    assert redis_client.zcard(XQ) == 1 and redis_client.llen(Q) == 0
+
+    accepted = cli(pg_engine, "dead-letters", "requeue", dead_id, "--yes")
+
+    assert accepted.exit_code == 0, accepted.output
+    assert "will die again" in accepted.output and f"requeued {dead_id}" in accepted.output
+    assert redis_client.zcard(XQ) == 0 and redis_client.llen(Q) == 1
+
+
+def test_requeue_all_warns_of_the_refused_and_shows_progress(redis_broker, redis_client, pg_engine):
+    refused_payment(redis_broker, pg_engine)
+    for _ in range(2):
+        kill(redis_broker, message(retries=10, traceback=TRACEBACK))
+
+    declined = cli(pg_engine, "dead-letters", "requeue", "--all", "--queue", "billing", input="n\n")
+
+    assert declined.exit_code == 1 and redis_client.zcard(XQ) == 3
+    assert "Warning: 1 of the 3 dead letters of billing died of bad input" in declined.output
+
+    result = cli(pg_engine, "dead-letters", "requeue", "--all", "--queue", "billing", "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert "requeueing billing" in result.output and "3/3" in result.output  # the progress bar, finished
+    assert "requeued 3 dead letters to billing" in result.output
+    assert redis_client.zcard(XQ) == 0 and redis_client.llen(Q) == 3
+
+
+def test_requeue_set_goes_with_named_letters_only(redis_client, pg_engine):
+    result = cli(pg_engine, "dead-letters", "requeue", "--all", "--queue", "billing", "--set", "a=1")
+
+    assert result.exit_code == 2 and "requeue --set corrects named messages, not --all" in result.output

@@ -1,11 +1,32 @@
-"""``billingworker health``: exit 0 only if the database and broker answer and the run is on time."""
+"""``billingworker health``: exit 0 only if the database and broker answer, a worker consumes the
+queues and the run is on time."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
 from datetime import timedelta
+from types import SimpleNamespace
 
-from .conftest import NOW, REDIS_URL, add_run, cli
+import pika
+import pytest
+
+from billingworker.ops.consumers import CONSUMERS_KEY, ConsumerPresence
+
+from .conftest import NOW, REDIS_URL, add_run, cli, message
+
+
+@pytest.fixture
+def worker_seen(redis_client, redis_broker) -> Iterator[ConsumerPresence]:
+    """A worker process's presence as the worker middleware records it at boot (its beat thread
+    runs too); removed at shutdown."""
+    presence = ConsumerPresence(redis_client, interval=3600)
+    presence.after_worker_boot(redis_broker, SimpleNamespace(consumer_whitelist={"billing", "emails"}))
+    yield presence
+    presence.before_worker_shutdown(redis_broker, None)
 
 
 def test_no_daily_run_is_unhealthy(redis_client, engine):
@@ -16,7 +37,7 @@ def test_no_daily_run_is_unhealthy(redis_client, engine):
     assert "FAIL  daily_run: no daily run has ever run" in result.output
 
 
-def test_a_recent_succeeded_run_is_healthy(redis_client, engine):
+def test_a_recent_succeeded_run_is_healthy(redis_client, worker_seen, engine):
     add_run(engine, status="succeeded", finished_hours_ago=2)
 
     result = cli(engine, "health")
@@ -25,7 +46,7 @@ def test_a_recent_succeeded_run_is_healthy(redis_client, engine):
     assert "ok    daily_run: #1 of" in result.output
 
 
-def test_a_run_too_long_ago_is_unhealthy(redis_client, pg_engine):
+def test_a_run_too_long_ago_is_unhealthy(redis_client, worker_seen, pg_engine):
     add_run(pg_engine, status="succeeded", finished_hours_ago=30)
 
     result = cli(pg_engine, "health")
@@ -36,7 +57,7 @@ def test_a_run_too_long_ago_is_unhealthy(redis_client, pg_engine):
     assert relaxed.exit_code == 0, relaxed.output
 
 
-def test_a_failed_last_run_is_unhealthy_even_after_an_earlier_success(redis_client, pg_engine):
+def test_a_failed_last_run_is_unhealthy_even_after_an_earlier_success(redis_client, worker_seen, pg_engine):
     add_run(pg_engine, status="succeeded", finished_hours_ago=3, run_date=(NOW - timedelta(days=1)).date())
     add_run(pg_engine, status="failed", finished_hours_ago=1)
 
@@ -45,11 +66,11 @@ def test_a_failed_last_run_is_unhealthy_even_after_an_earlier_success(redis_clie
     assert result.exit_code == 1
     report = json.loads(result.output)
     assert report["ok"] is False
-    assert report["checks"][2] == {"name": "daily_run", "ok": False,
+    assert report["checks"][3] == {"name": "daily_run", "ok": False,
                                    "detail": f"the last daily run (#2 of {NOW.date()}) failed"}
 
 
-def test_a_running_run_is_fine_while_the_previous_success_is_recent(redis_client, pg_engine):
+def test_a_running_run_is_fine_while_the_previous_success_is_recent(redis_client, worker_seen, pg_engine):
     add_run(pg_engine, status="succeeded", finished_hours_ago=20, run_date=(NOW - timedelta(days=1)).date())
     add_run(pg_engine, status="running", finished_hours_ago=None)
 
@@ -65,7 +86,7 @@ def test_dry_runs_do_not_count(redis_client, pg_engine):
     assert cli(pg_engine, "health").exit_code == 1
 
 
-def test_no_run_check_skips_the_daily_run(redis_client, engine):
+def test_no_run_check_skips_the_daily_run(redis_client, worker_seen, engine):
     result = cli(engine, "health", "--no-run-check")
 
     assert result.exit_code == 0, result.output
@@ -104,5 +125,88 @@ def test_a_broker_that_does_not_answer_is_unhealthy(pg_engine):
 def test_rabbitmq_broker_is_checked_by_connecting(pg_engine):
     result = cli(pg_engine, "health", "--no-run-check", broker_url="amqp://guest:guest@127.0.0.1:5672/%2F")
 
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1
     assert "ok    broker: amqp://guest:***@127.0.0.1:5672/%2F answers" in result.output
+    # no queue has a consumer in this virtual host
+    assert "FAIL  workers: no consumer on the queues" in result.output
+
+
+# --- consuming workers --------------------------------------------------------------------------
+
+def test_zero_consuming_workers_is_unhealthy_even_after_enqueues(redis_broker, redis_client, engine):
+    # Given: a good daily run, and processes that only enqueue (Dramatiq's heartbeat records them)
+    add_run(engine, status="succeeded", finished_hours_ago=1)
+    redis_broker.enqueue(message("relay_outbox", "emails"))
+    assert redis_client.zcard("dramatiq:__heartbeats__") == 1
+
+    # When
+    result = cli(engine, "health")
+
+    # Then
+    assert result.exit_code == 1, result.output
+    assert ("FAIL  workers: no consuming worker seen in the last 120 s (none recorded: start `dramatiq "
+            "billingworker.actors`)") in result.output
+    assert "ok    daily_run:" in result.output
+
+
+def test_a_worker_seen_recently_is_healthy(redis_client, worker_seen, engine):
+    add_run(engine, status="succeeded", finished_hours_ago=1)
+
+    result = cli(engine, "health", "--json")
+
+    assert result.exit_code == 0, result.output
+    check = json.loads(result.output)["checks"][2]
+    assert check["name"] == "workers" and check["ok"] is True
+    assert check["detail"].startswith(f"1 consuming worker(s) seen in the last 120 s ({worker_seen.info['host']} pid ")
+
+
+def test_a_worker_silent_longer_than_the_limit_is_unhealthy(redis_client, worker_seen, pg_engine, monkeypatch):
+    add_run(pg_engine, status="succeeded", finished_hours_ago=1)
+    # the worker was last seen 5 minutes ago (killed: no shutdown removed its record)
+    redis_client.zadd(CONSUMERS_KEY, {worker_seen.consumer_id: int(time.time() * 1000) - 300_000})
+
+    silent = cli(pg_engine, "health")
+    relaxed = cli(pg_engine, "health", "--max-worker-silence", "600")
+    monkeypatch.setenv("HEALTH_MAX_WORKER_SILENCE", "900")
+    from_env = cli(pg_engine, "health")  # the runner keeps the environment it runs in
+
+    assert silent.exit_code == 1
+    assert "FAIL  workers: no consuming worker seen in the last 120 s (the last one, " in silent.output
+    assert "s ago)" in silent.output and f"pid {worker_seen.info['pid']}" in silent.output
+    assert relaxed.exit_code == 0, relaxed.output
+    assert from_env.exit_code == 0 and "seen in the last 900 s" in from_env.output
+
+
+def test_no_worker_check_skips_the_workers(redis_client, pg_engine):
+    add_run(pg_engine, status="succeeded", finished_hours_ago=1)
+
+    result = cli(pg_engine, "health", "--no-worker-check")
+
+    assert result.exit_code == 0, result.output
+    assert "workers" not in result.output
+
+
+def test_on_rabbitmq_a_consumer_on_the_queues_is_a_live_worker(pg_engine):
+    # Given: a virtual host of the test's own whose billing queue has one consumer
+    vhost = f"billingworker-health-{os.getpid()}-{time.monotonic_ns()}"
+    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+    subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True,
+                   capture_output=True, timeout=60)
+    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare("billing", durable=True)
+        idle = cli(pg_engine, "health", "--no-run-check", broker_url=url)
+        channel.basic_consume("billing", lambda *_: None)
+
+        # When
+        consumed = cli(pg_engine, "health", "--no-run-check", broker_url=url)
+    finally:
+        connection.close()
+        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+    # Then
+    assert idle.exit_code == 1 and "FAIL  workers: no consumer on the queues" in idle.output
+    assert consumed.exit_code == 0, consumed.output
+    assert "ok    workers: 1 consumer(s) on the queues" in consumed.output

@@ -20,8 +20,10 @@ from billingworker.ops.logs import (
     MAX_MESSAGE,
     MAX_TRACEBACK,
     JsonFormatter,
+    LoggingSetupError,
     RedactFilter,
     TextFormatter,
+    command_log_level,
     configure_logging,
     redact_text,
 )
@@ -265,3 +267,71 @@ def test_a_refusal_is_logged_with_its_value_cut_and_masked(caplog, engine):
     text = refused.getMessage()
     assert len(text) < 500 and "(10000020 characters)" in text and "is a test refusal" in text
     assert "****1111" in text and "4111 1111" not in text
+
+
+# --- the CLI's log level and format (LOG_LEVEL, LOG_FORMAT, -v) ----------------------------------
+
+@pytest.mark.parametrize(("command", "verbose", "env", "level"), [
+    ("scheduler", False, {}, "INFO"),
+    ("metrics", False, {}, "INFO"),
+    ("console", False, {}, "INFO"),
+    ("status", False, {}, "WARNING"),
+    ("failures", True, {}, "INFO"),
+    ("scheduler", False, {"LOG_LEVEL": "warning"}, "WARNING"),
+    ("status", False, {"LOG_LEVEL": "DEBUG"}, "DEBUG"),
+    ("status", True, {"LOG_LEVEL": "DEBUG"}, "DEBUG"),
+    ("status", True, {"LOG_LEVEL": "ERROR"}, "INFO"),
+])
+def test_command_log_level(command, verbose, env, level):
+    assert command_log_level(command, verbose=verbose, environ=env) == level
+
+
+@pytest.mark.parametrize(("env", "named"), [({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+                                            ({"LOG_FORMAT": "xml"}, "LOG_FORMAT")])
+def test_a_bad_log_setting_is_named(env, named):
+    with pytest.raises(LoggingSetupError, match=named):
+        command_log_level("status", environ=env)
+
+
+@pytest.fixture
+def root_logging():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _invoke(args: list[str], env: dict[str, str], engine=None):
+    from click.testing import CliRunner
+
+    from billingworker.cli import main
+
+    url = engine.url.render_as_string(hide_password=False) if engine is not None else "sqlite://"
+    return CliRunner().invoke(main, args, env={"DATABASE_URL": url, **env})
+
+
+def _our_handler(root: logging.Logger) -> logging.Handler:
+    return next(h for h in root.handlers if getattr(h, "_billingworker_handler", False))
+
+
+def test_every_command_honours_log_level_and_log_format(root_logging, sqlite_engine):
+    quiet = _invoke(["failures"], {"LOG_LEVEL": "", "LOG_FORMAT": ""}, sqlite_engine)
+    assert quiet.exit_code == 0, quiet.output
+    assert root_logging.level == logging.WARNING
+
+    loud = _invoke(["failures"], {"LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json"}, sqlite_engine)
+    assert loud.exit_code == 0, loud.output
+    assert root_logging.level == logging.DEBUG
+    assert isinstance(_our_handler(root_logging).formatter, JsonFormatter)
+
+    verbose = _invoke(["-v", "failures"], {"LOG_LEVEL": "", "LOG_FORMAT": "text"}, sqlite_engine)
+    assert verbose.exit_code == 0
+    assert root_logging.level == logging.INFO
+    assert isinstance(_our_handler(root_logging).formatter, TextFormatter)
+
+
+def test_a_bad_log_level_is_a_usage_error_naming_it(root_logging):
+    result = _invoke(["failures"], {"LOG_LEVEL": "chatty"})
+    assert result.exit_code == 2
+    assert "Error: LOG_LEVEL: 'CHATTY' is not a log level" in result.output

@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pika
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+from billingworker.ops.consumers import CONSUMERS_KEY
 from billingworker.ops.queues import read_broker_state, read_redis_state, safe_url
 
-from .conftest import NAMESPACE, RABBITMQ_URL, REDIS_URL, add_parked_client, add_run, cli, kill, message, take
+from .conftest import (
+    NAMESPACE,
+    RABBITMQ_URL,
+    REDIS_URL,
+    add_parked_client,
+    add_run,
+    cli,
+    db_url,
+    kill,
+    message,
+    take,
+)
 
 
 def test_status_json_counts_what_dramatiq_put_in_redis(redis_broker, redis_client, engine):
@@ -26,6 +46,8 @@ def test_status_json_counts_what_dramatiq_put_in_redis(redis_broker, redis_clien
     redis_broker.enqueue(message(), delay=60_000)
     # ... and a worker that stopped beating two minutes ago
     redis_client.zadd(f"{NAMESPACE}:__heartbeats__", {"gone-worker": int(time.time() * 1000) - 120_000})
+    # ... and one consuming worker (the test's broker only enqueued: it is no worker)
+    redis_client.zadd(CONSUMERS_KEY, {"host:1:a": int(time.time() * 1000) - 5_000})
     # ... and in the database, a run with two failures and a parked client
     run_id = add_run(engine, failures=2, invoices=5)
     client_id = add_parked_client(engine)
@@ -44,8 +66,10 @@ def test_status_json_counts_what_dramatiq_put_in_redis(redis_broker, redis_clien
     emails = queues["emails"]
     assert (emails["waiting"], emails["delayed"], emails["in_progress"], emails["dead"]) == (0, 0, 0, 0)
     assert emails["oldest_age_seconds"] == 0
-    # only the test's own broker has beaten within the last minute
+    # only the consumer counts, not the test's own broker that beat within the last minute
+    consumers = status["broker"].pop("consumers")
     assert status["broker"] == {"kind": "redis", "url": REDIS_URL, "workers": 1, "note": ""}
+    assert [c["id"] for c in consumers] == ["host:1:a"]
     [run] = status["daily_runs"]
     assert (run["id"], run["status"], run["failures"], run["dry_run"]) == (run_id, "succeeded", 2, False)
     assert run["tasks"][0]["counts"]["invoices_created"] == 5
@@ -65,7 +89,7 @@ def test_status_table_is_readable(redis_broker, pg_engine):
 
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == f"Broker {REDIS_URL} (redis): live workers 1"
+    assert lines[0] == f"Broker {REDIS_URL} (redis): live workers 0"
     header = next(line for line in lines if line.startswith("queue"))
     billing = next(line for line in lines if line.startswith("billing"))
     assert header.split("  ")[0] == "queue" and "oldest waiting" in header
@@ -131,8 +155,92 @@ def test_broker_urls_are_shown_without_their_password(url, shown):
 
 def test_live_workers_follow_the_heartbeat_timeout_the_workers_are_given(redis_client, monkeypatch):
     now_ms = int(time.time() * 1000)
-    redis_client.zadd(f"{NAMESPACE}:__heartbeats__", {"w1": now_ms - 5_000, "w2": now_ms - 30_000})
+    redis_client.zadd(CONSUMERS_KEY, {"w1": now_ms - 5_000, "w2": now_ms - 30_000})
 
     assert read_redis_state(redis_client, now_ms=now_ms).workers == 2
     monkeypatch.setenv("BROKER_HEARTBEAT_TIMEOUT_MS", "10000")
     assert read_redis_state(redis_client, now_ms=now_ms).workers == 1
+
+
+# --- status --watch -----------------------------------------------------------------------------
+
+def _read_until(fd: int, pattern: str, seen: list[str], deadline_s: float = 30.0) -> str:
+    """Read the terminal's output until ``pattern`` (a regex) is in what was read since the call."""
+    start = len(seen)
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                seen.append(os.read(fd, 65536).decode(errors="replace"))
+            except OSError:  # the process closed the terminal
+                break
+            if re.search(pattern, "".join(seen[start:])):
+                return "".join(seen[start:])
+    pytest.fail(f"no {pattern!r} on the screen; it shows:\n{''.join(seen)[-3000:]}")
+
+
+def test_status_watch_redraws_in_a_terminal_until_ctrl_c(redis_broker, pg_engine):
+    # Given: `status --watch` in a real terminal (a pty), an empty billing queue on its screen
+    env = {**os.environ, "BROKER_URL": REDIS_URL, "DATABASE_URL": db_url(pg_engine), "COLUMNS": "150",
+           "TERM": "xterm"}
+    controller, terminal = pty.openpty()
+    script = Path(sys.executable).parent / "billingworker"
+    proc = subprocess.Popen([str(script), "status", "--watch", "--interval", "0.2"], stdin=terminal, stdout=terminal,
+                            stderr=terminal, env=env, start_new_session=True)
+    os.close(terminal)
+    seen: list[str] = []
+    try:
+        _read_until(controller, r"billing\s+0\s+0\s+0\s+0[\s\S]*Daily runs: none yet", seen)
+
+        # When a message is dead-lettered and two more arrive
+        kill(redis_broker, message())
+        redis_broker.enqueue(message())
+        redis_broker.enqueue(message())
+
+        # Then the same screen is redrawn with them (cursor moved back up: rich Live, not a scroll)
+        redrawn = _read_until(controller, r"billing\s+2\s+0\s+0\s+1[\s\S]*Daily runs: none yet", seen)
+        assert "\x1b[1A\x1b[2K" in redrawn
+
+        # When the operator presses Ctrl-C: it stops quietly
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+    assert "Traceback" not in "".join(seen)
+
+
+def test_status_watch_and_json_do_not_mix(redis_client, pg_engine):
+    result = cli(pg_engine, "status", "--watch", "--json")
+
+    assert result.exit_code == 2
+    assert "--watch draws the screen; --json prints one document: choose one" in result.output
+
+
+def test_status_watch_off_a_terminal_prints_each_screen_under_its_time(redis_broker, pg_engine):
+    # Given: `status --watch` writing to a pipe (a log file, a `| tee`)
+    env = {**os.environ, "BROKER_URL": REDIS_URL, "DATABASE_URL": db_url(pg_engine)}
+    env.pop("COLUMNS", None)
+    script = Path(sys.executable).parent / "billingworker"
+    proc = subprocess.Popen([str(script), "status", "--watch", "--interval", "0.2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    seen: list[str] = []
+    try:
+        _read_until(proc.stdout.fileno(), r"billing\s+0\s+0\s+0\s+0", seen)
+        redis_broker.enqueue(message())
+
+        # Then the next screens show the message, printed after the earlier ones, without control codes
+        _read_until(proc.stdout.fileno(), r"billing\s+1\s+0\s+0\s+0", seen)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = "".join(seen)
+    assert "\x1b[" not in output
+    assert len(re.findall(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, every 0.2 s \(Ctrl-C to stop\)$", output, re.M)) >= 2
+    assert "Traceback" not in proc.stderr.read().decode()

@@ -5,11 +5,12 @@ from __future__ import annotations
 from ..db import unit_of_work
 from ..domain.password_reset import request_password_reset
 from ..runtime import runtime
-from .arguments import parse_bool, parse_optional_id, parse_text
+from .arguments import argument_rules, parse_bool, parse_optional_id, parse_text
 from .base import job, receipt_key, send_emails
 
 
 @job()
+@argument_rules(user_id=parse_optional_id, security_checked=parse_bool)
 def send_password_reset_email(user_id=None, email=None, requested_by="client", security_checked=False,
                               request_id=None):
     """Email a single-use password-reset link to a user (SPEC §10), once per message or ``request_id``.

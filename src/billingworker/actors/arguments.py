@@ -8,16 +8,19 @@ retried ten times).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
+from collections.abc import Callable, Mapping
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from ..domain.errors import ValidationError
 from ..domain.money import parse_money
 
 __all__ = ["MAX_ID", "MAX_ITEMS", "MAX_BATCH_CLIENTS",
            "parse_id", "parse_optional_id", "parse_date", "parse_bool", "parse_money", "parse_items",
-           "parse_text", "parse_id_list", "parse_count", "check_characters"]
+           "parse_text", "parse_id_list", "parse_count", "check_characters", "argument_rules", "check_arguments"]
 
 #: Every id column is an INTEGER (PostgreSQL int4): ids are 1 .. 2**31 - 1.
 MAX_ID = 2**31 - 1
@@ -146,3 +149,67 @@ def parse_items(field: str, value: Any, allowed: tuple[str, ...]) -> list[tuple[
             raise ValidationError(f"{field}[{n}].type", shown(item["type"]), f"is not one of {', '.join(allowed)}")
         out.append((item["type"], parse_id(f"{field}[{n}].id", item["id"])))
     return out
+
+
+# --- declared rules: the checks a job runs first, which a sender can run before sending -----------
+
+#: A rule is called as ``rule(name, value)`` and raises ValidationError (the parse_* functions
+#: above, or a ``functools.partial`` of one with its options).
+Rule = Callable[[str, Any], Any]
+F = TypeVar("F", bound=Callable[..., Any])
+_RULES = "__argument_rules__"
+
+
+def argument_rules(**rules: Rule) -> Callable[[F], F]:
+    """Declare the rules of a job's arguments, under ``@job()``::
+
+        @job()
+        @argument_rules(invoice_id=parse_id, gateway=partial(parse_text, max_length=50))
+        def apply_payment(invoice_id, amount, gateway, transaction_id, fees="0"): ...
+
+    The job checks every argument it was given against its rule before its body runs (a bad
+    one is refused like any ValidationError: dead-lettered, a ``job_failures`` row); the body
+    still parses them as before. ``check_arguments`` runs the same rules for a sender
+    (``billingworker enqueue``, the console's requeue), so both refuse exactly the same values.
+    Rules needing the database (money in the client's currency) stay in the body.
+    """
+
+    def decorate(fn: F) -> F:
+        unknown = set(rules) - set(inspect.signature(fn).parameters)
+        if unknown:
+            raise TypeError(f"argument_rules for {fn.__name__} name no parameter: {', '.join(sorted(unknown))}")
+
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            _apply(rules, kwargs)
+            return fn(*args, **kwargs)
+
+        setattr(checked, _RULES, dict(rules))
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
+
+def _apply(rules: Mapping[str, Rule], kwargs: Mapping[str, Any]) -> None:
+    for name, value in kwargs.items():
+        rule = rules.get(name)
+        if rule is not None:
+            rule(name, value)
+
+
+def check_arguments(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse ``kwargs`` for the job function ``fn`` (an actor's ``fn``) as the job would: an
+    unknown keyword, a missing required argument, then each declared rule (``argument_rules``).
+    Raises ValidationError naming the field; returns None when the job would take them."""
+    parameters = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    named = [n for n, p in parameters.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                             inspect.Parameter.KEYWORD_ONLY)]
+    for name in kwargs:
+        if name not in named and not takes_any:
+            raise ValidationError(name, shown(kwargs[name]), f"is not an argument of {fn.__name__} "
+                                  f"(its arguments: {', '.join(named) or 'none'})")
+    for name in named:
+        if parameters[name].default is inspect.Parameter.empty and name not in kwargs:
+            raise ValidationError(name, None, f"is required by {fn.__name__}")
+    _apply(getattr(fn, _RULES, {}), kwargs)

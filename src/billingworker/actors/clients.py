@@ -16,13 +16,14 @@ from ..domain.exporting import export_client_data as export
 from ..domain.merging import merge_clients as merge
 from ..domain.models import Client
 from ..runtime import runtime
-from .arguments import parse_bool, parse_id
+from .arguments import argument_rules, parse_bool, parse_id
 from .base import job, once_per_message, receipt_key
 
 log = logging.getLogger("billingworker.jobs")
 
 
 @job()
+@argument_rules(client_id=parse_id)
 def close_client(client_id):
     """Close the client (status Closed, Unpaid invoices and live things Cancelled); idempotent."""
     client_id = parse_id("client_id", client_id)
@@ -34,6 +35,7 @@ def close_client(client_id):
 
 
 @job()
+@argument_rules(client_id=parse_id, delete_users=parse_bool)
 def delete_client(client_id, delete_users=False):
     """Delete the client and everything of theirs but transactions; idempotent ("already_deleted")."""
     client_id = parse_id("client_id", client_id)
@@ -59,6 +61,7 @@ def delete_client(client_id, delete_users=False):
 
 
 @job()
+@argument_rules(source_client_id=parse_id, target_client_id=parse_id)
 def merge_clients(source_client_id, target_client_id):
     """Merge the source client into the target in one transaction; a second run is "already_merged"."""
     source_client_id = parse_id("source_client_id", source_client_id)
@@ -72,6 +75,7 @@ def merge_clients(source_client_id, target_client_id):
 
 
 @job()
+@argument_rules(client_id=parse_id)
 def export_client_data(client_id, request_id=None):
     """Write the client's data as JSON into EXPORTS_DIR, once per message id or ``request_id``."""
     client_id = parse_id("client_id", client_id)

@@ -22,7 +22,15 @@ from ..domain.models import Client, DailyRun
 from ..domain.task_registry import SELF_COMMITTING, TASK_NAMES, task_function
 from ..domain.tasks import TaskResult
 from ..runtime import runtime
-from .arguments import check_characters, parse_bool, parse_count, parse_date, parse_id, parse_optional_id
+from .arguments import (
+    argument_rules,
+    check_characters,
+    parse_bool,
+    parse_count,
+    parse_date,
+    parse_id,
+    parse_optional_id,
+)
 from .base import current_message_id, job, send_emails
 from .emails import relay_clients_outbox
 
@@ -30,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 @job()
+@argument_rules(as_of=parse_date, dry_run=parse_bool)
 def run_daily_automation(as_of=None, dry_run=False, trigger="job"):
     """Start the day's run (once per installation day), or report what it would do (dry run)."""
     day = collection_day(as_of)
@@ -61,6 +70,7 @@ RESEND_IDLE_SECONDS = 5
 
 
 @job()
+@argument_rules(run_id=parse_id)
 def advance_daily_run(run_id):
     """Move a run to its next task and fan that task out; idempotent."""
     run_id = parse_id("run_id", run_id)
@@ -101,6 +111,7 @@ def resend_missing_batches(run_id: int, task: str) -> int:
 
 
 @job()
+@argument_rules(run_id=parse_id, batch_no=parse_count, first_client_id=parse_id, last_client_id=parse_id)
 def run_daily_batch(run_id, task, batch_no, first_client_id, last_client_id):
     """One task over one batch of clients; done and counted once however often delivered."""
     run_id = parse_id("run_id", run_id)
@@ -258,6 +269,7 @@ def _run_task(task: str, ids: list[int], day: date) -> dict:
 
 
 @job()
+@argument_rules(first_client_id=parse_id, last_client_id=parse_id, as_of=parse_date)
 def run_task_batch(task, first_client_id, last_client_id, as_of):
     """One batch of a standalone collection job's fan-out (internal; see docs/jobs.md)."""
     if task not in TASK_NAMES:
@@ -273,18 +285,21 @@ def run_task_batch(task, first_client_id, last_client_id, as_of):
 
 
 @job()
+@argument_rules(client_id=parse_optional_id, as_of=parse_date)
 def send_overdue_reminders(client_id=None, as_of=None):
     """The unpaid reminder and the overdue notices due today (SPEC §5), each once per invoice."""
     return _task_job("send_overdue_reminders", client_id, as_of)
 
 
 @job()
+@argument_rules(client_id=parse_optional_id, as_of=parse_date)
 def apply_late_fees(client_id=None, as_of=None):
     """At most one late fee per invoice, once it is late enough (SPEC §6)."""
     return _task_job("apply_late_fees", client_id, as_of)
 
 
 @job()
+@argument_rules(client_id=parse_optional_id, as_of=parse_date)
 def capture_due_payments(client_id=None, as_of=None):
     """Charge due invoices to stored cards of clients with auto CC processing (SPEC §8)."""
     return _task_job("capture_due_payments", client_id, as_of)

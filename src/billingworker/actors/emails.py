@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 
 from ..broker import EMAIL_QUEUE
 from ..db import session_factory, unit_of_work
@@ -12,7 +13,7 @@ from ..domain.delivery import EMAIL_BATCH_SIZE, BatchDelivery, give_up, pending_
 from ..domain.delivery import deliver_emails as deliver
 from ..domain.errors import ValidationError
 from ..runtime import runtime
-from .arguments import parse_id, parse_id_list
+from .arguments import argument_rules, parse_id, parse_id_list, parse_optional_id
 from .base import EMAIL_PRIORITY, job, last_attempt
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def _deliver(email_ids: list[int]) -> BatchDelivery:
 
 
 @job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY)
+@argument_rules(email_id=parse_id)
 def deliver_email(email_id):
     """Send one outbox email (a batch of one); a sent email is never resent."""
     email_id = parse_id("email_id", email_id)
@@ -62,6 +64,7 @@ def deliver_email(email_id):
 
 
 @job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY)
+@argument_rules(email_ids=partial(parse_id_list, max_length=EMAIL_BATCH_SIZE))
 def deliver_emails(email_ids):
     """Send a batch of outbox emails (at most EMAIL_BATCH_SIZE), each marked sent as it goes.
 
@@ -79,6 +82,7 @@ def deliver_emails(email_ids):
 
 
 @job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY)
+@argument_rules(limit=parse_optional_id)
 def relay_outbox(limit=None, older_than_seconds=None):
     """Re-enqueue every outbox email whose delivery message was lost (docs/jobs.md#relay_outbox).
 

@@ -4,6 +4,7 @@ invoice, create an add-funds invoice. Thin: validate, one unit of work, commit, 
 from __future__ import annotations
 
 from datetime import date
+from functools import partial
 
 from ..db import unit_of_work
 from ..domain.due_invoices import client_batches, generate_for_clients
@@ -24,6 +25,7 @@ from ..domain.receipts import run_once
 from ..runtime import runtime
 from .arguments import (
     MAX_BATCH_CLIENTS,
+    argument_rules,
     parse_bool,
     parse_date,
     parse_id,
@@ -40,6 +42,7 @@ def _today(as_of: date | None) -> date:
 
 
 @job()
+@argument_rules(client_id=parse_optional_id, as_of=parse_date, send_email=parse_bool)
 def generate_due_invoices(client_id=None, as_of=None, send_email=True):
     """Invoice what is due for one client, or fan out over every client in batches."""
     client_id = parse_optional_id("client_id", client_id)
@@ -68,6 +71,8 @@ def generate_due_invoices(client_id=None, as_of=None, send_email=True):
 
 
 @job()
+@argument_rules(client_ids=partial(parse_id_list, max_length=MAX_BATCH_CLIENTS), as_of=parse_date,
+                send_email=parse_bool)
 def generate_due_invoices_batch(client_ids, as_of, send_email=True):
     """One batch of the fan-out (internal, but a stable contract: see docs/jobs.md)."""
     ids = parse_id_list("client_ids", client_ids, max_length=MAX_BATCH_CLIENTS)
@@ -87,6 +92,8 @@ def generate_due_invoices_batch(client_ids, as_of, send_email=True):
 
 
 @job()
+@argument_rules(client_id=parse_id, items=partial(parse_items, allowed=SELECTABLE_TYPES),
+                as_of=parse_date, send_email=parse_bool)
 def invoice_selected_items(client_id, items, as_of=None, send_email=True):
     client_id = parse_id("client_id", client_id)
     wanted = parse_items("items", items, SELECTABLE_TYPES)
@@ -111,6 +118,7 @@ def _refusal(client_id: int, item_type: str, item_id: int, why: str):
 
 
 @job()
+@argument_rules(client_id=parse_id)
 def create_invoice(client_id, request_id=None):
     """An empty Draft invoice; run once per message (or per ``request_id``)."""
     client_id = parse_id("client_id", client_id)
@@ -124,6 +132,7 @@ def create_invoice(client_id, request_id=None):
 
 
 @job()
+@argument_rules(client_id=parse_id)
 def create_add_funds_invoice(client_id, amount, request_id=None):
     """An "Add Funds" invoice within the installation's limits; run once per message or ``request_id``."""
     client_id = parse_id("client_id", client_id)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from ..db import unit_of_work
 from ..domain.client_email import ClientEmail, check_client_email, prepare_client_email, record_client_email
 from ..runtime import runtime
-from .arguments import check_characters, parse_bool, parse_id
+from .arguments import argument_rules, check_characters, parse_bool, parse_id
 from .base import job, receipt_key, send_emails
 
 
 @job()
+@argument_rules(client_id=parse_id, save_message=parse_bool)
 def send_client_email(client_id, template=None, subject=None, body=None, save_message=False, save_as=None,
                       request_id=None):
     """One email to a client: a named template, or a subject and body an admin wrote (rendered in

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 
 from sqlalchemy import exists, select
 
@@ -17,7 +18,7 @@ from ..domain.phones import client_id_batches, normalize_stored_phones
 from ..domain.receipts import run_once
 from ..domain.settings import load_settings
 from ..runtime import runtime
-from .arguments import MAX_BATCH_CLIENTS, parse_id, parse_id_list, parse_optional_id, parse_text
+from .arguments import MAX_BATCH_CLIENTS, argument_rules, parse_id, parse_id_list, parse_optional_id, parse_text
 from .base import current_message_id, job, receipt_key
 
 #: The width of ``credit_history.description``.
@@ -25,6 +26,7 @@ MAX_DESCRIPTION_LENGTH = 500
 
 
 @job()
+@argument_rules(client_id=parse_optional_id)
 def normalize_phone_numbers(client_id=None):
     """Rewrite stored phone numbers as ``+CC.number``: one client (and its contacts), or every
     client, fanned out in batches. Bad numbers are reported per record and left as they are."""
@@ -48,6 +50,7 @@ def normalize_phone_numbers(client_id=None):
 
 
 @job()
+@argument_rules(client_ids=partial(parse_id_list, max_length=MAX_BATCH_CLIENTS))
 def normalize_phone_numbers_batch(client_ids):
     """One batch of the fan-out (a stable contract: a caller may send it for chosen clients)."""
     ids = parse_id_list("client_ids", client_ids, max_length=MAX_BATCH_CLIENTS)
@@ -72,6 +75,7 @@ def _normalize(session, client_ids: list[int], rt) -> dict:
 
 
 @job()
+@argument_rules(client_id=parse_id, description=partial(parse_text, max_length=MAX_DESCRIPTION_LENGTH))
 def adjust_credit(client_id, amount, description, request_id=None):
     """Add (``"25.00"``) or remove (``"-25.00"``) credit with a history line; never below zero.
 

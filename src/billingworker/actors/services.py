@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 
 from ..adapters.server_module import module_for
 from ..db import unit_of_work
@@ -27,7 +28,7 @@ from ..domain.module_commands import (
 )
 from ..domain.receipts import run_once
 from ..runtime import runtime
-from .arguments import check_characters, parse_bool, parse_count, parse_id, parse_items
+from .arguments import argument_rules, check_characters, parse_bool, parse_count, parse_id, parse_items
 from .base import current_message_id, job, last_attempt, once_per_message, receipt_key, send_emails
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ def _send_commands(commands: list[QueuedCommand]) -> None:
 
 
 @job()
+@argument_rules(client_id=parse_id, items=partial(parse_items, allowed=MASS_UPDATE_TYPES),
+                create_prorata_invoice=parse_bool, send_email=parse_bool)
 def mass_update(client_id, items, changes, create_prorata_invoice=False, send_email=True, request_id=None):
     """Change several things of one client at once (SPEC §9); one transaction, run once per
     message (or ``request_id``): its module commands are queued once, its prorata invoiced once."""
@@ -76,6 +79,7 @@ def mass_update(client_id, items, changes, create_prorata_invoice=False, send_em
 
 
 @job()
+@argument_rules(client_id=parse_id, items=partial(parse_items, allowed=REMOVABLE_TYPES))
 def delete_selected_items(client_id, items):
     """Remove the selected things' records (no module command); a second run deletes nothing."""
     client_id = parse_id("client_id", client_id)
@@ -91,6 +95,7 @@ def delete_selected_items(client_id, items):
 
 
 @job()
+@argument_rules(item_id=parse_id)
 def run_module_command(item_type, item_id, command, command_id=None, params=None, request_id=None):
     """Run one server-module command once.
 
@@ -139,6 +144,7 @@ def run_module_command(item_type, item_id, command, command_id=None, params=None
 
 
 @job()
+@argument_rules(limit=parse_id)
 def relay_module_commands(limit=1000, older_than_seconds=None):
     """Re-enqueue module commands still queued ``older_than_seconds`` (default 300) after they were
     written (a crash between the commit and the enqueue). Sending one twice runs it once."""

@@ -139,14 +139,213 @@ def load_settings(session: Session) -> BillingSettings:
     return settings_from_mapping(values)
 
 
+# --- writing: one set of rules for every writer (CLI, console, demo, tests) ----------------------
+
+#: The spellings of ``late_fee_type`` the late-fee task understands (case-insensitive).
+LATE_FEE_TYPES = ("percentage", "percent", "fixed", "fixed amount")
+TAX_TYPES = ("exclusive", "inclusive")
+#: Whole-number settings are counts of days, hours or links: 0 .. this.
+MAX_WHOLE = 2**31 - 1
+#: Longest text setting (a company name, a URL).
+MAX_TEXT = 1000
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """What a setting holds and means: its kind decides how a value is checked, parsed from an
+    operator's text, and shown."""
+
+    name: str
+    #: integer, optional integer, boolean, money, time, choice, text, statuses, days by cycle
+    kind: str
+    description: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def default(self) -> Any:
+        return getattr(BillingSettings(), self.name)
+
+
+def _spec(name: str, kind: str, description: str, choices: tuple[str, ...] = ()) -> SettingSpec:
+    return SettingSpec(name, kind, description, choices)
+
+
+#: Every setting, in the order of BillingSettings (docs/schema.md section 5 says the same).
+SETTINGS: dict[str, SettingSpec] = {s.name: s for s in (
+    _spec("invoice_generation_days", "integer", "Invoice a thing this many days before its due date."),
+    _spec("invoice_generation_days_by_cycle", "days by cycle",
+          'Per-cycle overrides of invoice_generation_days, e.g. {"Annually": 30}.'),
+    _spec("domain_invoice_generation_days", "optional integer",
+          "Days for domains; null = as for other things."),
+    _spec("invoiceable_statuses", "statuses", "Service and addon statuses that are invoiced."),
+    _spec("continuous_invoiceable_statuses", "statuses", "The same, when continuous generation is on."),
+    _spec("domain_invoiceable_statuses", "statuses", "Domain statuses that are invoiced."),
+    _spec("continuous_invoice_generation", "boolean",
+          "On: invoices keep coming (next_invoice_date); off: the next waits for the last to be paid."),
+    _spec("auto_apply_credit", "boolean", "Apply the client's credit balance to new invoices."),
+    _spec("unpaid_reminder_days", "integer", "Payment reminder this many days before the due date; 0 = off."),
+    _spec("first_overdue_reminder_days", "integer", "First overdue notice, days after the due date; 0 = off."),
+    _spec("second_overdue_reminder_days", "integer", "Second overdue notice; 0 = off."),
+    _spec("third_overdue_reminder_days", "integer", "Third overdue notice; 0 = off."),
+    _spec("late_fee_days", "integer", "Add the late fee this many days after the due date; 0 = off."),
+    _spec("late_fee_type", "choice", "percentage (of the invoice total) or fixed (late_fee_amount itself).",
+          LATE_FEE_TYPES),
+    _spec("late_fee_amount", "money", "The percentage (10 = 10 %) or the fixed amount; 0 = no late fees."),
+    _spec("late_fee_minimum", "money", "A smaller late fee is raised to this."),
+    _spec("late_fee_taxed", "boolean", "Whether the late fee line is taxed."),
+    _spec("card_capture_days_before_due", "integer", "First card capture this many days before the due date."),
+    _spec("card_capture_retry_weeks", "integer", "After a failed capture: 0 = retry daily; N = weekly for N weeks."),
+    _spec("card_capture_attempt_once", "boolean", "One capture attempt per invoice, no retry."),
+    _spec("daily_run_time", "time", "Local time (BILLING_TIME_ZONE) of the daily run, HH:MM, 24-hour."),
+    _spec("add_funds_minimum", "money", "Smallest add-funds invoice."),
+    _spec("add_funds_maximum", "money", "Largest add-funds invoice."),
+    _spec("add_funds_maximum_balance", "money", "Credit balance + the added amount may not exceed this."),
+    _spec("phone_number_formatting", "boolean", "Store phone numbers as +<country code>.<number>."),
+    _spec("password_reset_validity_hours", "integer", "How long a password reset link is valid (hours)."),
+    _spec("password_reset_installation_limit", "integer",
+          "At most this many password reset links per rolling hour, all users together."),
+    _spec("tax_type", "choice", "exclusive: prices before tax; inclusive: prices include tax.", TAX_TYPES),
+    _spec("tax_l2_compound", "boolean", "Level 2 tax is charged on subtotal + tax 1."),
+    _spec("company_name", "text", "The company name in emails."),
+    _spec("system_url", "text", "Base URL of the client area (invoice links)."),
+)}
+assert set(SETTINGS) == set(_FIELDS), "every setting has its SettingSpec"
+
+
+class UnknownSetting(ValidationError):
+    """A name that is not a setting; ``known`` lists the names that are."""
+
+    def __init__(self, name: Any) -> None:
+        super().__init__("settings", name, "is not a known setting")
+        self.known = tuple(SETTINGS)
+
+
+def parse_run_time(field: str, text: Any) -> str:
+    """``HH:MM`` (or ``H:MM``) from 00:00 to 23:59, returned as ``HH:MM``."""
+    rule = "must be a time HH:MM from 00:00 to 23:59 (24-hour, local time)"
+    if not isinstance(text, str):
+        raise ValidationError(field, text, rule)
+    hours, sep, minutes = text.strip().partition(":")
+    if not (sep and hours.isascii() and hours.isdigit() and len(hours) <= 2 and minutes.isascii()
+            and minutes.isdigit() and len(minutes) == 2 and int(hours) <= 23 and int(minutes) <= 59):
+        raise ValidationError(field, text, rule)
+    return f"{int(hours):02d}:{minutes}"
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` checked against the setting's kind, as the JSON-ready value to store (money as a
+    string, a time as ``HH:MM``). Strict: a boolean is ``True``/``False``, a number an int, money
+    a decimal string, a Decimal or an int (never a float). Raises ``UnknownSetting`` or a
+    ``ValidationError`` naming ``settings.<name>``, the value and the rule."""
+    spec = SETTINGS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise UnknownSetting(name)
+    field_name = f"settings.{name}"
+    kind = spec.kind
+    if kind == "optional integer" and value is None:
+        return None
+    if kind in ("integer", "optional integer"):
+        return _check_whole(field_name, value)
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise ValidationError(field_name, value, "must be true or false")
+        return value
+    if kind == "money":
+        if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
+            raise ValidationError(field_name, value, "must be an amount such as 5.00 (a decimal string, not a float)")
+        from .money import parse_money
+
+        parse_money(field_name, value, minor_units=2, allow_zero=True)
+        return format(Decimal(str(value).strip()), "f")
+    if kind == "time":
+        return parse_run_time(field_name, value)
+    if kind == "choice":
+        if not isinstance(value, str) or value.strip().lower() not in spec.choices:
+            raise ValidationError(field_name, value, f"must be one of {', '.join(spec.choices)}")
+        return value.strip().lower()
+    if kind == "text":
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise ValidationError(field_name, value, f"must be a text of at most {MAX_TEXT} characters")
+        return value
+    if kind == "statuses":
+        if (not isinstance(value, list | tuple) or not value
+                or not all(isinstance(v, str) and v.strip() for v in value)):
+            raise ValidationError(field_name, value,
+                                  'must be a non-empty list of statuses, e.g. ["Active", "Suspended"]')
+        return [v.strip() for v in value]
+    if kind == "days by cycle":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and k.strip() for k in value):
+            raise ValidationError(field_name, value, 'must be an object of cycle -> days, e.g. {"Annually": 30}')
+        return {k.strip(): _check_whole(f"{field_name}.{k}", v) for k, v in value.items()}
+    raise AssertionError(f"unknown kind {kind}")  # pragma: no cover - SETTINGS is fixed
+
+
+def _check_whole(field_name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WHOLE:
+        raise ValidationError(field_name, value, f"must be a whole number from 0 to {MAX_WHOLE}")
+    return value
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def setting_from_text(name: str, text: str) -> Any:
+    """The value an operator typed (``5.00``, ``09:30``, ``true``, ``Active,Suspended``, a JSON
+    object for per-cycle days), checked by ``check_setting``; no quoting needed."""
+    spec = SETTINGS.get(name)
+    if spec is None:
+        raise UnknownSetting(name)
+    raw = text.strip()
+    kind = spec.kind
+    if kind in ("integer", "optional integer"):
+        if kind == "optional integer" and raw.lower() in ("", "null", "none"):
+            return None
+        if raw.isascii() and raw.isdigit():
+            return check_setting(name, int(raw))
+        raise ValidationError(f"settings.{name}", text, f"must be a whole number from 0 to {MAX_WHOLE}"
+                              + (" (or null)" if kind == "optional integer" else ""))
+    if kind == "boolean":
+        if raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        raise ValidationError(f"settings.{name}", text, "must be true or false")
+    if kind in ("statuses", "days by cycle"):
+        if raw.startswith(("[", "{")):
+            try:
+                decoded = json.loads(raw)
+            except json.JSONDecodeError:
+                raise ValidationError(f"settings.{name}", text, "is not valid JSON") from None
+            return check_setting(name, decoded)
+        if kind == "statuses":
+            return check_setting(name, [part for part in raw.split(",") if part.strip()])
+        raise ValidationError(f"settings.{name}", text, 'must be a JSON object of cycle -> days, e.g. {"Annually": 30}')
+    if kind == "money":
+        # A plain 5.00; '"5.00"' (the JSON form) is taken too.
+        return check_setting(name, raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw)
+    return check_setting(name, text if kind == "text" else raw)
+
+
+def setting_text(name: str, value: Any) -> str:
+    """A setting's value as an operator reads it and would type it (no Python reprs)."""
+    kind = SETTINGS[name].kind
+    if value is None:
+        return "null"
+    if kind == "boolean":
+        return "true" if value else "false"
+    if kind == "statuses":
+        return ", ".join(value)
+    if kind == "days by cycle":
+        return json.dumps(value) if value else "{}"
+    return str(value)
+
+
 def save_settings(session: Session, **values: Any) -> None:
-    """Write settings (used by the CLI, the demo and tests). Validates before writing."""
-    for name in values:
-        if name not in _FIELDS:
-            raise ValidationError("settings", name, "is not a known setting")
-    settings_from_mapping({k: str(v) if isinstance(v, Decimal) else v for k, v in values.items()})
-    for name, value in values.items():
-        encoded = json.dumps(str(value) if isinstance(value, Decimal) else value)
+    """Write settings (the CLI, the console, the demo, tests): every value is checked first
+    (``check_setting``), so either all are written or none (``UnknownSetting`` or a
+    ``ValidationError`` naming the setting)."""
+    checked = {name: check_setting(name, value) for name, value in values.items()}
+    settings_from_mapping(checked)
+    for name, value in checked.items():
+        encoded = json.dumps(value)
         row = session.get(Setting, name)
         if row is None:
             session.add(Setting(name=name, value=encoded))

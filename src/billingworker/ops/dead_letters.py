@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -186,9 +187,19 @@ class DeadLetters:
         ``message_id`` is kept (run-once receipts key on it) and a fresh ``redis_message_id``
         names the new hash entry. None if the letter was purged or requeued meanwhile.
         """
+        return self.requeue_with(letter, {})
+
+    def requeue_with(self, letter: DeadLetter, changes: Mapping[str, Any]) -> str | None:
+        """``requeue`` with some keyword arguments corrected first: ``changes`` maps an argument's
+        name to its new value (added if the message lacked it). The caller checks the values
+        (``ops.enqueue_check``); the stored message is compared as read, so a letter changed or
+        gone meanwhile is left alone (None)."""
         if letter.decode_error is not None:
             raise NotRequeueable(letter)
         message = letter.message
+        if changes:
+            kwargs = message.get("kwargs")
+            message = {**message, "kwargs": {**(kwargs if isinstance(kwargs, dict) else {}), **changes}}
         new_id = str(uuid.uuid4())
         options = {k: v for k, v in letter.options.items() if k not in _ATTEMPT_OPTIONS}
         options.update(retries=0, redis_message_id=new_id)
@@ -197,17 +208,19 @@ class DeadLetters:
         moved = self._requeue(keys=list(self._keys(letter.queue)), args=[letter.id, letter.raw, new_id, data])
         return new_id if moved else None
 
-    def requeue_all(self, queue: str) -> tuple[list[str], list[DeadLetter]]:
-        """Requeue every dead letter of ``queue`` (each atomically); returns the new redis ids,
-        and the letters left where they are because they are not messages (``NotRequeueable``)."""
+    def requeue_all(self, queue: str, *, letters: list[DeadLetter] | None = None,
+                    progress: Callable[[DeadLetter], None] | None = None) -> tuple[list[str], list[DeadLetter]]:
+        """Requeue every dead letter of ``queue`` (or ``letters``, as listed earlier), each
+        atomically; returns the new redis ids, and the letters left where they are because they
+        are not messages (``NotRequeueable``). ``progress`` is called after each letter."""
         new_ids, skipped = [], []
-        for letter in self.list(queue):
+        for letter in self.list(queue) if letters is None else letters:
             if letter.decode_error is not None:
                 skipped.append(letter)
-                continue
-            new_id = self.requeue(letter)
-            if new_id:
+            elif new_id := self.requeue(letter):
                 new_ids.append(new_id)
+            if progress is not None:
+                progress(letter)
         return new_ids, skipped
 
     def purge(self, letter: DeadLetter) -> bool:
@@ -227,3 +240,44 @@ class DeadLetters:
         pipe.delete(xq, xq_msgs)
         count, _ = pipe.execute()
         return count
+
+
+#: The errors of a refused message (bad input: ``actors.base`` records them in ``job_failures``
+#: and Dramatiq dead-letters the message at once, without retrying it).
+REFUSAL_ERRORS = frozenset({"ValidationError", "Conflict", "BadMessage"})
+
+
+def refusal(letter: DeadLetter, failures: list[dict[str, Any]]) -> str | None:
+    """Why ``letter`` died of bad input, if it did: the last ``job_failures`` row of its message
+    (``failures``, as ``runs.failures_by_message`` gives them) naming a field or a refusal error,
+    else a refusal error on its traceback's last line. None: it died of something else (retries
+    spent on a transient error), which a requeue may well cure."""
+    for failure in reversed(failures):
+        if failure.get("field") or failure.get("error") in REFUSAL_ERRORS:
+            field = failure.get("field") or ""
+            return f"{failure.get('error')}: {field + ' ' if field else ''}{failure.get('reason', '')}".strip()
+    name = letter.error.split(":", 1)[0].rsplit(".", 1)[-1]
+    return mask_text(letter.error, ERROR_LIMIT) if name in REFUSAL_ERRORS else None
+
+
+class ArgumentsRefused(OpsError, ValueError):
+    """Corrected arguments the job would refuse: the message names the field and the rule."""
+
+    def __init__(self, field: str, text: str) -> None:
+        super().__init__(text)
+        self.field = field
+
+
+def check_corrected_arguments(actor: str, kwargs: dict[str, Any]) -> None:
+    """Refuse (``ArgumentsRefused``) the keyword arguments of a corrected requeue that the job
+    ``actor`` would refuse at once, with the checks of ``enqueue`` (``ops.enqueue_check``): the
+    one place where a corrected dead letter is checked before it is sent (the console's too)."""
+    import dramatiq
+
+    from .. import actors  # noqa: F401 - declares the jobs
+    from .enqueue_check import MessageRefused, check_message, find_job
+
+    try:
+        check_message(find_job(dramatiq.get_broker(), actor), kwargs)
+    except MessageRefused as exc:
+        raise ArgumentsRefused(exc.field, str(exc)) from None

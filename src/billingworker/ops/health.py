@@ -1,8 +1,10 @@
 """``billingworker health``: is this installation able to bill? For orchestrators and monitors.
 
-Three checks, each answering ok or the reason it is not: the database answers ``SELECT 1``,
-the broker answers (Redis ``PING``, an AMQP connection), and the last real daily run did not
-fail and a run succeeded recently enough.
+Four checks, each answering ok or the reason it is not: the database answers ``SELECT 1``,
+the broker answers (Redis ``PING``, an AMQP connection), a worker consumes the queues (Redis: a
+consumer recorded itself within ``max_worker_silence`` seconds, ``ops.consumers``; RabbitMQ:
+the queues have consumers), and the last real daily run did not fail and a run succeeded
+recently enough.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ from sqlalchemy import Engine, text
 from sqlalchemy.pool import NullPool
 
 from ..db import create_db_engine, unit_of_work
+from .consumers import read_consumers
 from .logs import redact_text
-from .queues import CONNECT_TIMEOUT, broker_kind, redis_client, safe_url
+from .queues import CONNECT_TIMEOUT, broker_kind, read_rabbitmq_state, redis_client, safe_url
 from .runs import last_real_run, last_succeeded_run
 
 #: Hours since the last successful daily run after which the installation is unhealthy: a day
 #: plus slack for a run that starts late or takes long.
 DEFAULT_MAX_AGE_HOURS = 26.0
+#: Seconds without any consuming worker seen after which the installation is unhealthy (workers
+#: record themselves every 10 s: a worker restart fits well inside). HEALTH_MAX_WORKER_SILENCE overrides it.
+DEFAULT_MAX_WORKER_SILENCE = 120.0
+MAX_WORKER_SILENCE_ENV = "HEALTH_MAX_WORKER_SILENCE"
 
 
 @dataclass(frozen=True)
@@ -44,18 +51,23 @@ class Health:
 
 
 def check_health(database_url: str, broker_url: str, *, now: datetime, run_check: bool = True,
-                 max_age_hours: float = DEFAULT_MAX_AGE_HOURS) -> Health:
+                 max_age_hours: float = DEFAULT_MAX_AGE_HOURS, worker_check: bool = True,
+                 max_worker_silence: float = DEFAULT_MAX_WORKER_SILENCE) -> Health:
     """Run every check (none stops the others) and say what each found. ``now`` is aware (UTC)."""
+    broker = check_broker(broker_url)
+    workers = []
+    if worker_check:
+        workers = [check_workers(broker_url, now=now, max_silence=max_worker_silence) if broker.ok
+                   else Check("workers", False, "not checked: the broker does not answer")]
     try:
         engine = _engine(database_url)
     except Exception as exc:  # noqa: BLE001 - a malformed DATABASE_URL is the finding
-        checks = [Check("database", False, f"DATABASE_URL cannot be used: {_first_line(exc)}"),
-                  check_broker(broker_url)]
+        checks = [Check("database", False, f"DATABASE_URL cannot be used: {_first_line(exc)}"), broker, *workers]
         if run_check:
             checks.append(Check("daily_run", False, "not checked: the database does not answer"))
         return Health(checks)
     try:
-        checks = [check_database(engine, database_url), check_broker(broker_url)]
+        checks = [check_database(engine, database_url), broker, *workers]
         if run_check:
             if checks[0].ok:
                 checks.append(check_daily_run(engine, now=now, max_age_hours=max_age_hours))
@@ -103,6 +115,40 @@ def check_broker(url: str) -> Check:
     except Exception as exc:  # noqa: BLE001 - any failure to answer is the finding
         return Check("broker", False, f"{safe_url(url)} does not answer: {_first_line(exc)}")
     return Check("broker", True, f"{safe_url(url)} answers")
+
+
+def check_workers(url: str, *, now: datetime, max_silence: float = DEFAULT_MAX_WORKER_SILENCE) -> Check:
+    """Unhealthy when no worker consumed the queues in the last ``max_silence`` seconds: on Redis,
+    no consumer record that recent (a process that only enqueues never writes one); on RabbitMQ,
+    no consumer on the queues now."""
+    try:
+        kind = broker_kind(url)
+        if kind == "redis":
+            client = redis_client(url)
+            try:
+                now_ms = int(now.timestamp() * 1000)
+                live = read_consumers(client, now_ms=now_ms, within_ms=int(max_silence * 1000))
+                last = None if live else read_consumers(client, now_ms=now_ms)
+            finally:
+                client.close()
+        elif kind == "rabbitmq":
+            workers = read_rabbitmq_state(url).workers or 0
+            if workers:
+                return Check("workers", True, f"{workers} consumer(s) on the queues")
+            return Check("workers", False, "no consumer on the queues: start `dramatiq billingworker.actors`")
+        else:
+            return Check("workers", True, "stub:// (in-process broker): the worker runs in the process")
+    except Exception as exc:  # noqa: BLE001 - any failure to answer is the finding
+        return Check("workers", False, f"cannot read the consumers: {_first_line(exc)}")
+    if live:
+        names = ", ".join(f"{c.host} pid {c.pid}" for c in live[:5]) + (" ..." if len(live) > 5 else "")
+        return Check("workers", True, f"{len(live)} consuming worker(s) seen in the last {max_silence:g} s ({names})")
+    if last:
+        gone = last[0]
+        return Check("workers", False, f"no consuming worker seen in the last {max_silence:g} s (the last one, "
+                                       f"{gone.host} pid {gone.pid}, {gone.last_seen_seconds_ago:.0f} s ago)")
+    return Check("workers", False, f"no consuming worker seen in the last {max_silence:g} s (none recorded: "
+                                   "start `dramatiq billingworker.actors`)")
 
 
 def check_daily_run(engine: Engine, *, now: datetime, max_age_hours: float = DEFAULT_MAX_AGE_HOURS) -> Check:

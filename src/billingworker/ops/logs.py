@@ -30,7 +30,8 @@ from dramatiq.middleware import Middleware
 from ..domain.redaction import MASK, MAX_SHOWN, is_secret_key, mask, mask_lines, mask_text, shorten
 
 __all__ = ["MASK", "is_secret_key", "redact", "redact_text", "mask_record", "RedactFilter", "JsonFormatter",
-           "TextFormatter", "configure_logging", "StructuredLogging"]
+           "TextFormatter", "configure_logging", "StructuredLogging", "LONG_RUNNING_COMMANDS", "command_log_level",
+           "LoggingSetupError"]
 
 #: Characters of one argument of a log message (a text, or an object's text): a sentence such
 #: as a refusal's reason fits; a value inside a dict or a list is cut at MAX_SHOWN (200).
@@ -223,6 +224,36 @@ def configure_logging(level: int | str | None = None, *, fmt: str | None = None,
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+#: The CLI commands that run until stopped: they log what they do at INFO unless told otherwise
+#: (the Procfile's scheduler must say what each tick decided); every other command is quiet
+#: (WARNING) so that its output is its table.
+LONG_RUNNING_COMMANDS = frozenset({"scheduler", "metrics", "console"})
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_FORMATS = ("json", "text")
+
+
+class LoggingSetupError(ValueError):
+    """``LOG_LEVEL`` or ``LOG_FORMAT`` holds a value logging cannot use; the message names it."""
+
+
+def command_log_level(command: str | None, *, verbose: bool = False, environ: Mapping[str, str] | None = None) -> str:
+    """The root log level of a CLI command: ``LOG_LEVEL`` when set, else INFO for a long-running
+    command (LONG_RUNNING_COMMANDS) or with ``-v``, else WARNING. ``-v`` never makes a command
+    quieter than ``LOG_LEVEL`` asks (``LOG_LEVEL=DEBUG -v`` stays DEBUG)."""
+    environ = os.environ if environ is None else environ
+    wanted = environ.get("LOG_LEVEL", "").strip().upper()
+    if wanted and wanted not in _LEVELS:
+        raise LoggingSetupError(f"LOG_LEVEL: {wanted!r} is not a log level (one of {', '.join(_LEVELS)})")
+    fmt = environ.get("LOG_FORMAT", "").strip().lower()
+    if fmt and fmt not in _FORMATS:
+        raise LoggingSetupError(f"LOG_FORMAT: {fmt!r} is not json or text")
+    if verbose:
+        return "DEBUG" if wanted == "DEBUG" else "INFO"
+    if wanted:
+        return wanted
+    return "INFO" if command in LONG_RUNNING_COMMANDS else "WARNING"
 
 
 class StructuredLogging(Middleware):

@@ -1,5 +1,5 @@
 """Prometheus metrics: queue depth, dead letters, oldest message age, live workers, the last
-daily run's counts and success time, parked clients.
+daily run's counts and success time, whether the day's run is done, parked clients.
 
 ``OpsCollector`` reads the broker and the database at scrape time (a few Redis commands and
 three small queries): nothing is cached, so every process that serves it reports the same
@@ -17,12 +17,19 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from ..broker import QUEUES
 from ..db import get_engine, unit_of_work
+from ..domain.models import DailyRun
+from ..domain.settings import load_settings
+from ..scheduler import run_time, scheduled_day
 from .queues import NAMESPACE, read_broker_state
 from .runs import TASK_COUNTS, count_parked, last_real_run, last_succeeded_run
 
@@ -34,22 +41,64 @@ DEFAULT_METRICS_PORT = 9192
 RUN_STATUSES = ("running", "succeeded", "failed")
 
 
+@dataclass(frozen=True)
+class DueRun:
+    """The daily run that should exist by now, as the scheduler sees it (``scheduled_day``)."""
+
+    run_date: str
+    #: When it was due: ``daily_run_time`` on ``run_date`` in the installation's time zone.
+    due_at: datetime
+    #: A real (non-dry) run of that day, or of a later one, succeeded.
+    succeeded: bool
+
+
+def due_run(session: Session, now: datetime, time_zone: str) -> DueRun:
+    """The latest scheduled daily run (today's once ``daily_run_time`` has passed, else yesterday's)
+    and whether it succeeded. Raises ``ValidationError`` when the settings do not parse.
+
+    Exported so that an alert can say "not succeeded N hours after it was due" in the
+    installation's own time zone and hour, following the setting when the admin panel changes it
+    (a rule with ``hour()`` would only know UTC and a constant).
+    """
+    zone = ZoneInfo(time_zone)
+    at = run_time(load_settings(session).daily_run_time)
+    day = scheduled_day(now.astimezone(zone), at)
+    # fold=0: on a DST change the earlier of two ambiguous wall-clock times, as the scheduler's
+    # comparison of local times fires at the first one.
+    due_at = datetime.combine(day, at, tzinfo=zone)
+    succeeded = session.execute(select(DailyRun.id).where(
+        DailyRun.dry_run.is_(False), DailyRun.status == "succeeded", DailyRun.run_date >= day).limit(1)).first()
+    return DueRun(day.isoformat(), due_at, succeeded is not None)
+
+
 class OpsCollector:
     """A prometheus_client collector (``collect``/``describe``) over the broker and the database.
 
     A source that does not answer is reported by ``billingworker_ops_source_up{source=...} 0``
-    and its gauges are left out; the scrape itself never fails.
+    and its gauges are left out; the scrape itself never fails. The sources: ``broker``,
+    ``database``, and ``schedule`` (the ``daily_run_time`` setting, 0 when it does not parse:
+    the daily-run alert could not fire then, so that is an alert of its own).
     """
 
     def __init__(self, broker_url: str, database_url: str | None = None, *, engine: Engine | None = None,
                  queues: tuple[str, ...] = QUEUES, namespace: str = NAMESPACE,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, time_zone: str | None = None) -> None:
         self.broker_url = broker_url
         self.database_url = database_url
         self._engine = engine
         self.queues = queues
         self.namespace = namespace
         self.clock = clock
+        self._time_zone = time_zone
+
+    @property
+    def time_zone(self) -> str:
+        """``BILLING_TIME_ZONE`` unless given: what "today" and ``daily_run_time`` mean."""
+        if self._time_zone is None:
+            from ..config import get_config
+
+            self._time_zone = get_config().time_zone
+        return self._time_zone
 
     @property
     def engine(self) -> Engine:
@@ -82,6 +131,14 @@ class OpsCollector:
         else:
             up.add_metric(["database"], 1)
             yield from families
+            try:
+                families = list(self._schedule_families())
+            except Exception:  # noqa: BLE001 - a setting the admin panel broke: say so, keep the rest
+                log.warning("metrics: the daily_run_time setting cannot be read", exc_info=True)
+                up.add_metric(["schedule"], 0)
+            else:
+                up.add_metric(["schedule"], 1)
+                yield from families
         yield up
 
     def _broker_families(self) -> Iterable[Any]:
@@ -108,8 +165,9 @@ class OpsCollector:
         yield from (messages, dead, age)
         if state.workers is not None:
             yield GaugeMetricFamily("billingworker_live_workers",
-                                    "Worker processes seen by the broker (Redis heartbeats within the heartbeat "
-                                    "timeout, RabbitMQ consumers).", value=state.workers)
+                                    "Worker processes consuming the queues (Redis: consumers seen within the "
+                                    "heartbeat timeout, never a process that only enqueues; RabbitMQ: queue "
+                                    "consumers).", value=state.workers)
 
     def _database_families(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -141,6 +199,18 @@ class OpsCollector:
                                 value=success.finished_at.timestamp() if success and success.finished_at else 0)
         yield GaugeMetricFamily("billingworker_parked_clients",
                                 "Clients the daily run skips until an operator unparks them.", value=parked)
+
+    def _schedule_families(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        with unit_of_work(self.engine) as session:
+            due = due_run(session, datetime.fromtimestamp(self.clock(), UTC), self.time_zone)
+        yield GaugeMetricFamily("billingworker_daily_run_due_timestamp_seconds",
+                                "When the latest scheduled daily run was due (Unix time): daily_run_time today, "
+                                "or yesterday until today's time has come.", value=due.due_at.timestamp())
+        yield GaugeMetricFamily("billingworker_daily_run_due_succeeded",
+                                "1 if a real run of the latest scheduled day (or a later one) succeeded, else 0.",
+                                value=1 if due.succeeded else 0)
 
 
 def make_registry(*collectors: Any) -> Any:
@@ -219,7 +289,7 @@ def serve_worker_metrics() -> int:
     from ..config import get_config
 
     cfg = get_config()
-    registry = make_registry(OpsCollector(cfg.broker_url, cfg.database_url))
+    registry = make_registry(OpsCollector(cfg.broker_url, cfg.database_url, time_zone=cfg.time_zone))
     multiprocess.MultiProcessCollector(registry, path=DB_PATH)
     serve(registry, prometheus_port() or 9191, os.environ.get("PROMETHEUS_HOST", "0.0.0.0"))
     return 0

@@ -20,6 +20,7 @@ import redis
 from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT
 
 from ..broker import QUEUES
+from .consumers import CONSUMERS_KEY, read_consumers
 
 #: Dramatiq's key prefix in Redis (``RedisBroker(namespace=...)``); ours is the default.
 NAMESPACE = "dramatiq"
@@ -28,6 +29,9 @@ NAMESPACE = "dramatiq"
 HEARTBEAT_TIMEOUT_MS = DEFAULT_HEARTBEAT_TIMEOUT
 #: Seconds to wait for a broker to answer before reporting it down.
 CONNECT_TIMEOUT = 5
+#: Consumers ``status`` lists: those seen within the last hour (a gone one shows how long ago), at most 50.
+CONSUMERS_SHOWN_MS = 3_600_000
+MAX_CONSUMERS_SHOWN = 50
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,12 @@ class BrokerState:
     kind: str
     url: str
     queues: list[QueueState] = field(default_factory=list)
-    #: Live worker processes: Redis heartbeats younger than HEARTBEAT_TIMEOUT_MS (every process
-    #: that sent through Dramatiq's broker in that time, enqueuers included), RabbitMQ consumers.
+    #: Live worker processes: on Redis, consumers (``ops.consumers``) seen within
+    #: HEARTBEAT_TIMEOUT_MS (never a process that only enqueues); on RabbitMQ, the consumers of the queues.
     workers: int | None = None
     note: str = ""
+    #: Redis: the consumers seen in the last CONSUMERS_SHOWN_MS, most recent first (``Consumer.as_dict``).
+    consumers: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,7 +126,7 @@ def read_redis_state(client: redis.Redis, queues: tuple[str, ...] = QUEUES, *, n
     # back by Dramatiq's maintenance); only the recent ones are live.
     worker_ids = [w.decode() for w in client.zrange(heartbeats, 0, -1)]
     pipe = client.pipeline(transaction=True)
-    pipe.zcount(heartbeats, now_ms - heartbeat_timeout_ms(), "+inf")
+    pipe.zcount(CONSUMERS_KEY, now_ms - heartbeat_timeout_ms(), "+inf")
     for queue in queues:
         key = f"{namespace}:{queue}"
         pipe.llen(key)
@@ -137,7 +143,8 @@ def read_redis_state(client: redis.Redis, queues: tuple[str, ...] = QUEUES, *, n
         in_progress = sum(next(replies) for _ in worker_ids)
         age = _oldest_age(client, f"{namespace}:{queue}", first_id, now_ms)
         states.append(QueueState(queue, waiting, delayed, in_progress, dead, age))
-    return BrokerState("redis", url, states, workers=workers)
+    consumers = [c.as_dict() for c in read_consumers(client, now_ms=now_ms, within_ms=CONSUMERS_SHOWN_MS)]
+    return BrokerState("redis", url, states, workers=workers, consumers=consumers[:MAX_CONSUMERS_SHOWN])
 
 
 def _oldest_age(client: redis.Redis, key: str, first_id: bytes | None, now_ms: int) -> float | None:

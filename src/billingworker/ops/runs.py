@@ -11,7 +11,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..domain.failures import MAX_REASON_LENGTH
 from ..domain.models import Client, DailyRun, DailyRunTask, JobFailure
+from ..domain.redaction import mask_text
 
 #: The counters of a daily run task (``daily_run_tasks``), in the order a screen shows them.
 TASK_COUNTS = ("clients", "invoices_created", "emails_queued", "fees_added", "captures", "credit_applied",
@@ -133,3 +135,20 @@ def failure_reasons(session: Session, message_ids: list[str]) -> dict[str, str]:
     rows = session.execute(select(JobFailure.message_id, JobFailure.error, JobFailure.field, JobFailure.reason)
                            .where(JobFailure.message_id.in_(ids)).order_by(JobFailure.id)).all()
     return {m: f"{error}: {field + ' ' if field else ''}{reason}" for m, error, field, reason in rows}
+
+
+def failures_by_message(session: Session, message_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The ``job_failures`` rows of each message id, oldest first: error, field, reason (masked
+    and bounded again: rows older than the masking rules hold what they held), client. What
+    refused a dead letter, or failed a batch of a retried one."""
+    ids = [m for m in message_ids if m]
+    if not ids:
+        return {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in session.execute(select(JobFailure).where(JobFailure.message_id.in_(ids)).order_by(JobFailure.id)
+                               ).scalars():
+        out.setdefault(row.message_id, []).append(
+            {"error": mask_text(row.error), "field": mask_text(row.field or ""),
+             "reason": mask_text(row.reason or "", MAX_REASON_LENGTH), "client_id": row.client_id,
+             "created_at": _iso(row.created_at)})
+    return out

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from rich.console import Group
+from rich.text import Text
 from sqlalchemy import Engine
 
 from ..broker import QUEUES
@@ -14,6 +16,7 @@ from ..db import get_engine, unit_of_work
 from .logs import redact_text
 from .queues import NAMESPACE, broker_kind, read_broker_state, safe_url
 from .runs import TASK_COUNTS, count_parked, last_runs, parked_clients
+from .tables import Column, make_table
 
 
 def collect_status(broker_url: str, database_url: str | None = None, *, now: datetime, engine: Engine | None = None,
@@ -59,65 +62,67 @@ def _reason(exc: BaseException) -> str:
 
 # --- the screen ---------------------------------------------------------------------------------
 
-def render_status(status: dict[str, Any]) -> str:
-    """The status as a terminal screen: aligned tables, ``n/a`` where the broker cannot tell."""
+def status_view(status: dict[str, Any]) -> Group:
+    """The status as rich renderables (tables, ``n/a`` where the broker cannot tell): printed once
+    by ``status``, redrawn by ``status --watch``."""
+    parts: list[Any] = []
     broker = status["broker"]
     workers = "n/a" if broker.get("workers") is None else str(broker["workers"])
-    out = [f"Broker {broker['url']} ({broker['kind']}): live workers {workers}"]
+    parts.append(Text(f"Broker {broker['url']} ({broker['kind']}): live workers {workers}"))
     if broker.get("note"):
-        out.append(f"  {broker['note']}")
-    rows = [[q["queue"], _n(q["waiting"]), _n(q["delayed"]), _n(q["in_progress"]), _n(q["dead"]),
-             "n/a" if q["oldest_age_seconds"] is None else ("-" if not q["waiting"] else
-                                                             format_age(q["oldest_age_seconds"])),
-             q.get("note", "")] for q in status["queues"]]
-    if rows:
-        out.append(table(["queue", "waiting", "delayed", "in progress", "dead", "oldest waiting", ""], rows))
-    out.append("")
+        parts.append(Text(f"  {broker['note']}"))
+    if status["queues"]:
+        parts.append(make_table(None, ["queue", *(_right(c) for c in ("waiting", "delayed", "in progress", "dead",
+                                                                       "oldest waiting")), ""],
+                                [[q["queue"], _n(q["waiting"]), _n(q["delayed"]), _n(q["in_progress"]), _n(q["dead"]),
+                                  _oldest(q), q.get("note", "")] for q in status["queues"]]))
+    consumers = broker.get("consumers") or []
+    if consumers:
+        parts.append(make_table("Consuming workers", ["host", _right("pid"), "queues", _right("last seen")],
+                                [[c["host"], _n(c["pid"]), ", ".join(c["queues"]),
+                                  format_age(c["last_seen_seconds_ago"]) + " ago"] for c in consumers]))
+    parts.append(Text(""))
     runs = status["daily_runs"]
-    out.append(f"Daily runs (last {len(runs)})" if runs else "Daily runs: none yet")
-    if runs:
-        out.append(table(["run", "date", "status", "trigger", "started", "finished", "failures"],
-                         [[f"#{r['id']}" + (" dry" if r["dry_run"] else ""), r["run_date"], r["status"], r["trigger"],
-                           _when(r["started_at"]), _when(r["finished_at"]), str(r["failures"])] for r in runs]))
+    if not runs:
+        parts.append(Text("Daily runs: none yet"))
+    else:
+        parts.append(make_table(f"Daily runs (last {len(runs)})",
+                                ["run", "date", "status", "trigger", "started", "finished", _right("failures")],
+                                [[f"#{r['id']}" + (" dry" if r["dry_run"] else ""), r["run_date"], r["status"],
+                                  r["trigger"], _when(r["started_at"]), _when(r["finished_at"]), r["failures"]]
+                                 for r in runs]))
         last = runs[0]
         if last["tasks"]:
-            out.append(f"Tasks of run #{last['id']}")
-            out.append(table(["task", "status", "batches", *TASK_COUNTS],
-                             [[t["task"], t["status"], f"{t['batches_done']}/{t['batches_total']}",
-                               *(str(t["counts"][c]) for c in TASK_COUNTS)] for t in last["tasks"]]))
-    out.append("")
+            parts.append(make_table(f"Tasks of run #{last['id']}",
+                                    ["task", "status", _right("batches"), *(_right(c) for c in TASK_COUNTS)],
+                                    [[t["task"], t["status"], f"{t['batches_done']}/{t['batches_total']}",
+                                      *(t["counts"][c] for c in TASK_COUNTS)] for t in last["tasks"]]))
+    parts.append(Text(""))
     parked = status["parked_clients"]
     if parked["total"] is None:
-        out.append("Parked clients: n/a")
+        parts.append(Text("Parked clients: n/a"))
     elif not parked["total"]:
-        out.append("Parked clients: none")
+        parts.append(Text("Parked clients: none"))
     else:
         shown = len(parked["clients"])
-        out.append(f"Parked clients: {parked['total']}" + (f" (the {shown} most recent)" if shown < parked["total"]
-                                                            else ""))
-        out.append(table(["client", "name", "parked at", "failures", "reason"],
-                         [[str(c["id"]), c["name"], _when(c["parked_at"]), str(c["failure_count"]), c["reason"]]
-                          for c in parked["clients"]]))
+        title = f"Parked clients: {parked['total']}" + (f" (the {shown} most recent)" if shown < parked["total"]
+                                                        else "")
+        parts.append(make_table(title, [_right("client"), "name", "parked at", _right("failures"), "reason"],
+                                [[c["id"], c["name"], _when(c["parked_at"]), c["failure_count"], c["reason"]]
+                                 for c in parked["clients"]]))
     for error in status["errors"]:
-        out.append(f"ERROR {error}")
-    return "\n".join(out)
+        parts.append(Text(f"ERROR {error}"))
+    return Group(*parts)
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell; a column of numbers is right-aligned."""
-    columns = list(zip(headers, *rows, strict=True))
-    widths = [max(len(str(c)) for c in col) for col in columns]
-    right = [bool(rows) and all(_numeric(c) for c in col[1:]) for col in columns]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(str(c).rjust(w) if r else str(c).ljust(w)
-                         for c, w, r in zip(cells, widths, right, strict=True)).rstrip()
-
-    return "\n".join([line(headers), *(line(r) for r in rows)])
+def _right(name: str) -> Column:
+    return Column(name, justify="right")
 
 
-def _numeric(cell: Any) -> bool:
-    return str(cell).replace("/", "").isdigit() or cell in ("n/a", "-")
+def _oldest(queue: dict[str, Any]) -> str:
+    if queue["oldest_age_seconds"] is None:
+        return "n/a"
+    return format_age(queue["oldest_age_seconds"]) if queue["waiting"] else "-"
 
 
 def _n(value: int | None) -> str:

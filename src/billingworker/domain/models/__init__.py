@@ -44,3 +44,8 @@ __all__ = [
     "InvoiceReminder", "PaymentCapture", "ReminderStage", "DailyRun", "DailyRunBatch", "DailyRunTask",
     "ClientExport", "ClientMerge", "EmailTemplate", "ModuleCommand", "ModuleCommandStatus", "PasswordResetToken",
 ]
+
+# The web console's audit trail (console/audit.py).
+from .audit import ConsoleAudit  # noqa: E402
+
+__all__ += ["ConsoleAudit"]

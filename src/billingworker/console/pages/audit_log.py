@@ -1,0 +1,22 @@
+"""The audit log page: who did what, when, and how it ended (sign-ins included)."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..audit import recent
+from ..web import console, render
+
+SHOWN = 300
+
+
+async def audit_page(request: Request) -> Response:
+    who = request.query_params.get("user") or None
+    events = await run_in_threadpool(lambda: recent(console(request).engine, limit=SHOWN, username=who))
+    return render(request, "audit.html", events=events, who=who or "")
+
+
+routes = [Route("/audit", audit_page)]

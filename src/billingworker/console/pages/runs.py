@@ -1,0 +1,92 @@
+"""Daily runs: today's run, live (htmx polls its tasks); the history; any run's tasks; and the
+dry-run preview of any day as a table, amounts per currency."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ...clock import SystemClock
+from ...db import unit_of_work
+from ...domain.models import DailyRun
+from ...ops.runs import RunView, _views, last_runs
+from .. import sources
+from ..web import console, render
+
+#: Runs the history shows.
+HISTORY = 30
+
+
+def _today(request: Request) -> date:
+    """The installation's day (BILLING_TIME_ZONE) at the console's clock."""
+    state = console(request)
+    return state.now().astimezone(SystemClock(state.time_zone).zone).date()
+
+
+def _run_of_day(request: Request, day: date) -> RunView | None:
+    with unit_of_work(console(request).engine) as session:
+        run = session.execute(select(DailyRun).where(DailyRun.run_date == day, DailyRun.dry_run.is_(False))
+                              .limit(1)).scalar()
+        return _views(session, [run])[0] if run is not None else None
+
+
+def _run(request: Request, run_id: int) -> RunView | None:
+    with unit_of_work(console(request).engine) as session:
+        run = session.get(DailyRun, run_id)
+        return _views(session, [run])[0] if run is not None else None
+
+
+async def runs_page(request: Request) -> Response:
+    day = _today(request)
+    today = await run_in_threadpool(_run_of_day, request, day)
+    with unit_of_work(console(request).engine) as session:
+        history = last_runs(session, HISTORY)
+    return render(request, "runs.html", today=today, day=day, history=history)
+
+
+async def today_live(request: Request) -> Response:
+    """The polled part of the page: today's run and its tasks."""
+    day = _today(request)
+    # The page's container polls this every 2 s: the part itself does not poll again.
+    return render(request, "_run_live.html", run=await run_in_threadpool(_run_of_day, request, day), day=day,
+                  live=False)
+
+
+async def run_page(request: Request) -> Response:
+    run = await run_in_threadpool(_run, request, request.path_params["run_id"])
+    if run is None:
+        return render(request, "not_found.html", status_code=404, what=f"daily run {request.path_params['run_id']}")
+    return render(request, "run.html", run=run, live=run.status == "running")
+
+
+async def run_live(request: Request) -> Response:
+    run = await run_in_threadpool(_run, request, request.path_params["run_id"])
+    return render(request, "_run_live.html", run=run, day=run.run_date if run else "", live=True)
+
+
+async def preview_page(request: Request) -> Response:
+    """The dry-run of ``?day=YYYY-MM-DD`` (today if none): nothing is written."""
+    raw = request.query_params.get("day", "")
+    error = ""
+    preview = None
+    try:
+        day = date.fromisoformat(raw) if raw else _today(request)
+    except ValueError:
+        day, error = _today(request), f"day: {raw!r} is not a date (YYYY-MM-DD)"
+    if raw and not error:
+        preview = await run_in_threadpool(sources.dry_run_preview, console(request).engine, day)
+    return render(request, "preview.html", day=day, preview=preview, error=error)
+
+
+routes = [
+    Route("/runs", runs_page),
+    Route("/runs/today/live", today_live),
+    Route("/runs/preview", preview_page),
+    Route("/runs/{run_id:int}", run_page),
+    Route("/runs/{run_id:int}/live", run_live),
+]
