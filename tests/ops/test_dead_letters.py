@@ -200,7 +200,7 @@ def test_list_json_masks_a_refused_password_card_number_and_token(redis_broker, 
     assert not any(secret in result.output for secret in SECRETS), result.output
     [row] = json.loads(result.output)
     assert row["id"] == dead_id and row["kwargs"]["params"]["account"]["pass"] == "***"
-    assert row["error"] == "ValidationError: params params: 'password=***' is refused"  # the reason, masked
+    assert row["error"] == "ValidationError: params: 'password=***' is refused"  # the reason, masked
 
 
 def test_show_masks_and_bounds_the_traceback_of_a_retried_message(redis_broker, pg_engine):
@@ -293,7 +293,7 @@ def test_show_gives_the_refusal_reason_from_job_failures(redis_broker, engine):
     [failure] = shown["job_failures"]
     assert (failure["error"], failure["field"]) == ("ValidationError", "arguments")
     assert failure["reason"] == "arguments: ['amount', 'invoice_id'] do not fit apply_payment"
-    assert shown["refusal"].startswith("ValidationError: arguments arguments: ['amount'")
+    assert shown["refusal"].startswith("ValidationError: arguments: ['amount'")
 
 
 def test_show_of_a_letter_that_died_of_retries_has_no_refusal(redis_broker, pg_engine):

@@ -62,7 +62,7 @@ def test_list_shows_actor_arguments_attempt_error_and_next_try(redis_broker, eng
     assert "3 of 11" in row and re.search(r"\(in \d+s\)", row) and "OperationalError" in row
     batch_row = next(line for line in screen.output.splitlines() if "run_task_batch" in line)
     assert "2 of 11" in batch_row and batch.options["redis_message_id"] in batch_row
-    assert "None is not set" in screen.output  # its job_failures reason, the column folded
+    assert "ValidationError: currency:" in screen.output and "not set" in screen.output  # its reason, folded
 
 
 def test_show_by_redis_id_or_message_id(redis_broker, pg_engine):

@@ -9,8 +9,10 @@ killed), and a batch delivered twice is done and counted once.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import date, timedelta
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ..db import session_factory, unit_of_work
@@ -190,10 +192,13 @@ def run_batch(fn, task: str, session, ids: list[int], day: date, *, dry_run: boo
     return result
 
 
-def dry_run_day(day: date) -> dict[str, TaskResult]:
+def dry_run_day(day: date, *, engine: Engine | None = None) -> dict[str, TaskResult]:
     """What the day's run would do, task by task, through the tasks' own code with dry_run=True,
-    inside transactions that are rolled back: nothing is written, no gateway is called."""
+    inside transactions that are rolled back: nothing is written, no gateway is called.
+    ``engine``: the database to preview (default the runtime's; the web console passes its own)."""
     rt = runtime()
+    if engine is not None:
+        rt = replace(rt, engine=engine)
     report = {task: TaskResult(task=task) for task in TASK_NAMES}
     with unit_of_work(rt.engine) as session:
         ranges = runs.batch_ranges(session, rt.batch_size)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
-from threading import Lock
 from typing import Any
 
 from sqlalchemy import Engine
@@ -22,9 +21,6 @@ from ..ops.errors import UnsupportedBroker
 from ..ops.queues import broker_kind, redis_client, safe_url
 from ..ops.retries import Retries
 from ..ops.status import collect_status
-
-#: One dry run at a time re-points the runtime's engine (the console has one database anyway).
-_RUNTIME_LOCK = Lock()
 
 
 def status(broker_url: str, engine: Engine, *, now: datetime) -> dict[str, Any]:
@@ -64,16 +60,10 @@ def dry_run_preview(engine: Engine, day: date) -> dict[str, Any]:
     """The day's dry run (``actors.daily.dry_run_day``: the tasks' own code, rolled back), as
     ``billingworker daily-run --dry-run --json`` shows it (``ops.daily_cli.dry_run_view``): per
     task its counts, amounts per currency, lines and failing clients."""
-    from .. import runtime
     from ..actors.daily import dry_run_day
     from ..ops.daily_cli import dry_run_view
 
-    # dry_run_day reads the process's composition root (runtime()): point it at our database.
-    with _RUNTIME_LOCK:
-        if runtime.runtime().engine is not engine:
-            runtime.configure(engine=engine)
-        report = dry_run_day(day)
-    return dry_run_view(engine, day, report)
+    return dry_run_view(engine, day, dry_run_day(day, engine=engine))
 
 
 def samples(broker_url: str, *, since: datetime) -> list[dict[str, Any]]:

@@ -78,11 +78,6 @@ def job_failures_of(message_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         return {}
 
 
-def failure_text(failure: dict[str, Any]) -> str:
-    field = failure.get("field") or ""
-    return f"{failure['error']}: {field + ' ' if field else ''}{failure['reason']}"
-
-
 def id_column():
     """A redis id column: never cut (it is what an operator copies into show, requeue, purge)."""
     from .tables import Column

@@ -26,6 +26,7 @@ import redis
 from ..domain.redaction import mask, mask_lines, mask_text
 from .errors import DeadLetterNotFound, OpsError
 from .queues import NAMESPACE
+from .runs import failure_text
 
 #: Options of the last attempt that a requeued message must not carry: it starts afresh.
 _ATTEMPT_OPTIONS = ("traceback", "requeue_timestamp", "eta")
@@ -254,8 +255,7 @@ def refusal(letter: DeadLetter, failures: list[dict[str, Any]]) -> str | None:
     spent on a transient error), which a requeue may well cure."""
     for failure in reversed(failures):
         if failure.get("field") or failure.get("error") in REFUSAL_ERRORS:
-            field = failure.get("field") or ""
-            return f"{failure.get('error')}: {field + ' ' if field else ''}{failure.get('reason', '')}".strip()
+            return failure_text(failure)
     name = letter.error.split(":", 1)[0].rsplit(".", 1)[-1]
     return mask_text(letter.error, ERROR_LIMIT) if name in REFUSAL_ERRORS else None
 

@@ -12,7 +12,6 @@ import click
 from ..broker import QUEUES
 from .cli_support import (
     ago,
-    failure_text,
     id_column,
     job_failures_of,
     queue_option,
@@ -21,6 +20,7 @@ from .cli_support import (
     short_json,
 )
 from .errors import OpsError
+from .runs import failure_text
 
 
 @click.group("dead-letters")

@@ -11,7 +11,6 @@ import click
 
 from ..config import get_config
 from .cli_support import (
-    failure_text,
     id_column,
     job_failures_of,
     queue_option,
@@ -19,6 +18,7 @@ from .cli_support import (
     selected_queues,
     short_json,
 )
+from .runs import failure_text
 
 # --- retries ------------------------------------------------------------------------------------
 

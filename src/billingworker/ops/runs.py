@@ -78,10 +78,10 @@ def last_runs(session: Session, limit: int = 5, *, include_dry: bool = True) -> 
     stmt = select(DailyRun).order_by(DailyRun.started_at.desc(), DailyRun.id.desc()).limit(limit)
     if not include_dry:
         stmt = stmt.where(DailyRun.dry_run.is_(False))
-    return _views(session, list(session.execute(stmt).scalars()))
+    return run_views(session, list(session.execute(stmt).scalars()))
 
 
-def _views(session: Session, runs: list[DailyRun]) -> list[RunView]:
+def run_views(session: Session, runs: list[DailyRun]) -> list[RunView]:
     if not runs:
         return []
     ids = [r.id for r in runs]
@@ -106,7 +106,7 @@ def last_succeeded_run(session: Session) -> RunView | None:
     """The most recent real run that succeeded, or None."""
     run = session.execute(select(DailyRun).where(DailyRun.dry_run.is_(False), DailyRun.status == "succeeded")
                           .order_by(DailyRun.finished_at.desc().nulls_last(), DailyRun.id.desc()).limit(1)).scalar()
-    return _views(session, [run])[0] if run is not None else None
+    return run_views(session, [run])[0] if run is not None else None
 
 
 def parked_clients(session: Session, limit: int = 100) -> list[ParkedClient]:
@@ -152,3 +152,12 @@ def failures_by_message(session: Session, message_ids: list[str]) -> dict[str, l
              "reason": mask_text(row.reason or "", MAX_REASON_LENGTH), "client_id": row.client_id,
              "created_at": _iso(row.created_at)})
     return out
+
+
+def failure_text(failure: dict[str, Any]) -> str:
+    """``Error: field reason`` of a ``failures_by_message`` row, the field said once (the
+    reason of a refusal usually starts with it already)."""
+    name = failure.get("field") or ""
+    reason = str(failure.get("reason") or "")
+    said = name and not reason.startswith(name)
+    return f"{failure.get('error')}: {name + ' ' if said else ''}{reason}".strip()

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from ...clock import SystemClock
 from ...db import unit_of_work
 from ...domain.models import DailyRun
-from ...ops.runs import RunView, _views, last_runs
+from ...ops.runs import RunView, last_runs, run_views
 from .. import sources
 from ..web import console, render
 
@@ -32,13 +32,13 @@ def _run_of_day(request: Request, day: date) -> RunView | None:
     with unit_of_work(console(request).engine) as session:
         run = session.execute(select(DailyRun).where(DailyRun.run_date == day, DailyRun.dry_run.is_(False))
                               .limit(1)).scalar()
-        return _views(session, [run])[0] if run is not None else None
+        return run_views(session, [run])[0] if run is not None else None
 
 
 def _run(request: Request, run_id: int) -> RunView | None:
     with unit_of_work(console(request).engine) as session:
         run = session.get(DailyRun, run_id)
-        return _views(session, [run])[0] if run is not None else None
+        return run_views(session, [run])[0] if run is not None else None
 
 
 async def runs_page(request: Request) -> Response:
