@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .config import get_config
+from .ops.cli_support import ID, answering
 
 
 @click.group()
@@ -65,6 +66,7 @@ def demo(database: Path, mail_dir: Path, threads: int) -> None:
 @click.option("--as-of", default=None, metavar="YYYY-MM-DD",
               help="daily-run: the day to run; default today. A later day only with --dry-run.")
 @click.option("--dry-run", is_flag=True, help="daily-run: report what the day would do, write nothing.")
+@answering
 def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: bool) -> None:
     """Send a job to the broker.
 
@@ -78,8 +80,10 @@ def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: 
 
     Each argument is NAME=VALUE where VALUE is JSON (a bare word is taken as a string). A number
     with a decimal point is sent as a string ("10.50"): the jobs take money as decimal strings.
-    What the job would refuse at once (an unknown or missing argument, a value its rules
-    refuse) is refused here, exit status 2, and nothing is sent.
+    An unknown or missing argument, or a value the rules the job declares refuse (ids, dates,
+    booleans, a real daily run of a future day), is refused here, exit status 2, and nothing is
+    sent. Rules that need the database (an amount in the client's currency, a client that
+    exists) are the job's: such a message is sent, and refused by the job (`failures`).
     """
     from .actors import broker
     from .ops.enqueue_check import DAILY_RUN_JOB, MessageRefused, check_message, find_job, parse_assignments
@@ -92,13 +96,15 @@ def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: 
             from .ops.daily_cli import run_day
 
             if as_of is not None:
+                # Said of --as-of, as `daily-run` says it; the job's own rule (``check_message``
+                # below: ``actors.daily.no_real_run_ahead``) refuses the same for any sender.
                 clock = rt.runtime().clock
                 try:
                     run_day(as_of, today=clock.today(), dry_run=dry_run, zone=str(clock.zone))
                 except InputRefused as exc:
                     raise MessageRefused("--as-of", exc.message) from None
             actor = DAILY_RUN_JOB
-            kwargs.update({"as_of": as_of, "dry_run": dry_run, "trigger": "cron"})
+            kwargs.update({"as_of": as_of, "dry_run": dry_run, "trigger": "cli"})
         elif as_of is not None or dry_run:
             option = "--as-of" if as_of is not None else "--dry-run"
             raise MessageRefused(option, f"{option} is for daily-run only; give {actor} its arguments as NAME=VALUE")
@@ -139,7 +145,8 @@ def scheduler(tick: float, stall_seconds: int, relay_every: int, relay_after: in
 
 
 @main.command()
-@click.argument("client_id", type=click.IntRange(min=1))
+@click.argument("client_id", type=ID)
+@answering
 def unpark(client_id: int) -> None:
     """Let the daily run process a parked client again (its failure streak starts from 0)."""
     from .db import get_engine, unit_of_work
@@ -156,10 +163,11 @@ def unpark(client_id: int) -> None:
 
 
 @main.command()
-@click.option("--client", "client_id", type=click.IntRange(min=1), default=None, help="Only this client's.")
-@click.option("--run", "run_id", type=click.IntRange(min=1), default=None, help="Only this daily run's.")
+@click.option("--client", "client_id", type=ID, default=None, help="Only this client's.")
+@click.option("--run", "run_id", type=ID, default=None, help="Only this daily run's.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@answering
 def failures(client_id: int | None, run_id: int | None, limit: int, as_json: bool) -> None:
     """Clients and messages the jobs could not process (job_failures), newest first."""
     from .db import get_engine, unit_of_work

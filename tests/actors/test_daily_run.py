@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import func, inspect, select
 
 from billingworker.actors import broker, run_daily_automation
@@ -257,3 +258,31 @@ def test_a_declined_card_is_reported_but_never_parks_the_client(session, worker,
     declines = session.scalar(select(func.count()).select_from(PaymentCapture).where(
         PaymentCapture.status == "declined"))
     assert declines == PARK_AFTER_FAILURES + 1, "retried daily, one attempt a day"
+
+
+# --- no real run of a future day, whoever sends it (actors.daily.no_real_run_ahead) -------------
+
+def test_a_message_for_tomorrows_real_run_is_refused_and_takes_no_run(session, worker):
+    # Given the installation's today is DAY: a raw message asks for tomorrow's run
+    run_daily_automation.send(as_of=date(2026, 1, 11).isoformat())
+    run_daily_automation.send(as_of=date(2026, 1, 11).isoformat(), dry_run=True)  # a preview may look ahead
+    drain()
+
+    # Then: refused for as_of (dead-lettered), no daily run row; the preview ran
+    assert session.scalar(select(func.count()).select_from(DailyRun)) == 0
+    [failure] = session.scalars(select(JobFailure)).all()
+    assert (failure.actor, failure.field) == ("run_daily_automation", "as_of")
+    assert "is after today (2026-01-10 in UTC)" in failure.reason and "dry_run=true" in failure.reason
+    [dead] = [m for m in broker.dead_letters if m.actor_name == "run_daily_automation"]
+    assert dead.kwargs == {"as_of": "2026-01-11"}
+
+
+def test_the_senders_check_refuses_a_future_real_run_like_the_job(worker):
+    from billingworker.ops.enqueue_check import MessageRefused, check_message
+
+    with pytest.raises(MessageRefused) as refused:
+        check_message(run_daily_automation, {"as_of": "2026-01-11"})
+    check_message(run_daily_automation, {"as_of": "2026-01-11", "dry_run": True})
+    check_message(run_daily_automation, {"as_of": "2026-01-10"})
+
+    assert refused.value.field == "as_of" and "is after today (2026-01-10 in UTC)" in str(refused.value)

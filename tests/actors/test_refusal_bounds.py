@@ -59,7 +59,7 @@ def test_a_10_mb_amount_is_quoted_in_200_characters_with_its_length(session, wor
 
 
 def test_a_10_mb_description_is_refused_with_its_card_number_and_token_masked(session, worker, client_id, caplog):
-    refuse(caplog, client_id=client_id, amount="5.00", description=f"token=tok_1 paid {CARD} " + "x" * TEN_MB)
+    refuse(caplog, client_id=client_id, amount="5.00", description=f"token=tok_1; paid {CARD} " + "x" * TEN_MB)
 
     row = refusal(session)
     assert row.field == "description" and len(row.reason) <= MAX_REASON_LENGTH

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,39 +55,48 @@ def console_command() -> list[str]:
     return [str(script), "console"] if script.exists() else [sys.executable, "-m", "billingworker.console"]
 
 
-@pytest.fixture
-def console_server(pg_url, pg_engine, redis_client, tmp_path) -> Iterator[ConsoleServer]:  # noqa: F811
-    """``billingworker console`` (the Procfile's command) on a free port, the default host
-    (127.0.0.1), stopped after the test."""
+@contextmanager
+def running_console(database_url: str, workdir: Path, *args: str, broker_url: str = REDIS_URL,
+                    users: str | None = None) -> Iterator[ConsoleServer]:
+    """``billingworker console`` (the Procfile's command) with ``args`` on a free port, the
+    default host (127.0.0.1) unless ``args`` say otherwise; stopped on leaving."""
     port = free_port()
-    log_path = tmp_path / "console.log"
-    env = {**os.environ, "DATABASE_URL": pg_url, "BROKER_URL": REDIS_URL, "SECRET_KEY": SECRET_KEY,
-           "CONSOLE_USERS": f"{ADMIN[0]}:admin:{hash_password(ADMIN[1])}", "BILLING_TIME_ZONE": "UTC",
+    log_path = workdir / f"console-{port}.log"
+    env = {**os.environ, "DATABASE_URL": database_url, "BROKER_URL": broker_url, "SECRET_KEY": SECRET_KEY,
+           "CONSOLE_USERS": users or f"{ADMIN[0]}:admin:{hash_password(ADMIN[1])}", "BILLING_TIME_ZONE": "UTC",
            "LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([*console_command(), "--port", str(port)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path,
+        proc = subprocess.Popen([*console_command(), "--port", str(port), *args], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
                                 start_new_session=True)
     server = ConsoleServer(f"http://127.0.0.1:{port}", proc, log_path)
-    deadline = time.monotonic() + BOOT_TIMEOUT
-    while True:
-        try:
-            with urllib.request.urlopen(f"{server.url}/healthz", timeout=1) as answer:
-                if answer.read() == b"ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the console did not start:\n{server.log()}", pytrace=False)
-        time.sleep(0.1)
-    yield server
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(f"{server.url}/healthz", timeout=1) as answer:
+                    if answer.read() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the console did not start:\n{server.log()}", pytrace=False)
+            time.sleep(0.1)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def console_server(pg_url, pg_engine, redis_client, tmp_path) -> Iterator[ConsoleServer]:  # noqa: F811
+    """``billingworker console`` on a free port of 127.0.0.1, over the test PostgreSQL and Redis."""
+    with running_console(pg_url, tmp_path) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

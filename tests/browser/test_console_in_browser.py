@@ -76,6 +76,10 @@ def test_an_operator_watches_the_run_requeues_a_corrected_dead_letter_and_unpark
     # Then the page follows the run by itself until it succeeded, every batch counted
     page.wait_for_selector("#today [data-run-status]:has-text('succeeded')", timeout=60_000)
     assert page.evaluate("window.notReloaded") is True
+    # ... and the history, refreshed with it, lists the same run (never "No daily run yet" beside it)
+    run_link = page.locator("#today a[href^='/runs/']").first.get_attribute("href")
+    page.wait_for_selector(f"#history a[href='{run_link}']")
+    assert "No daily run yet" not in page.locator("#history").inner_text()
     generate = page.locator("#today tr[data-task='generate_due_invoices']")
     assert "3 of 3" in generate.inner_text()
     assert re.search(r"\b7\b", generate.inner_text())  # seven invoices

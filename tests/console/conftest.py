@@ -76,10 +76,14 @@ def redis_broker(redis_client) -> Iterator[RedisBroker]:
 def console_client(clock, redis_client) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
-    def make(engine: Engine, *, broker_url: str = REDIS_URL) -> TestClient:
+    throttle = SignInThrottle(clock=lambda: clock.mono)
+
+    def make(engine: Engine, *, broker_url: str = REDIS_URL, address: str = "testclient") -> TestClient:
+        """A browser at ``address``; the consoles of one test share one sign-in throttle, as the
+        browsers of one console process do."""
         app = create_app(engine=engine, broker_url=broker_url, users=USERS, secret_key=SECRET,
-                         throttle=SignInThrottle(clock=lambda: clock.mono), now=lambda: clock.now)
-        client = TestClient(app, base_url="http://testserver", follow_redirects=False)
+                         throttle=throttle, now=lambda: clock.now)
+        client = TestClient(app, base_url="http://testserver", follow_redirects=False, client=(address, 50000))
         clients.append(client)
         return client
 

@@ -4,13 +4,19 @@ audited and changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx2 as httpx
 import pytest
+from sqlalchemy import func, select
 from starlette.routing import Route
 
 from billingworker.console.auth import ConsoleConfigError, parse_users
 from billingworker.console.web import SESSION_LIFETIME
+from billingworker.db import unit_of_work
+from billingworker.domain.models import ConsoleSession
 
 from .conftest import PASSWORDS, audit_count, audit_rows, csrf_of, sign_in, signed_in
 from .seed import dead_ids, email_status, is_parked, seed
@@ -96,7 +102,7 @@ def test_a_sign_in_with_a_wrong_password_is_denied_and_audited_then_the_right_on
     assert all(r.remote_addr for r in rows)
 
 
-def test_sign_ins_slow_down_after_failures_even_with_the_right_password(engine, console_client, clock):
+def test_sign_ins_slow_down_after_failures_even_with_the_right_password(engine, console_client, clock, caplog):
     client = console_client(engine)
     for _ in range(3):
         assert sign_in(client, "alice", "guess-guess-guess").status_code == 401
@@ -105,7 +111,9 @@ def test_sign_ins_slow_down_after_failures_even_with_the_right_password(engine, 
     throttled = sign_in(client, "alice")
     assert throttled.status_code == 429 and "try again in" in throttled.text
     assert client.get("/queues").status_code == 303
-    assert audit_rows(engine, "sign_in")[-1].outcome == "refused"
+    # The refusal is logged; the audit table keeps the three denied attempts only
+    assert [r.outcome for r in audit_rows(engine, "sign_in")] == ["denied"] * 3
+    assert "sign-in refused: throttled" in caplog.text
 
     # Once the wait is over, the right password works
     clock.advance(1.5)
@@ -215,7 +223,93 @@ def test_the_throttle_forgets_old_failures_when_its_table_is_full():
     now = [0.0]
     throttle = SignInThrottle(max_keys=3, clock=lambda: now[0])
     for name in ("a", "b", "c", "d"):
-        throttle.failed(name)
+        throttle.attempt(name, "10.0.0.1")
     now[0] = 1000.0
-    throttle.failed("e")
-    assert set(throttle._failures) == {"e"}
+    throttle.attempt("e", "10.0.0.2")
+    assert set(throttle._failures) == {"user:e@10.0.0.2", "addr:10.0.0.2"}
+
+
+def test_parallel_wrong_passwords_get_no_more_checks_than_a_sequence(engine, console_client):
+    # Given a sign-in form (its cookie and CSRF token), as an attacker would fetch it once
+    client = console_client(engine)
+    token = csrf_of(client)
+    form = {"username": "alice", "password": "guess-guess-guess", "csrf_token": token, "next": "/queues"}
+
+    async def burst() -> list[int]:
+        # 40 attempts at once: each password check runs in a thread while the others arrive
+        transport = httpx.ASGITransport(app=client.app, client=("198.51.100.7", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver",
+                                     cookies=dict(client.cookies)) as browser:
+            answers = await asyncio.gather(*(browser.post("/sign-in", data=form) for _ in range(40)))
+        return [a.status_code for a in answers]
+
+    # In a thread of its own: the browser tests' Playwright keeps an event loop running in this one.
+    with ThreadPoolExecutor(1) as thread:
+        codes = thread.submit(lambda: asyncio.run(burst())).result()
+
+    # Then only the three free attempts were checked; the rest waited without a check
+    assert sorted(codes) == [401] * 3 + [429] * 37
+    assert [r.outcome for r in audit_rows(engine, "sign_in")] == ["denied"] * 3
+
+
+def test_failures_from_elsewhere_do_not_lock_an_operator_out(engine, console_client):
+    # Given someone failing on purpose with alice's name from another address until throttled
+    mallory = console_client(engine, address="203.0.113.66")
+    for _ in range(3):
+        assert sign_in(mallory, "alice", "guess-guess-guess").status_code == 401
+    assert sign_in(mallory, "alice").status_code == 429
+
+    # Then alice, from her own address, signs in at once
+    alice = console_client(engine, address="192.0.2.10")
+    assert sign_in(alice, "alice").status_code == 303
+    # And the audit log says where each attempt came from
+    assert [(r.remote_addr, r.outcome) for r in audit_rows(engine, "sign_in")] == [
+        ("203.0.113.66", "denied")] * 3 + [("192.0.2.10", "ok")]
+
+
+def test_one_address_trying_many_names_is_slowed_down_too(engine, console_client):
+    client = console_client(engine, address="203.0.113.77")
+    codes = [sign_in(client, f"name{n}", "guess-guess-guess").status_code for n in range(25)]
+    assert codes == [401] * 20 + [429] * 5
+    # A throttled attempt writes no audit row: at most the allowance of rows from one address
+    assert len(audit_rows(engine, "sign_in")) == 20
+
+
+def test_sign_in_posts_without_a_token_do_not_write_the_audit_table(engine, console_client, caplog):
+    # Given nobody signed in, posting forms without a CSRF token in an operator's name
+    client = console_client(engine)
+    for _ in range(50):
+        response = client.post("/sign-in", data={"username": "alice", "password": "x"})
+        assert response.status_code == 403
+
+    # Then the refusals went to the log, not to the audit table (which they would flood)
+    assert audit_count(engine) == 0
+    assert caplog.text.count("sign-in refused: CSRF token missing or wrong (user name 'alice'") == 50
+
+
+def test_sign_out_ends_the_session_a_saved_cookie_is_worth_nothing(engine, console_client, redis_broker):
+    # Given alice signed in twice (two browsers), and a copy of one browser's cookie
+    seeded = seed(engine, redis_broker)
+    client, other = console_client(engine), console_client(engine)
+    token = signed_in(client)
+    signed_in(other)
+    saved = dict(client.cookies)
+    assert session_count(engine) == 2
+
+    # When she signs out in that browser
+    assert client.post("/sign-out", data={"csrf_token": token}).headers["location"] == "/sign-in"
+
+    # Then the saved cookie, replayed, signs nobody in: no page, no action
+    thief = console_client(engine)
+    thief.cookies.update(saved)
+    assert thief.get("/queues").status_code == 303
+    assert thief.post(f"/parked/{seeded.client_id}/unpark", data={"csrf_token": token}).status_code == 403
+    assert is_parked(engine, seeded.client_id)
+    # And her other browser is still signed in (only that session ended)
+    assert other.get("/queues").status_code == 200
+    assert session_count(engine) == 1
+
+
+def session_count(engine) -> int:
+    with unit_of_work(engine) as session:
+        return session.execute(select(func.count()).select_from(ConsoleSession)).scalar_one()

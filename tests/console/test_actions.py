@@ -3,16 +3,32 @@ corrected argument), purge (one, all), resend an email."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from datetime import UTC, datetime
 
 from dramatiq import Message
+from sqlalchemy import text
 
-from billingworker.db import unit_of_work
+from billingworker.db import create_db_engine, unit_of_work
 from billingworker.domain.models import JobFailure
+from billingworker.migrate import upgrade_engine
 
 from .conftest import audit_rows, signed_in
 from .seed import dead_ids, dead_letter, email_status, is_parked, seed
+
+
+def upto(client, queue: str = "billing") -> str:
+    """The newest death the Dead letters page shows for ``queue`` (its forms' ``upto``)."""
+    page = client.get("/dead-letters").text
+    match = re.search(rf'action="/dead-letters/{queue}/purge-all".*?name="upto" value="(\d+)"', page, re.S)
+    assert match, "no purge-all form"
+    return match.group(1)
+
+
+def flashes(client, path: str) -> list[str]:
+    return [html.unescape(t) for t in re.findall(r'class="flash[^"]*" role="status">([^<]*)<', client.get(path).text)]
 
 
 def queued(redis_client, queue: str = "billing") -> list[dict]:
@@ -109,9 +125,10 @@ def test_purge_one_then_purge_all_needs_the_confirmation(engine, console_client,
     client.post(f"/dead-letters/billing/{first}/purge", data={"csrf_token": token})
     assert set(dead_ids(redis_client)) == {second, third}  # (two deaths in one ms sort by id)
 
-    client.post("/dead-letters/billing/purge-all", data={"csrf_token": token})
+    shown = upto(client)
+    client.post("/dead-letters/billing/purge-all", data={"csrf_token": token, "upto": shown})
     assert set(dead_ids(redis_client)) == {second, third}
-    client.post("/dead-letters/billing/purge-all", data={"csrf_token": token, "confirm": "yes"})
+    client.post("/dead-letters/billing/purge-all", data={"csrf_token": token, "confirm": "yes", "upto": shown})
     assert dead_ids(redis_client) == []
     assert [(r.action, r.outcome) for r in audit_rows(engine) if r.action != "sign_in"] == [
         ("purge", "ok"), ("purge_all", "failed"), ("purge_all", "ok")]
@@ -122,7 +139,7 @@ def test_requeue_all_of_a_queue(engine, console_client, redis_broker, redis_clie
     client = console_client(engine)
     token = signed_in(client)
 
-    client.post("/dead-letters/billing/requeue-all", data={"csrf_token": token})
+    client.post("/dead-letters/billing/requeue-all", data={"csrf_token": token, "upto": upto(client)})
 
     assert dead_ids(redis_client) == [] and len(queued(redis_client)) == len(letters)
     assert "requeued 2 dead letters to billing" in client.get("/dead-letters").text
@@ -152,3 +169,115 @@ def test_a_correction_the_job_would_refuse_is_not_requeued(engine, console_clien
     assert "invoce_id" in client.get("/dead-letters").text
     (row,) = audit_rows(engine, "requeue")
     assert row.outcome == "failed" and "invoce_id" in row.detail
+
+
+def test_purge_all_drops_only_the_letters_the_page_showed(engine, console_client, redis_broker, redis_client):
+    # Given the page showing two dead letters ("drop all 2")
+    shown = [dead_letter(redis_broker) for _ in range(2)]
+    client = console_client(engine)
+    token = signed_in(client)
+    seen = upto(client)
+    assert "drop all 2 for good" in client.get("/dead-letters").text
+    # ... and a third that dies after the page was shown (its death a millisecond after the newest shown)
+    later = dead_letter(redis_broker)
+    redis_client.zadd("dramatiq:billing.XQ", {later: int(seen) + 1})
+
+    # When the operator ticks "drop all 2" and purges
+    client.post("/dead-letters/billing/purge-all", data={"csrf_token": token, "confirm": "yes", "upto": seen})
+
+    # Then the two shown are gone, the one the operator never saw is kept, and she is told
+    assert dead_ids(redis_client) == [later]
+    said = flashes(client, "/dead-letters")
+    assert said == ["purged 2 dead letters of billing; 1 that died after the page was shown left alone "
+                    "(reload to see them)"]
+    assert later not in shown
+    # A form that does not say what it showed (an old page) purges nothing
+    client.post("/dead-letters/billing/purge-all", data={"csrf_token": token, "confirm": "yes"})
+    assert dead_ids(redis_client) == [later]
+    assert [r.outcome for r in audit_rows(engine, "purge_all")] == ["ok", "failed"]
+
+
+def test_requeue_all_asks_before_requeueing_letters_that_died_of_bad_input(engine, console_client, redis_broker,
+                                                                           redis_client):
+    # Given a queue with a letter refused for bad input (job_failures says why) and a plain one
+    refused_msg = Message(queue_name="billing", actor_name="generate_due_invoices", args=(),
+                          kwargs={"client_id": 999999}, options={})
+    refused = dead_letter_of(redis_broker, refused_msg)
+    with unit_of_work(engine) as session:
+        session.add(JobFailure(actor="generate_due_invoices", message_id=refused_msg.message_id, error="NotFound",
+                               field="client_id", reason="999999 client", created_at=datetime.now(UTC)))
+        session.commit()
+    plain = dead_letter(redis_broker)
+    client = console_client(engine)
+    token = signed_in(client)
+    page = client.get("/dead-letters").text
+    assert "1 shown died of bad input and will die again unless corrected" in page
+
+    # When the operator requeues all without ticking the warning's box
+    client.post("/dead-letters/billing/requeue-all", data={"csrf_token": token, "upto": upto(client)})
+
+    # Then nothing is requeued and she is told why
+    assert set(dead_ids(redis_client)) == {refused, plain} and queued(redis_client) == []
+    assert "1 of the 2 dead letters died of bad input and would die again" in client.get("/dead-letters").text
+
+    # With the box ticked both go, and the flash repeats the warning
+    client.post("/dead-letters/billing/requeue-all", data={"csrf_token": token, "upto": upto(client),
+                                                           "bad_input": "yes"})
+    assert dead_ids(redis_client) == [] and len(queued(redis_client)) == 2
+    assert flashes(client, "/dead-letters") == [
+        "requeued 2 dead letters to billing (1 died of bad input and will die again unless their cause is fixed)"]
+    assert [r.outcome for r in audit_rows(engine, "requeue_all")] == ["failed", "ok"]
+
+
+HUGE = "99999999999999999999"
+
+
+def test_actions_on_ids_beyond_any_row_are_failed_and_audited(engine, console_client):
+    client = console_client(engine)
+    token = signed_in(client)
+
+    unpark = client.post(f"/parked/{HUGE}/unpark", data={"csrf_token": token})
+    resend_one = client.post(f"/outbox/{HUGE}/resend", data={"csrf_token": token})
+
+    assert unpark.status_code == resend_one.status_code == 303
+    assert [(r.action, r.outcome, r.detail) for r in audit_rows(engine) if r.action != "sign_in"] == [
+        ("unpark", "failed", f"there is no client {HUGE}"), ("resend", "failed", f"there is no email {HUGE}")]
+    assert f"there is no email {HUGE}" in client.get("/outbox").text
+
+
+def test_corrections_that_cannot_be_read_are_failed_and_audited(engine, console_client, redis_broker, redis_client):
+    letter = dead_letter(redis_broker, "generate_due_invoices", client_id=7)
+    client = console_client(engine)
+    token = signed_in(client)
+
+    for value in ("[" * 100_000, "9" * 5000):
+        response = client.post(f"/dead-letters/billing/{letter}/requeue",
+                               data={"csrf_token": token, "set": f"client_id={value}"})
+        assert response.status_code == 303
+
+    assert dead_ids(redis_client) == [letter] and queued(redis_client) == []
+    assert [r.outcome for r in audit_rows(engine, "requeue")] == ["failed", "failed"]
+
+
+def test_an_unexpected_error_in_an_action_is_audited_as_failed(tmp_path, console_client, redis_broker, redis_client,
+                                                              caplog):
+    # Given a database whose job_failures table is missing (an error no action expects)
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'broken.db'}")
+    upgrade_engine(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE job_failures"))
+    letter = dead_letter(redis_broker)
+    client = console_client(engine)
+    token = signed_in(client)
+
+    # When the operator requeues all (which reads job_failures first)
+    response = client.post("/dead-letters/billing/requeue-all", data={"csrf_token": token, "upto": "99999999999999"})
+
+    # Then she gets the page back, not a 500, and the audit log says it failed
+    assert response.status_code == 303
+    assert dead_ids(redis_client) == [letter]
+    (row,) = audit_rows(engine, "requeue_all")
+    assert row.outcome == "failed" and "unexpected OperationalError" in row.detail
+    assert "unexpected OperationalError" in client.get("/audit").text
+    assert "console action requeue_all billing failed" in caplog.text
+    engine.dispose()

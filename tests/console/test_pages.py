@@ -4,6 +4,7 @@ as text, never run."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from dramatiq import Message
@@ -157,3 +158,75 @@ def test_a_broker_that_does_not_answer_is_reported_on_the_pages_not_a_crash(engi
         page = client.get(path)
         assert page.status_code == 200, path
         assert "ConnectionError" in page.text or "Connection refused" in page.text, path
+    # One dead letter's page says the broker could not be read (503), not a server error
+    one = client.get("/dead-letters/billing/some-letter")
+    assert one.status_code == 503 and "Could not read the broker (dead letters): ConnectionError" in one.text
+
+
+HUGE = "99999999999999999999"
+
+
+def test_ids_and_days_no_row_can_have_are_answered_not_crashed_on(engine, console_client):
+    client = console_client(engine)
+    signed_in(client)
+
+    # An id in a path: not found
+    for path in (f"/clients/{HUGE}", f"/runs/{HUGE}", f"/runs/{HUGE}/live", "/runs/2147483648"):
+        page = client.get(path)
+        assert page.status_code == 404 and "There is no" in page.text, path
+    # An id in a query: a bad request naming the parameter
+    for path, name in ((f"/outbox?client={HUGE}", "client"), (f"/parked?client={HUGE}", "client"),
+                       (f"/parked?run={HUGE}", "run"), ("/parked?run=abc", "run")):
+        page = client.get(path)
+        assert page.status_code == 400 and f"{name}: " in page.text and "is not an id" in page.text, path
+    assert "is not a client id" in client.get(f"/clients?id={HUGE}").text
+    # A day beyond what a statement or a dry run can reach: said, with the default range shown
+    client_id = add_parked_client(engine)
+    page = client.get(f"/clients/{client_id}?from=9999-12-31")
+    assert page.status_code == 200 and "from: 9999-12-31 is out of range" in page.text
+    preview = client.get("/runs/preview?day=9999-12-31")
+    assert preview.status_code == 200 and "day: 9999-12-31 is out of range" in preview.text
+
+
+def test_audit_page_refuses_a_user_filter_no_name_can_be(engine, console_client):
+    client = console_client(engine)
+    signed_in(client)
+
+    page = client.get("/audit?user=%00")
+
+    assert page.status_code == 400 and "user: not a user name" in page.text
+    assert client.get("/audit?user=alice").status_code == 200
+
+
+def test_the_runs_page_poll_refreshes_the_history_with_todays_run(engine, console_client, clock):
+    # Given the Daily runs page opened before today's run started
+    client = console_client(engine)
+    signed_in(client)
+    assert "No daily run yet." in client.get("/runs").text
+
+    # When the run starts and the page polls
+    run_id = add_run(engine, status="running", finished_hours_ago=None, run_date=clock.now.date(), invoices=1)
+    poll = client.get("/runs/today/live").text
+
+    # Then the poll's answer carries the history too (swapped out of band), with the new run
+    history = poll.split('<div id="history" hx-swap-oob="true">', 1)[1]
+    assert f'<tr data-run="{run_id}">' in history and "No daily run yet." not in poll
+    assert f'href="/runs/{run_id}"' in poll.split('<div id="history"', 1)[0]
+
+
+def test_chart_legend_and_title_do_not_overlap():
+    from billingworker.console.charts import LEGEND_CHAR_WIDTH, Series, line_chart
+
+    series = [Series(f"{q} processed/min", [(0, 1.0), (60_000, 2.0)]) for q in ("billing", "emails")]
+    svg = str(line_chart("Throughput (messages per minute)", series))
+
+    # Each text's box: x from its start, width by character count, on its baseline
+    boxes = {text: (float(x), float(y), len(text) * LEGEND_CHAR_WIDTH)
+             for x, y, text in re.findall(r'<text x="([\d.]+)" y="([\d.]+)">([^<]+)</text>', svg)}
+    title = boxes["Throughput (messages per minute)"]
+    legend = [boxes["billing processed/min"], boxes["emails processed/min"]]
+    for x, y, width in legend:
+        same_line = abs(y - title[1]) < 12
+        assert not (same_line and x < title[0] + title[2] and title[0] < x + width)
+    (first, second) = sorted(legend)
+    assert first[0] + first[2] < second[0]

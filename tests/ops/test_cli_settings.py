@@ -163,3 +163,70 @@ def test_check_setting_is_strict_about_types(name, value):
 def test_setting_from_text_takes_quoted_money_too():
     assert setting_from_text("late_fee_amount", '"5.00"') == "5.00"
     assert setting_from_text("phone_number_formatting", "OFF") is False
+
+
+# --- bounds: no value that breaks every daily run ------------------------------------------------
+
+@pytest.mark.parametrize(("assignment", "message"), [
+    ("invoice_generation_days=99999999",
+     "settings.invoice_generation_days: 99999999 must be a whole number from 0 to 3650"),
+    ("late_fee_days=3651", "settings.late_fee_days: 3651 must be a whole number from 0 to 3650"),
+    ("domain_invoice_generation_days=4000", "settings.domain_invoice_generation_days: 4000 must be a whole number "
+     "from 0 to 3650"),
+    ('invoice_generation_days_by_cycle={"Annually": 99999999}',
+     "settings.invoice_generation_days_by_cycle.Annually: 99999999 must be a whole number from 0 to 3650"),
+    ('invoice_generation_days_by_cycle={"Nope": 3}', "settings.invoice_generation_days_by_cycle.Nope: 'Nope' is not "
+     "a recurring billing cycle (one of Monthly, Quarterly, Semi-Annually, Annually, Biennially, Triennially)"),
+    ("card_capture_retry_weeks=1000000000", "settings.card_capture_retry_weeks: 1000000000 must be a whole number "
+     "from 0 to 520"),
+    ("password_reset_validity_hours=9000", "from 0 to 8760"),
+    ("add_funds_minimum=500", "settings.add_funds_minimum: '500' must keep add_funds_minimum (500) at most "
+     "add_funds_maximum (100)"),
+    ("add_funds_maximum=301", "settings.add_funds_maximum: '301' must keep add_funds_maximum (301) at most "
+     "add_funds_maximum_balance (300)"),
+    # too many digits to read, or JSON too deep: an error naming the setting, no traceback
+    ("late_fee_days=" + "9" * 5000, "settings.late_fee_days: '9999999999999999999999999999999999999999... "
+     "(5000 characters)' must be a whole number from 0 to 3650"),
+    ('invoice_generation_days_by_cycle={"Annually": ' + "9" * 5000 + "}", "is not valid JSON (Exceeds the limit"),
+    ("invoice_generation_days_by_cycle=" + "[" * 100_000, "is JSON nested too deep"),
+])
+def test_a_value_out_of_bounds_is_refused_and_nothing_is_saved(engine, assignment, message):
+    result = cli(engine, "settings", "set", "invoice_generation_days=10", assignment)
+
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and message in result.output, result.output
+    assert stored(engine) == {}
+
+
+def test_the_add_funds_bounds_are_checked_against_the_stored_settings(engine):
+    # Raising the maximum and the minimum together, in either order of the words, is fine
+    together = cli(engine, "settings", "set", "add_funds_minimum=150", "add_funds_maximum=200")
+    # ... but the minimum may not pass the maximum now stored
+    over = cli(engine, "settings", "set", "add_funds_minimum=250")
+
+    assert together.exit_code == 0, together.output
+    assert over.exit_code == 2 and "add_funds_minimum (250) at most add_funds_maximum (200)" in over.output
+    assert stored(engine) == {"add_funds_minimum": '"150"', "add_funds_maximum": '"200"'}
+
+
+def test_the_largest_day_count_allowed_still_previews_a_daily_run(engine):
+    # Given a client with a service due in a year (its invoice is within 3650 days)
+    from datetime import date, timedelta
+
+    from sqlalchemy.orm import Session
+
+    from tests import factories as f
+
+    with Session(engine, expire_on_commit=False) as session:
+        f.service(session, f.client(session), next_due_date=date.today() + timedelta(days=365))
+        session.commit()
+
+    set_ = cli(engine, "settings", "set", "invoice_generation_days=3650", "late_fee_days=3650",
+               "unpaid_reminder_days=3650", "card_capture_days_before_due=3650")
+    preview = cli(engine, "daily-run", "--dry-run", "--json")
+
+    assert set_.exit_code == 0, set_.output
+    assert preview.exit_code == 0, preview.output
+    view = json.loads(preview.stdout)
+    generate = view["tasks"][0]
+    assert generate["failures"] == [] and len(generate["preview"]) == 1

@@ -204,16 +204,18 @@ def test_list_json_masks_a_refused_password_card_number_and_token(redis_broker, 
 
 
 def test_show_masks_and_bounds_the_traceback_of_a_retried_message(redis_broker, pg_engine):
-    traceback = TRACEBACK + f"RuntimeError: login password=hunter2 card {CARD} " + "x" * 1_000_000 + "\n"
+    # (a comma ends the password's value: the words after an unquoted secret up to the end of
+    # the line are taken as part of it, see domain/redaction.py)
+    traceback = TRACEBACK + f"RuntimeError: login password=hunter2, card {CARD} " + "x" * 1_000_000 + "\n"
     dead_id = kill(redis_broker, message(retries=10, traceback=traceback))
 
     human = cli(pg_engine, "dead-letters", "show", dead_id)
     listed = cli(pg_engine, "dead-letters", "list", "--json")
 
     assert "hunter2" not in human.output and "4111" not in human.output and len(human.output) < 25_000
-    assert "RuntimeError: login password=*** card ****1111 xxx" in human.output
+    assert "RuntimeError: login password=***, card ****1111 xxx" in human.output
     [row] = json.loads(listed.output)
-    assert row["error"].startswith("RuntimeError: login password=*** card ****1111") and len(row["error"]) <= 500
+    assert row["error"].startswith("RuntimeError: login password=***, card ****1111") and len(row["error"]) <= 500
 
 
 def put_raw(redis_client, dead_id: str, payload: bytes) -> None:
@@ -376,3 +378,107 @@ def test_requeue_set_goes_with_named_letters_only(redis_client, pg_engine):
     result = cli(pg_engine, "dead-letters", "requeue", "--all", "--queue", "billing", "--set", "a=1")
 
     assert result.exit_code == 2 and "requeue --set corrects named messages, not --all" in result.output
+
+
+# --- positional arguments: deliver_email(42) is sent so (actors/emails.py) -----------------------
+
+def test_list_and_show_name_positional_arguments_by_the_signature(redis_broker, pg_engine):
+    dead_id = kill(redis_broker, Message(queue_name="emails", actor_name="deliver_email", args=(42,), kwargs={},
+                                         options={}), "emails")
+
+    listed = json.loads(cli(pg_engine, "dead-letters", "list", "--json").output)
+    table = cli(pg_engine, "dead-letters", "list").output
+    shown = json.loads(cli(pg_engine, "dead-letters", "show", dead_id, "--json").output)
+
+    [row] = listed
+    assert row["arguments"] == {"email_id": 42} and row["args"] == [42] and row["kwargs"] == {}
+    assert '{"email_id":42}' in table
+    assert shown["arguments"] == {"email_id": 42} and shown["args"] == [42]
+
+
+def test_a_corrected_positional_message_is_requeued_by_name_and_a_real_worker_runs_it(
+        redis_broker, redis_client, engine, monkeypatch):
+    # Given: deliver_email(42), dead (no such email), and email 43 waiting to be delivered
+    from datetime import UTC, datetime
+
+    from dramatiq import Worker
+
+    from billingworker import runtime as rt
+    from billingworker.actors import broker
+    from billingworker.adapters.mailer import MemoryMailer
+    from billingworker.clock import FixedClock
+
+    from .test_outbox import a_client, outbox_row, status_of
+
+    email = outbox_row(engine, a_client(engine), status="queued", error="")
+    msg = Message(queue_name="emails", actor_name="deliver_email", args=(email + 1000,), kwargs={}, options={})
+    dead_id = kill(redis_broker, msg, "emails")
+
+    # When the operator corrects the email id
+    result = cli(engine, "dead-letters", "requeue", dead_id, "--set", f"email_id={email}", "--yes")
+
+    # Then it goes back with every argument by name, none positional
+    assert result.exit_code == 0, result.output
+    assert "with email_id corrected" in result.output
+    [new_id] = [i.decode() for i in redis_client.lrange("dramatiq:emails", 0, -1)]
+    raw = redis_client.hget("dramatiq:emails.msgs", new_id)
+    back = json.loads(raw)
+    assert back["args"] == [] and back["kwargs"] == {"email_id": email}
+    # and a real worker runs it: the email is sent, nothing is dead-lettered
+    mailer = MemoryMailer()
+    rt.configure(engine=engine, clock=FixedClock(datetime.now(UTC)), mailer=mailer,
+                 mail_from="Billing <billing@example.com>")
+    broker.flush_all()
+    worker = Worker(broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        broker.enqueue(Message.decode(raw))
+        broker.join("emails", fail_fast=True)
+    finally:
+        worker.stop()
+        dead = list(broker.dead_letters)
+        broker.flush_all()
+        rt.reset()
+    assert dead == []
+    assert status_of(engine, email) == "sent" and len(mailer.sent) == 1
+
+
+def test_a_correction_is_checked_with_the_positional_arguments_bound(redis_broker, redis_client, pg_engine):
+    # Given: apply_payment(7, "10.00") sent positionally, refused for its missing gateway
+    dead_id = kill(redis_broker, Message(queue_name="billing", actor_name="apply_payment", args=(7, "10.00"),
+                                         kwargs={}, options={}))
+
+    # When the operator adds what was missing (or mistypes it)
+    typo = cli(pg_engine, "dead-letters", "requeue", dead_id, "--set", "gatewya=bank")
+    fixed = cli(pg_engine, "dead-letters", "requeue", dead_id, "--set", "gateway=bank",
+                "--set", "transaction_id=TX-1")
+
+    # Then the check saw invoice_id and amount (given positionally): the typo is refused, the fix sent
+    assert typo.exit_code == 1 and "gatewya" in typo.output and "not an argument of apply_payment" in typo.output
+    assert fixed.exit_code == 0, fixed.output
+    [new_id] = [i.decode() for i in redis_client.lrange(Q, 0, -1)]
+    back = stored(redis_client, Q_MSGS, new_id)
+    assert back["args"] == []
+    assert back["kwargs"] == {"invoice_id": 7, "amount": "10.00", "gateway": "bank", "transaction_id": "TX-1"}
+
+
+def test_requeue_refuses_a_correction_to_a_future_real_run(redis_broker, redis_client, pg_engine):
+    dead_id = kill(redis_broker, Message(queue_name="billing", actor_name="run_daily_automation", args=(),
+                                         kwargs={"as_of": "2026-13-01"}, options={}))
+
+    future = cli(pg_engine, "dead-letters", "requeue", dead_id, "--set", "as_of=2199-01-01")
+
+    assert future.exit_code == 1
+    assert "as_of: '2199-01-01' is after today (" in future.output and "preview it with dry_run=true" in future.output
+    assert redis_client.zcard(XQ) == 1 and redis_client.llen(Q) == 0
+
+
+def test_requeue_set_values_json_cannot_read_are_refused_without_a_traceback(redis_broker, redis_client, pg_engine):
+    dead_id, _ = refused_payment(redis_broker, pg_engine)
+
+    digits = cli(pg_engine, "dead-letters", "requeue", dead_id, "--set", "invoice_id=" + "9" * 5000)
+    nested = cli(pg_engine, "dead-letters", "requeue", dead_id, "--set", "invoice_id=" + "[" * 100_000)
+
+    assert digits.exit_code == 2 and "invoice_id: Exceeds the limit (4300 digits)" in digits.output
+    assert nested.exit_code == 2 and "invoice_id: the JSON value is nested too deep" in nested.output
+    assert redis_client.zcard(XQ) == 1 and redis_client.llen(Q) == 0

@@ -134,6 +134,13 @@ def test_rules_must_name_parameters_of_the_job():
     ("mass_update", ["client_id=1", 'items=[{"type": "ship", "id": 1}]', "changes={}"],
      "items[0].type: 'ship' is not one of"),
     ("delete_client", ["client_id=3", "delete_users=yes"], "delete_users: 'yes' must be true or false"),
+    # Money is checked for its shape before the currency is known (its decimal places are the job's).
+    ("apply_payment", ["invoice_id=7", "amount=abc", "gateway=stripe", "transaction_id=t1"],
+     "amount: 'abc' is not a decimal number"),
+    ("apply_payment", ["invoice_id=7", "amount=10.00", "fees=NaN", "gateway=stripe", "transaction_id=t1"],
+     "fees: 'NaN' is not a finite number"),
+    ("adjust_credit", ["client_id=3", "amount=1e400", "description=x"], "amount: '1e400' is too large"),
+    ("create_add_funds_invoice", ["client_id=3", "amount=[1]"], "amount: [1] must be a decimal string"),
 ])
 def test_enqueue_refuses_what_the_production_jobs_refuse(sent, job, arguments, said):
     result = CliRunner().invoke(main, ["enqueue", job, *arguments])
@@ -155,3 +162,37 @@ def test_every_public_job_declares_rules_for_its_ids():
         for param in inspect.signature(fn).parameters:
             if param.endswith("_id") and param not in ("request_id", "command_id", "transaction_id"):
                 assert param in declared, f"{name}.{param} has no rule"
+
+
+# --- the daily run: trigger "cli", and no real run of a future day by any path -------------------
+
+def test_enqueue_daily_run_is_recorded_as_triggered_by_the_cli(sent):
+    result = CliRunner().invoke(main, ["enqueue", "daily-run"])
+
+    assert result.exit_code == 0, result.output
+    [message] = sent
+    assert message.actor_name == "run_daily_automation"
+    assert message.kwargs == {"as_of": None, "dry_run": False, "trigger": "cli"}
+
+
+def test_enqueue_of_the_job_itself_refuses_a_future_real_run(sent):
+    real = CliRunner().invoke(main, ["enqueue", "run_daily_automation", "as_of=2199-01-01"])
+    preview = CliRunner().invoke(main, ["enqueue", "run_daily_automation", "as_of=2199-01-01", "dry_run=true"])
+
+    assert real.exit_code == 2
+    assert real.output.startswith("Error: as_of: '2199-01-01' is after today (")
+    assert "preview it with dry_run=true; nothing was enqueued" in real.output
+    assert preview.exit_code == 0, preview.output
+    assert [m.kwargs for m in sent] == [{"as_of": "2199-01-01", "dry_run": True}]
+
+
+@pytest.mark.parametrize(("argument", "said"), [
+    ("client_id=" + "9" * 5000, "client_id: Exceeds the limit (4300 digits)"),
+    ("client_id=" + "[" * 100_000 + "]" * 100_000, "client_id: the JSON value is nested too deep"),
+])
+def test_enqueue_refuses_values_json_cannot_read_without_a_traceback(sent, argument, said):
+    result = CliRunner().invoke(main, ["enqueue", "generate_due_invoices", argument])
+
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: {said}") and "nothing was enqueued" in result.output
+    assert "Traceback" not in result.output and sent == []

@@ -177,6 +177,26 @@ def test_a_worker_silent_longer_than_the_limit_is_unhealthy(redis_client, worker
     assert from_env.exit_code == 0 and "seen in the last 900 s" in from_env.output
 
 
+def test_a_worker_of_one_queue_leaves_the_other_unconsumed_and_unhealthy(redis_client, redis_broker, engine):
+    # Given a good run and a worker started with `--queues emails` only
+    add_run(engine, status="succeeded", finished_hours_ago=1)
+    presence = ConsumerPresence(redis_client, interval=3600)
+    presence.after_worker_boot(redis_broker, SimpleNamespace(consumer_whitelist={"emails"}))
+    try:
+        # When
+        result = cli(engine, "health")
+        metrics = cli(engine, "metrics", "--once")
+    finally:
+        presence.before_worker_shutdown(redis_broker, None)
+
+    # Then health names the queue nobody consumes; the metrics say it per queue
+    assert result.exit_code == 1, result.output
+    assert ("FAIL  workers: no consuming worker of the billing queue(s) seen in the last 120 s (1 consume only the "
+            f"others: {presence.info['host']} pid {presence.info['pid']})") in result.output
+    assert 'billingworker_queue_consumers{queue="billing"} 0.0' in metrics.output
+    assert 'billingworker_queue_consumers{queue="emails"} 1.0' in metrics.output
+
+
 def test_no_worker_check_skips_the_workers(redis_client, pg_engine):
     add_run(pg_engine, status="succeeded", finished_hours_ago=1)
 
@@ -197,8 +217,11 @@ def test_on_rabbitmq_a_consumer_on_the_queues_is_a_live_worker(pg_engine):
     try:
         channel = connection.channel()
         channel.queue_declare("billing", durable=True)
+        channel.queue_declare("emails", durable=True)
         idle = cli(pg_engine, "health", "--no-run-check", broker_url=url)
         channel.basic_consume("billing", lambda *_: None)
+        billing_only = cli(pg_engine, "health", "--no-run-check", broker_url=url)
+        channel.basic_consume("emails", lambda *_: None)
 
         # When
         consumed = cli(pg_engine, "health", "--no-run-check", broker_url=url)
@@ -208,5 +231,7 @@ def test_on_rabbitmq_a_consumer_on_the_queues_is_a_live_worker(pg_engine):
 
     # Then
     assert idle.exit_code == 1 and "FAIL  workers: no consumer on the queues" in idle.output
+    assert billing_only.exit_code == 1
+    assert "FAIL  workers: no consumer on the emails queue(s) (1 on the others)" in billing_only.output
     assert consumed.exit_code == 0, consumed.output
     assert "ok    workers: 1 consumer(s) on the queues" in consumed.output

@@ -16,11 +16,12 @@ from datetime import date
 from typing import Any, TypeVar
 
 from ..domain.errors import ValidationError
-from ..domain.money import parse_money
+from ..domain.money import parse_amount, parse_money
 
 __all__ = ["MAX_ID", "MAX_ITEMS", "MAX_BATCH_CLIENTS",
-           "parse_id", "parse_optional_id", "parse_date", "parse_bool", "parse_money", "parse_items",
-           "parse_text", "parse_id_list", "parse_count", "check_characters", "argument_rules", "check_arguments"]
+           "parse_id", "parse_optional_id", "parse_date", "parse_bool", "parse_money", "parse_amount", "parse_items",
+           "parse_text", "parse_id_list", "parse_count", "check_characters", "argument_rules", "check_arguments",
+           "Rule", "Check"]
 
 #: Every id column is an INTEGER (PostgreSQL int4): ids are 1 .. 2**31 - 1.
 MAX_ID = 2**31 - 1
@@ -156,11 +157,15 @@ def parse_items(field: str, value: Any, allowed: tuple[str, ...]) -> list[tuple[
 #: A rule is called as ``rule(name, value)`` and raises ValidationError (the parse_* functions
 #: above, or a ``functools.partial`` of one with its options).
 Rule = Callable[[str, Any], Any]
+#: A rule over several arguments together (a real run's day and its ``dry_run``): called with the
+#: arguments given, by name, after each one passed its own rule; raises ValidationError.
+Check = Callable[[Mapping[str, Any]], Any]
 F = TypeVar("F", bound=Callable[..., Any])
 _RULES = "__argument_rules__"
+_CHECKS = "__argument_checks__"
 
 
-def argument_rules(**rules: Rule) -> Callable[[F], F]:
+def argument_rules(*checks: Check, **rules: Rule) -> Callable[[F], F]:
     """Declare the rules of a job's arguments, under ``@job()``::
 
         @job()
@@ -169,22 +174,34 @@ def argument_rules(**rules: Rule) -> Callable[[F], F]:
 
     The job checks every argument it was given against its rule before its body runs (a bad
     one is refused like any ValidationError: dead-lettered, a ``job_failures`` row); the body
-    still parses them as before. ``check_arguments`` runs the same rules for a sender
-    (``billingworker enqueue``, the console's requeue), so both refuse exactly the same values.
+    still parses them as before. ``checks`` (positional) are rules over the arguments together,
+    run after those of each argument (``run_daily_automation``: no real run of a future day).
+    ``check_arguments`` runs the same rules for a sender (``billingworker enqueue``, the
+    console's requeue, ``dead-letters requeue --set``), so all refuse exactly the same values.
     Rules needing the database (money in the client's currency) stay in the body.
     """
 
     def decorate(fn: F) -> F:
-        unknown = set(rules) - set(inspect.signature(fn).parameters)
+        signature = inspect.signature(fn)
+        unknown = set(rules) - set(signature.parameters)
         if unknown:
             raise TypeError(f"argument_rules for {fn.__name__} name no parameter: {', '.join(sorted(unknown))}")
 
         @functools.wraps(fn)
         def checked(*args: Any, **kwargs: Any) -> Any:
-            _apply(rules, kwargs)
+            # Positional arguments are checked too (deliver_email(42) is sent so): by the name
+            # the signature gives them. Arguments that do not bind are refused by ``job``.
+            try:
+                named = signature.bind_partial(*args, **kwargs).arguments
+            except TypeError:
+                named = kwargs
+            _apply(rules, named)
+            for check in checks:
+                check(named)
             return fn(*args, **kwargs)
 
         setattr(checked, _RULES, dict(rules))
+        setattr(checked, _CHECKS, tuple(checks))
         return checked  # type: ignore[return-value]
 
     return decorate
@@ -213,3 +230,5 @@ def check_arguments(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> None:
         if parameters[name].default is inspect.Parameter.empty and name not in kwargs:
             raise ValidationError(name, None, f"is required by {fn.__name__}")
     _apply(getattr(fn, _RULES, {}), kwargs)
+    for check in getattr(fn, _CHECKS, ()):
+        check(kwargs)

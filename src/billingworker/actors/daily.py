@@ -9,8 +9,10 @@ killed), and a batch delivered twice is done and counted once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -39,8 +41,24 @@ from .emails import relay_clients_outbox
 log = logging.getLogger(__name__)
 
 
+def no_real_run_ahead(arguments: Mapping[str, Any]) -> None:
+    """A real (not dry) run of a day after the installation's today is refused: it would take
+    that day's only run before the day's data exists. A dry run may preview any day. Declared
+    on the job, so ``enqueue``, ``dead-letters requeue --set`` and a raw message are refused alike."""
+    as_of = arguments.get("as_of")
+    if as_of is None or arguments.get("dry_run", False) is True:
+        return
+    day = parse_date("as_of", as_of)
+    clock = runtime().clock
+    today = clock.today()
+    if day is not None and day > today:
+        raise ValidationError("as_of", as_of, f"is after today ({today.isoformat()} in "
+                              f"{getattr(clock, 'zone', 'the installation time zone')}): a real run of a future "
+                              "day would take that day's only run early; preview it with dry_run=true")
+
+
 @job()
-@argument_rules(as_of=parse_date, dry_run=parse_bool)
+@argument_rules(no_real_run_ahead, as_of=parse_date, dry_run=parse_bool)
 def run_daily_automation(as_of=None, dry_run=False, trigger="job"):
     """Start the day's run (once per installation day), or report what it would do (dry run)."""
     day = collection_day(as_of)

@@ -26,6 +26,7 @@ from ..runtime import runtime
 from .arguments import (
     MAX_BATCH_CLIENTS,
     argument_rules,
+    parse_amount,
     parse_bool,
     parse_date,
     parse_id,
@@ -132,7 +133,7 @@ def create_invoice(client_id, request_id=None):
 
 
 @job()
-@argument_rules(client_id=parse_id)
+@argument_rules(client_id=parse_id, amount=parse_amount)
 def create_add_funds_invoice(client_id, amount, request_id=None):
     """An "Add Funds" invoice within the installation's limits; run once per message or ``request_id``."""
     client_id = parse_id("client_id", client_id)

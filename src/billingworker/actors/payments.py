@@ -9,12 +9,13 @@ from ..domain.errors import NotFound
 from ..domain.models import Currency, Invoice
 from ..domain.payments import apply_payment as record_payment
 from ..runtime import runtime
-from .arguments import argument_rules, parse_id, parse_money, parse_text
+from .arguments import argument_rules, parse_amount, parse_id, parse_money, parse_text
 from .base import job, send_emails
 
 
 @job()
-@argument_rules(invoice_id=parse_id, gateway=partial(parse_text, max_length=50), transaction_id=parse_text)
+@argument_rules(invoice_id=parse_id, amount=parse_amount, fees=parse_amount,
+                gateway=partial(parse_text, max_length=50), transaction_id=parse_text)
 def apply_payment(invoice_id, amount, gateway, transaction_id, fees="0"):
     """Record a payment; idempotent per (gateway, transaction_id)."""
     invoice_id = parse_id("invoice_id", invoice_id)

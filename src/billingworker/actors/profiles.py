@@ -13,7 +13,7 @@ from ..domain.credit import change_credit
 from ..domain.errors import NotFound, ValidationError
 from ..domain.failures import record_failures
 from ..domain.models import Client, Currency, JobFailure
-from ..domain.money import format_money, parse_money, round_money
+from ..domain.money import format_money, parse_amount, parse_money, round_money
 from ..domain.phones import client_id_batches, normalize_stored_phones
 from ..domain.receipts import run_once
 from ..domain.settings import load_settings
@@ -75,7 +75,8 @@ def _normalize(session, client_ids: list[int], rt) -> dict:
 
 
 @job()
-@argument_rules(client_id=parse_id, description=partial(parse_text, max_length=MAX_DESCRIPTION_LENGTH))
+@argument_rules(client_id=parse_id, amount=parse_amount,
+                description=partial(parse_text, max_length=MAX_DESCRIPTION_LENGTH))
 def adjust_credit(client_id, amount, description, request_id=None):
     """Add (``"25.00"``) or remove (``"-25.00"``) credit with a history line; never below zero.
 

@@ -25,11 +25,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .auth import SignInThrottle, User
 from .formatting import FILTERS
 from .pages import ROUTES
-from .web import Console, current_user
+from .web import Console, resolve_user
 
 HERE = Path(__file__).parent
 COOKIE = "billingworker_console"
-#: The session cookie's life (seconds) without a request; SESSION_LIFETIME bounds it from sign-in.
+#: The session cookie's life (seconds) without a request; SESSION_LIFETIME bounds it from sign-in,
+#: and sign-out ends it at once (``console.sessions``).
 SESSION_IDLE_SECONDS = 2 * 3600
 #: Paths served without signing in: nothing in them is sensitive.
 PUBLIC_PREFIXES = ("/sign-in", "/static/", "/healthz")
@@ -90,7 +91,7 @@ class SignInGate:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        if current_user(request) is not None:
+        if await resolve_user(request) is not None:
             await self.app(scope, receive, send)
             return
         response: Response

@@ -68,44 +68,72 @@ def check_password(user: User | None, password: str) -> bool:
 
 
 class SignInThrottle:
-    """Slows down password guessing: after ``free_attempts`` failures for a user name or an
-    address, each further attempt must wait ``base_delay * 2**(extra failures)`` seconds (at most
-    ``max_delay``) after the last failure; a success for the name clears its count.
+    """Slows down password guessing, per (user name, address) pair and per address.
 
-    In memory, per console process: enough to make guessing slow; a restart forgets it.
-    ``clock`` is monotonic seconds (tests pass their own).
+    After ``free_attempts`` failures for one name from one address, or ``address_free_attempts``
+    failures from one address (whatever the names), each further attempt must wait
+    ``base_delay * 2**(extra failures)`` seconds (at most ``max_delay``) after the last failure.
+    Keyed on the pair, not on the name alone, so that nobody elsewhere can lock an operator out by
+    failing on purpose with her name; the address's own, larger allowance stops one address from
+    trying many names.
+
+    ``attempt`` reserves the attempt *before* the password is checked, counting it as a failure
+    at once; ``succeeded`` takes the reservation back. A burst of parallel requests therefore gets
+    no more checks than a sequence would (the check and the count happen together, with no await
+    between them). In memory, per console process: a restart forgets it. ``clock`` is monotonic
+    seconds (tests pass their own).
     """
 
-    def __init__(self, *, free_attempts: int = 3, base_delay: float = 1.0, max_delay: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
+    def __init__(self, *, free_attempts: int = 3, address_free_attempts: int = 20, base_delay: float = 1.0,
+                 max_delay: float = 300.0, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 10_000) -> None:
         self.free_attempts = free_attempts
+        self.address_free_attempts = address_free_attempts
         self.max_keys = max_keys
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.clock = clock
         self._failures: dict[str, tuple[int, float]] = {}
 
-    def wait_seconds(self, *keys: str) -> float:
-        """Seconds before any of ``keys`` may try again (0: now)."""
+    def _keys(self, name: str, address: str) -> list[tuple[str, int]]:
+        """The counters an attempt of ``name`` from ``address`` is held to, with their allowance."""
+        return [(f"user:{name.lower()}@{address}", self.free_attempts),
+                (f"addr:{address}", self.address_free_attempts)]
+
+    def wait_seconds(self, name: str, address: str) -> float:
+        """Seconds before ``name`` may try again from ``address`` (0: now)."""
         now = self.clock()
         waits = [0.0]
-        for key in keys:
+        for key, free in self._keys(name, address):
             count, last = self._failures.get(key, (0, 0.0))
-            if count >= self.free_attempts:
-                delay = min(self.max_delay, self.base_delay * 2 ** (count - self.free_attempts))
+            if count >= free:
+                delay = min(self.max_delay, self.base_delay * 2 ** (count - free))
                 waits.append(last + delay - now)
         return max(waits)
 
-    def failed(self, *keys: str) -> None:
+    def attempt(self, name: str, address: str) -> float:
+        """0, with the attempt counted as a failure until ``succeeded`` says otherwise; or the
+        seconds to wait, with nothing counted (a refused attempt does not lengthen the wait)."""
+        wait = self.wait_seconds(name, address)
+        if wait > 0:
+            return wait
         now = self.clock()
         if len(self._failures) > self.max_keys:
             self._forget(now)
-        for key in keys:
+        for key, _ in self._keys(name, address):
             count, _ = self._failures.get(key, (0, 0.0))
             self._failures[key] = (count + 1, now)
+        return 0.0
 
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
+    def succeeded(self, name: str, address: str) -> None:
+        """The password was right: the pair starts afresh; the address gets its reservation back."""
+        (pair, _), (addr, _) = self._keys(name, address)
+        self._failures.pop(pair, None)
+        count, last = self._failures.get(addr, (0, 0.0))
+        if count <= 1:
+            self._failures.pop(addr, None)
+        else:
+            self._failures[addr] = (count - 1, last)
 
     def _forget(self, now: float) -> None:
         """Drop the keys whose last failure is older than the longest wait: a flood of made-up

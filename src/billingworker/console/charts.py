@@ -17,6 +17,12 @@ from markupsafe import Markup, escape
 PALETTE = ("#2456a6", "#c2410c", "#b42318", "#1f7a3f", "#7c3aed", "#0e7490")
 
 
+#: The legend's baseline (the title's is 14) and a generous width of one 11px character, so that
+#: each legend entry starts after the previous one's text.
+LEGEND_Y = 31
+LEGEND_CHAR_WIDTH = 6.5
+
+
 @dataclass(frozen=True)
 class Series:
     name: str
@@ -25,7 +31,9 @@ class Series:
 
 def line_chart(title: str, series: list[Series], *, width: int = 720, height: int = 200, unit: str = "") -> Markup:
     """An SVG line chart of ``series`` over a shared time axis, with a legend and the y maximum."""
-    left, right, top, bottom = 44, 10, 22, 24
+    # The title on the first line, the legend on its own line below it (a long title and the
+    # legend never meet), then the plot.
+    left, right, top, bottom = 44, 10, 40, 24
     plot_w, plot_h = width - left - right, height - top - bottom
     # The time axis spans every sample, valued or not, so that the charts of one page line up.
     times = [t for s in series for t, _ in s.points]
@@ -52,6 +60,7 @@ def line_chart(title: str, series: list[Series], *, width: int = 720, height: in
     parts.append(f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>')
     parts.append(f'<text x="{left}" y="{height - 6}">{_clock(t0)}</text>')
     parts.append(f'<text x="{left + plot_w}" y="{height - 6}" text-anchor="end">{_clock(t1)} UTC</text>')
+    lx = float(left)
     for n, s in enumerate(series):
         colour = PALETTE[n % len(PALETTE)]
         for run in _runs(s.points):
@@ -61,10 +70,9 @@ def line_chart(title: str, series: list[Series], *, width: int = 720, height: in
             else:
                 path = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in run)
                 parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{path}"/>')
-        # The legend sits on the title's line, right of it, clear of the lines.
-        lx = left + 150 + n * 150
-        parts.append(f'<rect x="{lx}" y="8" width="10" height="3" fill="{colour}"/>')
-        parts.append(f'<text x="{lx + 14}" y="14">{escape(s.name)}</text>')
+        parts.append(f'<rect x="{lx:.0f}" y="25" width="10" height="3" fill="{colour}"/>')
+        parts.append(f'<text x="{lx + 14:.0f}" y="{LEGEND_Y}">{escape(s.name)}</text>')
+        lx += 14 + len(s.name) * LEGEND_CHAR_WIDTH + 18
     parts.append("</svg>")
     return Markup("".join(parts))
 

@@ -26,8 +26,12 @@ def register(main: click.Group) -> None:
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--secure-cookie", is_flag=True,
               help="Send the session cookie over HTTPS only (set it when a TLS proxy serves the console).")
+@click.option("--forwarded-allow-ips", default=None, metavar="ADDRESSES",
+              help="The proxy addresses (comma-separated) whose X-Forwarded-For / X-Forwarded-Proto are "
+                   "believed: the client's address then comes from the proxy (sign-in throttle, audit log). "
+                   "Default: none (the headers are ignored; the address is the connection's).")
 @click.pass_context
-def console(ctx: click.Context, host: str, port: int, secure_cookie: bool) -> None:
+def console(ctx: click.Context, host: str, port: int, secure_cookie: bool, forwarded_allow_ips: str | None) -> None:
     """Serve the operator's web console (queues, retries, dead letters, daily runs, parked
     clients, outbox, clients, audit log).
 
@@ -62,7 +66,9 @@ def console(ctx: click.Context, host: str, port: int, secure_cookie: bool) -> No
     click.echo(f"console on http://{host}:{port}/ ({len(users)} user(s))", err=True)
     level = os.environ.get("LOG_LEVEL", "info").strip().lower()
     uvicorn.run(app, host=host, port=port, log_level=level if level in UVICORN_LEVELS else "info",
-                proxy_headers=False, server_header=False)
+                # Only a proxy named here may say who the client is: anyone else could forge the header.
+                proxy_headers=bool(forwarded_allow_ips), forwarded_allow_ips=forwarded_allow_ips or None,
+                server_header=False)
 
 
 @console.command("hash-password")

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from ..broker import QUEUES
-from ..ops.dead_letters import DeadLetter, DeadLetters, check_corrected_arguments
+from ..ops.dead_letters import DeadLetter, DeadLetters, check_correction
 from ..ops.enqueue_check import parse_assignments
 from ..ops.errors import UnsupportedBroker
 from ..ops.queues import broker_kind, redis_client, safe_url
@@ -80,8 +80,9 @@ def corrections(letter: DeadLetter, text: str) -> dict[str, Any]:
     checks them. ``ValueError``/``OpsError`` saying what is wrong; nothing is requeued then."""
     changes = parse_assignments([line.strip() for line in text.splitlines() if line.strip()])
     if changes:
-        kwargs = letter.message.get("kwargs")
-        check_corrected_arguments(letter.actor, {**(kwargs if isinstance(kwargs, dict) else {}), **changes})
+        # The letter's arguments, positional ones included, bound to the job's signature and
+        # corrected: what the requeue sends (all by name), checked as the CLI checks it.
+        check_correction(letter, changes)
     return changes
 
 

@@ -41,6 +41,20 @@ def parse_money(field: str, value: Any, *, minor_units: int = 2, allow_zero: boo
     Floats are refused because 0.1 + 0.2 is not 0.3 and the sender's cents would be lost
     before we see them; the error tells the sender what to send instead.
     """
+    amount = parse_amount(field, value)
+    if amount != round_money(amount, minor_units):
+        raise ValidationError(field, value, f"has more than {minor_units} decimal places")
+    if amount < 0 and not allow_negative:
+        raise ValidationError(field, value, "must not be negative")
+    if amount == 0 and not allow_zero:
+        raise ValidationError(field, value, "must be greater than zero")
+    return round_money(amount, minor_units)
+
+
+def parse_amount(field: str, value: Any) -> Decimal:
+    """The shape of a money argument, before its currency is known: a finite decimal string (or
+    an int) within MAX_AMOUNT, never a float. What a sender can be told before the job runs
+    (``billingworker enqueue``); the decimal places and the sign are the job's to check."""
     if isinstance(value, bool) or isinstance(value, float):
         raise ValidationError(field, value, 'must be a decimal string such as "10.50", not a JSON number '
                               "with a fraction (floats lose cents)")
@@ -59,10 +73,4 @@ def parse_money(field: str, value: Any, *, minor_units: int = 2, allow_zero: boo
         raise ValidationError(field, value, "is not a finite number")
     if abs(amount) >= MAX_AMOUNT:
         raise ValidationError(field, value, f"is too large (the largest amount is {MAX_AMOUNT - 1})")
-    if amount != round_money(amount, minor_units):
-        raise ValidationError(field, value, f"has more than {minor_units} decimal places")
-    if amount < 0 and not allow_negative:
-        raise ValidationError(field, value, "must not be negative")
-    if amount == 0 and not allow_zero:
-        raise ValidationError(field, value, "must be greater than zero")
-    return round_money(amount, minor_units)
+    return amount

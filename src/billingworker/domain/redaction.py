@@ -2,7 +2,12 @@
 ``job_failures`` row, the dead-letter commands. One set of rules for all of them.
 
 - **Keys.** The value of a key (a dict key at any depth, or ``key=value`` / ``"key": "value"`` /
-  ``key: value`` in a text) becomes ``***`` when the key names a secret (``is_secret_key``):
+  ``key: value`` in a text) becomes ``***`` when the key names a secret (``is_secret_key``).
+  In a text, a quoted value ends at its closing quote; an unquoted one may hold spaces
+  (``password=correct horse``, ``pan=4111 1111 1111 1111``) and ends at the end of the line, at
+  a separator (``, ; & ) } ]``), before the next ``name=`` / ``name:`` (``password=a b
+  user=bob`` keeps ``user=bob``) or before the length marker of a cut text. A key names a
+  secret when
   it *contains* ``pass`` (password, passwd, passphrase), ``pwd``, ``secret``, ``token``,
   ``card``, ``cvv``, ``cvc``, ``credential``, ``authoriz`` or ``cookie``; or one of its words
   (split at ``_ - .`` and at camelCase) *is* ``pan``, ``pin``, ``auth`` or ``otp``, or is or ends
@@ -61,7 +66,10 @@ _VALUE = re.compile(r"""
   | "(?:[^"\\\n]|\\.)*+"?
   | '(?:[^'\\\n]|\\.)*+'?
   | [{\[][^}\]\n]*+[}\]]?
-  | [^\s"',;&)}\]]++
+    # unquoted: words separated by spaces or tabs, up to the end of the line, a separator
+    # (, ; & ) } ]), the next key (``password=correct horse user=bob``: ``user`` is kept) or the
+    # length marker of a cut text (``(98304 characters)``)
+  | [^\s"',;&)}\]]++(?:[ \t]++(?![a-z_][\w-]*+["']?[ \t]*+[:=]|\([0-9]++[ ]characters\))[^\s"',;&)}\]]++)*+
 """, re.VERBOSE | re.IGNORECASE)
 
 

@@ -144,8 +144,15 @@ def load_settings(session: Session) -> BillingSettings:
 #: The spellings of ``late_fee_type`` the late-fee task understands (case-insensitive).
 LATE_FEE_TYPES = ("percentage", "percent", "fixed", "fixed amount")
 TAX_TYPES = ("exclusive", "inclusive")
-#: Whole-number settings are counts of days, hours or links: 0 .. this.
+#: Whole-number settings are counts of days, hours or links: 0 .. this, unless their spec says less.
 MAX_WHOLE = 2**31 - 1
+#: A setting counted in days: ten years. More is no billing rule, and a date that far from today
+#: overflows Python's dates (year 9999) in every daily run's arithmetic.
+MAX_DAYS = 3650
+#: ``card_capture_retry_weeks``: ten years of weekly retries.
+MAX_WEEKS = 520
+#: ``password_reset_validity_hours``: a year.
+MAX_HOURS = 8760
 #: Longest text setting (a company name, a URL).
 MAX_TEXT = 1000
 
@@ -160,14 +167,19 @@ class SettingSpec:
     kind: str
     description: str
     choices: tuple[str, ...] = ()
+    #: The largest whole number an integer (or days by cycle) setting takes.
+    maximum: int = MAX_WHOLE
 
     @property
     def default(self) -> Any:
         return getattr(BillingSettings(), self.name)
 
 
-def _spec(name: str, kind: str, description: str, choices: tuple[str, ...] = ()) -> SettingSpec:
-    return SettingSpec(name, kind, description, choices)
+def _spec(name: str, kind: str, description: str, choices: tuple[str, ...] = (), *,
+          maximum: int | None = None) -> SettingSpec:
+    if maximum is None:
+        maximum = MAX_DAYS if name.endswith("_days") or kind == "days by cycle" else MAX_WHOLE
+    return SettingSpec(name, kind, description, choices, maximum)
 
 
 #: Every setting, in the order of BillingSettings (docs/schema.md section 5 says the same).
@@ -176,7 +188,7 @@ SETTINGS: dict[str, SettingSpec] = {s.name: s for s in (
     _spec("invoice_generation_days_by_cycle", "days by cycle",
           'Per-cycle overrides of invoice_generation_days, e.g. {"Annually": 30}.'),
     _spec("domain_invoice_generation_days", "optional integer",
-          "Days for domains; null = as for other things."),
+          "Days for domains; null = as for other things.", maximum=MAX_DAYS),
     _spec("invoiceable_statuses", "statuses", "Service and addon statuses that are invoiced."),
     _spec("continuous_invoiceable_statuses", "statuses", "The same, when continuous generation is on."),
     _spec("domain_invoiceable_statuses", "statuses", "Domain statuses that are invoiced."),
@@ -194,14 +206,16 @@ SETTINGS: dict[str, SettingSpec] = {s.name: s for s in (
     _spec("late_fee_minimum", "money", "A smaller late fee is raised to this."),
     _spec("late_fee_taxed", "boolean", "Whether the late fee line is taxed."),
     _spec("card_capture_days_before_due", "integer", "First card capture this many days before the due date."),
-    _spec("card_capture_retry_weeks", "integer", "After a failed capture: 0 = retry daily; N = weekly for N weeks."),
+    _spec("card_capture_retry_weeks", "integer", "After a failed capture: 0 = retry daily; N = weekly for N weeks.",
+          maximum=MAX_WEEKS),
     _spec("card_capture_attempt_once", "boolean", "One capture attempt per invoice, no retry."),
     _spec("daily_run_time", "time", "Local time (BILLING_TIME_ZONE) of the daily run, HH:MM, 24-hour."),
     _spec("add_funds_minimum", "money", "Smallest add-funds invoice."),
     _spec("add_funds_maximum", "money", "Largest add-funds invoice."),
     _spec("add_funds_maximum_balance", "money", "Credit balance + the added amount may not exceed this."),
     _spec("phone_number_formatting", "boolean", "Store phone numbers as +<country code>.<number>."),
-    _spec("password_reset_validity_hours", "integer", "How long a password reset link is valid (hours)."),
+    _spec("password_reset_validity_hours", "integer", "How long a password reset link is valid (hours).",
+          maximum=MAX_HOURS),
     _spec("password_reset_installation_limit", "integer",
           "At most this many password reset links per rolling hour, all users together."),
     _spec("tax_type", "choice", "exclusive: prices before tax; inclusive: prices include tax.", TAX_TYPES),
@@ -245,7 +259,7 @@ def check_setting(name: str, value: Any) -> Any:
     if kind == "optional integer" and value is None:
         return None
     if kind in ("integer", "optional integer"):
-        return _check_whole(field_name, value)
+        return _check_whole(field_name, value, spec.maximum)
     if kind == "boolean":
         if not isinstance(value, bool):
             raise ValidationError(field_name, value, "must be true or false")
@@ -276,14 +290,47 @@ def check_setting(name: str, value: Any) -> Any:
     if kind == "days by cycle":
         if not isinstance(value, dict) or not all(isinstance(k, str) and k.strip() for k in value):
             raise ValidationError(field_name, value, 'must be an object of cycle -> days, e.g. {"Annually": 30}')
-        return {k.strip(): _check_whole(f"{field_name}.{k}", v) for k, v in value.items()}
+        from .cycles import CYCLE_MONTHS
+
+        cycles = tuple(c.value for c in CYCLE_MONTHS)  # the cycles that are invoiced again
+        for key in value:
+            if key.strip() not in cycles:
+                raise ValidationError(f"{field_name}.{key}", key, f"is not a recurring billing cycle "
+                                      f"(one of {', '.join(cycles)})")
+        return {k.strip(): _check_whole(f"{field_name}.{k}", v, spec.maximum) for k, v in value.items()}
     raise AssertionError(f"unknown kind {kind}")  # pragma: no cover - SETTINGS is fixed
 
 
-def _check_whole(field_name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WHOLE:
-        raise ValidationError(field_name, value, f"must be a whole number from 0 to {MAX_WHOLE}")
+def _check_whole(field_name: str, value: Any, maximum: int = MAX_WHOLE) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise ValidationError(field_name, _shown(value), f"must be a whole number from 0 to {maximum}")
     return value
+
+
+def _shown(value: Any) -> Any:
+    """A huge integer as an error quotes it (its digits would flood the screen)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    return value
+
+
+#: Money settings that must keep an order: (smaller or equal, larger or equal).
+_ORDERED_MONEY = (("add_funds_minimum", "add_funds_maximum"), ("add_funds_maximum", "add_funds_maximum_balance"))
+
+
+def check_together(current: BillingSettings, values: dict[str, Any]) -> None:
+    """Rules between settings, over ``current`` with ``values`` (checked ones) written over it:
+    the add-funds minimum is at most the maximum, the maximum at most the largest balance.
+    ValidationError naming the setting written (or the first of the pair)."""
+    merged = {name: getattr(current, name) for name in ("add_funds_minimum", "add_funds_maximum",
+                                                         "add_funds_maximum_balance")}
+    merged.update({k: Decimal(str(v)) for k, v in values.items() if k in merged})
+    for low, high in _ORDERED_MONEY:
+        if merged[low] <= merged[high]:
+            continue
+        named = low if low in values else high
+        raise ValidationError(f"settings.{named}", str(values.get(named, merged[named])),
+                              f"must keep {low} ({merged[low]}) at most {high} ({merged[high]})")
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -300,9 +347,12 @@ def setting_from_text(name: str, text: str) -> Any:
     if kind in ("integer", "optional integer"):
         if kind == "optional integer" and raw.lower() in ("", "null", "none"):
             return None
-        if raw.isascii() and raw.isdigit():
+        # At most as many digits as MAX_WHOLE: int() of thousands of digits is slow, and past
+        # 4300 a ValueError.
+        if raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_WHOLE)):
             return check_setting(name, int(raw))
-        raise ValidationError(f"settings.{name}", text, f"must be a whole number from 0 to {MAX_WHOLE}"
+        shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
+        raise ValidationError(f"settings.{name}", shown, f"must be a whole number from 0 to {spec.maximum}"
                               + (" (or null)" if kind == "optional integer" else ""))
     if kind == "boolean":
         if raw.lower() in _TRUE + _FALSE:
@@ -312,8 +362,10 @@ def setting_from_text(name: str, text: str) -> Any:
         if raw.startswith(("[", "{")):
             try:
                 decoded = json.loads(raw)
-            except json.JSONDecodeError:
-                raise ValidationError(f"settings.{name}", text, "is not valid JSON") from None
+            except RecursionError:
+                raise ValidationError(f"settings.{name}", raw[:40], "is JSON nested too deep") from None
+            except ValueError as exc:  # not JSON, or an integer of more than 4300 digits
+                raise ValidationError(f"settings.{name}", raw[:40], f"is not valid JSON ({exc})") from None
             return check_setting(name, decoded)
         if kind == "statuses":
             return check_setting(name, [part for part in raw.split(",") if part.strip()])
@@ -340,10 +392,11 @@ def setting_text(name: str, value: Any) -> str:
 
 def save_settings(session: Session, **values: Any) -> None:
     """Write settings (the CLI, the console, the demo, tests): every value is checked first
-    (``check_setting``), so either all are written or none (``UnknownSetting`` or a
-    ``ValidationError`` naming the setting)."""
+    (``check_setting``, then ``check_together`` with the settings stored), so either all are
+    written or none (``UnknownSetting`` or a ``ValidationError`` naming the setting)."""
     checked = {name: check_setting(name, value) for name, value in values.items()}
     settings_from_mapping(checked)
+    check_together(load_settings(session), checked)
     for name, value in checked.items():
         encoded = json.dumps(value)
         row = session.get(Setting, name)

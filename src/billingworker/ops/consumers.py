@@ -141,6 +141,10 @@ class Consumer:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def consumes(self, queue: str) -> bool:
+        """Whether it consumes ``queue`` (a record without its queues is taken to consume all)."""
+        return not self.queues or queue in self.queues
+
 
 def _iso(ms: int | float | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from .cli_support import ID, answering
 from .tables import Column, InputRefused, console, money_by_currency, print_json, print_table, totals_by_currency
 
 #: Seconds between two looks at the run's progress.
@@ -36,8 +37,9 @@ INTERRUPTED = 130
 @click.option("--dry-run", is_flag=True, help="Report what the day would do; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: one JSON document, for scripts.")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="Worker threads.")
-@click.option("--resume", "resume_id", type=click.IntRange(min=1), default=None, metavar="RUN",
+@click.option("--resume", "resume_id", type=ID, default=None, metavar="RUN",
               help="Finish a run left running (an interrupted foreground run), here.")
+@answering
 def daily_run(as_of: str | None, dry_run: bool, as_json: bool, threads: int, resume_id: int | None) -> None:
     """Run the day in the foreground (in-process broker and workers), with progress.
 

@@ -13,6 +13,7 @@ numbers, URL passwords; long texts cut. Only ``requeue`` handles the message as 
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import uuid
@@ -119,14 +120,42 @@ class DeadLetter:
             return "message body missing from the .XQ.msgs hash"
         return lines[-1].strip() if lines else ""
 
+    @property
+    def args(self) -> list[Any]:
+        """The positional arguments as stored ([] if none or not a list)."""
+        args = self.message.get("args")
+        return list(args) if isinstance(args, list | tuple) else []
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments as stored ({} if none or not an object)."""
+        kwargs = self.message.get("kwargs")
+        return kwargs if isinstance(kwargs, dict) else {}
+
+    def arguments(self) -> dict[str, Any]:
+        """Every argument by name: the positional ones named by the job's signature (an unknown
+        job, or arguments that do not fit it: ``#0``, ``#1`` ... for the positional ones)."""
+        try:
+            return bound_arguments(self.actor, self.args, self.kwargs)
+        except ArgumentsRefused:
+            return {**{f"#{n}": value for n, value in enumerate(self.args)}, **self.kwargs}
+
+    def corrected(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments a corrected requeue sends, all by name: the stored ones bound to the
+        job's signature (positional ones included), ``changes`` applied. ``ArgumentsRefused`` if
+        the stored arguments do not fit the job (nothing sensible to correct)."""
+        return {**bound_arguments(self.actor, self.args, self.kwargs), **changes}
+
     def age_seconds(self, now_ms: int | None = None) -> float:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         return max(0.0, (now_ms - self.died_at_ms) / 1000)
 
     def summary(self, now_ms: int | None = None) -> dict[str, Any]:
-        """What ``list`` prints: kwargs and error masked and bounded."""
+        """What ``list`` prints: arguments and error masked and bounded. ``arguments`` names every
+        argument, the positional ones by the job's signature (``args``, ``kwargs``: as stored)."""
         return {"queue": self.queue, "id": self.id, "message_id": mask_text(self.message_id),
-                "actor": mask_text(self.actor), "kwargs": mask(self.message.get("kwargs")),
+                "actor": mask_text(self.actor), "arguments": mask(self.arguments()),
+                "args": mask(self.args), "kwargs": mask(self.message.get("kwargs")),
                 "died_at_ms": self.died_at_ms, "age_seconds": round(self.age_seconds(now_ms), 3),
                 "retries": self.retries, "error": mask_text(self.error, ERROR_LIMIT)}
 
@@ -191,16 +220,19 @@ class DeadLetters:
         return self.requeue_with(letter, {})
 
     def requeue_with(self, letter: DeadLetter, changes: Mapping[str, Any]) -> str | None:
-        """``requeue`` with some keyword arguments corrected first: ``changes`` maps an argument's
-        name to its new value (added if the message lacked it). The caller checks the values
-        (``ops.enqueue_check``); the stored message is compared as read, so a letter changed or
-        gone meanwhile is left alone (None)."""
+        """``requeue`` with some arguments corrected first: ``changes`` maps an argument's name to
+        its new value (added if the message lacked it). The message's arguments, positional ones
+        included, are bound to the job's signature and sent all by name (``args`` empty: a
+        positional ``42`` and a corrected ``email_id=43`` would be "multiple values" for the job),
+        after the checks of ``enqueue`` (``ArgumentsRefused``, nothing sent). The stored message
+        is compared as read, so a letter changed or gone meanwhile is left alone (None)."""
         if letter.decode_error is not None:
             raise NotRequeueable(letter)
         message = letter.message
         if changes:
-            kwargs = message.get("kwargs")
-            message = {**message, "kwargs": {**(kwargs if isinstance(kwargs, dict) else {}), **changes}}
+            arguments = letter.corrected(changes)
+            check_corrected_arguments(letter.actor, arguments)
+            message = {**message, "args": [], "kwargs": arguments}
         new_id = str(uuid.uuid4())
         options = {k: v for k, v in letter.options.items() if k not in _ATTEMPT_OPTIONS}
         options.update(retries=0, redis_message_id=new_id)
@@ -268,16 +300,59 @@ class ArgumentsRefused(OpsError, ValueError):
         self.field = field
 
 
-def check_corrected_arguments(actor: str, kwargs: dict[str, Any]) -> None:
-    """Refuse (``ArgumentsRefused``) the keyword arguments of a corrected requeue that the job
-    ``actor`` would refuse at once, with the checks of ``enqueue`` (``ops.enqueue_check``): the
-    one place where a corrected dead letter is checked before it is sent (the console's too)."""
+def _job(actor: str):
+    """The declared actor named ``actor`` (``ArgumentsRefused`` naming the jobs if none)."""
     import dramatiq
 
     from .. import actors  # noqa: F401 - declares the jobs
-    from .enqueue_check import MessageRefused, check_message, find_job
+    from .enqueue_check import MessageRefused, find_job
 
     try:
-        check_message(find_job(dramatiq.get_broker(), actor), kwargs)
+        return find_job(dramatiq.get_broker(), actor)
     except MessageRefused as exc:
         raise ArgumentsRefused(exc.field, str(exc)) from None
+
+
+def bound_arguments(actor: str, args: list[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` and ``kwargs`` of a message for the job ``actor``, all by name (its signature's
+    names, in its order). ``ArgumentsRefused`` (field ``arguments``) if they do not fit it: too
+    many, one given twice, or a positional one the job can only take as ``*args``."""
+    fn = _job(actor).fn
+    signature = inspect.signature(fn)
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError as exc:
+        raise ArgumentsRefused("arguments", f"arguments: the message's arguments do not fit "
+                               f"{actor}{signature}: {exc}") from None
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise ArgumentsRefused("arguments", f"arguments: {actor} takes *{name}, which cannot be "
+                                       "given by name; purge the letter and enqueue a new message")
+        else:
+            named[name] = value
+    return named
+
+
+def check_corrected_arguments(actor: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse (``ArgumentsRefused``) the arguments of a corrected requeue, all by name
+    (``DeadLetter.corrected``), that the job ``actor`` would refuse at once, with the checks of
+    ``enqueue`` (``ops.enqueue_check``). ``requeue_with`` runs it; a caller may run it first."""
+    from .enqueue_check import MessageRefused, check_message
+
+    try:
+        check_message(_job(actor), kwargs)
+    except MessageRefused as exc:
+        raise ArgumentsRefused(exc.field, str(exc)) from None
+
+
+def check_correction(letter: DeadLetter, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments ``letter`` would be requeued with after ``changes`` (all by name), checked as
+    ``requeue_with`` checks them; ``ArgumentsRefused`` otherwise."""
+    arguments = letter.corrected(changes)
+    check_corrected_arguments(letter.actor, arguments)
+    return arguments

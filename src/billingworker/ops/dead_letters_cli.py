@@ -11,9 +11,11 @@ import click
 
 from ..broker import QUEUES
 from .cli_support import (
+    MAX_LIMIT,
     ago,
     id_column,
     job_failures_of,
+    json_error,
     queue_option,
     redis_store,
     selected_queues,
@@ -42,7 +44,8 @@ def _dead_letter_store():
 
 @dead_letters.command("list")
 @queue_option
-@click.option("--limit", default=100, show_default=True, help="At most this many per queue, oldest first.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, MAX_LIMIT),
+              help="At most this many per queue, oldest first.")
 @click.option("--json", "as_json", is_flag=True)
 def dead_letters_list(queue: str | None, limit: int, as_json: bool) -> None:
     """Dead letters: id, actor, age, retries, and why (traceback's last line or job_failures).
@@ -53,7 +56,7 @@ def dead_letters_list(queue: str | None, limit: int, as_json: bool) -> None:
     from .dead_letters import ERROR_LIMIT
     from .tables import Column, print_table
 
-    with _dead_letter_store() as store:
+    with json_error(as_json), _dead_letter_store() as store:
         letters = [letter for q in selected_queues(queue) for letter in store.list(q, limit=limit)]
         totals = {q: store.count(q) for q in selected_queues(queue)}
     failures = job_failures_of([letter.message_id for letter in letters])
@@ -72,7 +75,7 @@ def dead_letters_list(queue: str | None, limit: int, as_json: bool) -> None:
         return
     print_table(None, ["queue", id_column(), "actor", Column("died", justify="right"),
                        Column("retries", justify="right"), "arguments", "error"],
-                [[r["queue"], r["id"], r["actor"], ago(r["age_seconds"]), r["retries"], short_json(r["kwargs"]),
+                [[r["queue"], r["id"], r["actor"], ago(r["age_seconds"]), r["retries"], short_json(r["arguments"]),
                   r["error"][:100]] for r in rows])
     for q, total in totals.items():
         shown = sum(1 for r in rows if r["queue"] == q)
@@ -90,14 +93,18 @@ def dead_letters_show(ident: str, queue: str | None, as_json: bool) -> None:
 
     Secrets (passwords, tokens, card numbers, at any depth) are masked and long texts cut.
     """
-    from .dead_letters import refusal
+    from ..domain.redaction import mask
+    from .dead_letters import SHOWN_TEXT_LIMIT, refusal
     from .tables import print_table
 
     with _dead_letter_store() as store:
         letter = store.find(ident, selected_queues(queue))
     message, traceback = letter.shown()
+    # Every argument by name (the positional ones named by the job's signature), masked.
+    arguments = mask(letter.arguments(), text_limit=SHOWN_TEXT_LIMIT)
     failures = job_failures_of([letter.message_id]).get(letter.message_id, [])
     if as_json:
+        message["arguments"] = arguments
         if traceback is not None and isinstance(message.get("options"), dict):
             message["options"]["traceback"] = traceback
         message["job_failures"] = failures
@@ -107,6 +114,7 @@ def dead_letters_show(ident: str, queue: str | None, as_json: bool) -> None:
     died = datetime.fromtimestamp(letter.died_at_ms / 1000, UTC)
     click.echo(f"queue {letter.queue}   redis id {letter.id}   died {died:%Y-%m-%d %H:%M:%S} UTC   "
                f"retries {letter.retries}")
+    click.echo("arguments " + json.dumps(arguments, default=str))
     click.echo(json.dumps(message, indent=2, default=str))
     if failures:
         click.echo("")
@@ -158,7 +166,7 @@ def dead_letters_requeue(idents: tuple[str, ...], all_: bool, queue: str | None,
     command says so and asks first (--yes: does not ask); correct it with --set NAME=VALUE.
     A dead letter whose payload is not a JSON message stays where it is (exit status 1).
     """
-    from .dead_letters import NotRequeueable, check_corrected_arguments, refusal
+    from .dead_letters import NotRequeueable, check_correction, refusal
 
     changes = _parse_changes(assignments)
     if changes and all_:
@@ -175,7 +183,7 @@ def dead_letters_requeue(idents: tuple[str, ...], all_: bool, queue: str | None,
         for letter in letters:
             if changes:
                 try:
-                    check_corrected_arguments(letter.actor, {**_kwargs(letter), **changes})
+                    check_correction(letter, changes)
                 except OpsError as exc:
                     raise click.ClickException(f"{letter.id} ({_named(letter)}): {exc}") from None
             elif (reason := refusal(letter, failures.get(letter.message_id, []))) is not None:
@@ -198,11 +206,6 @@ def dead_letters_requeue(idents: tuple[str, ...], all_: bool, queue: str | None,
                 click.echo(f"requeued {letter.id} ({_named(letter)}) to {letter.queue} as {new_id}{corrected}")
     if refused:
         sys.exit(1)
-
-
-def _kwargs(letter) -> dict[str, Any]:
-    kwargs = letter.message.get("kwargs")
-    return kwargs if isinstance(kwargs, dict) else {}
 
 
 def _requeue_all(store, queue: str, yes: bool) -> None:

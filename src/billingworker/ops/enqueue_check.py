@@ -1,7 +1,10 @@
-"""Check a message before it is sent (``billingworker enqueue``, the console's requeue with a
-corrected argument): what the job would refuse at once, and dead-letter, is refused here instead,
-with the same rules (``actors.arguments.check_arguments``: the job's signature and the rules it
-declares with ``argument_rules``). Nothing is sent when a check fails.
+"""Check a message before it is sent (``billingworker enqueue``, ``dead-letters requeue --set``,
+the console's requeue with a corrected argument) with the rules the job declares
+(``actors.arguments.check_arguments``: its signature, the rule of each argument given with
+``argument_rules``, and its rules over several arguments, e.g. no real daily run of a future
+day). Nothing is sent when a check fails. Not checked here: what a job checks only in its body,
+above all what needs the database (an amount in the client's currency, a client that exists):
+such a message is sent and refused by the job.
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ def parse_assignments(arguments: tuple[str, ...] | list[str]) -> dict[str, Any]:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        except RecursionError:
+            raise MessageRefused(name.strip(), f"{name.strip()}: the JSON value is nested too deep") from None
+        except ValueError as exc:  # an integer of more than 4300 digits (Python's int limit)
+            raise MessageRefused(name.strip(), f"{name.strip()}: {exc}") from None
         # JSON floats lose cents, and every job refuses them: 10.50 is meant as money.
         kwargs[name.strip()] = raw.strip() if isinstance(value, float) else value
     return kwargs

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.pool import NullPool
 
+from ..broker import QUEUES
 from ..db import create_db_engine, unit_of_work
 from .consumers import read_consumers
 from .logs import redact_text
@@ -118,9 +119,10 @@ def check_broker(url: str) -> Check:
 
 
 def check_workers(url: str, *, now: datetime, max_silence: float = DEFAULT_MAX_WORKER_SILENCE) -> Check:
-    """Unhealthy when no worker consumed the queues in the last ``max_silence`` seconds: on Redis,
-    no consumer record that recent (a process that only enqueues never writes one); on RabbitMQ,
-    no consumer on the queues now."""
+    """Unhealthy when a queue of ``QUEUES`` had no consuming worker in the last ``max_silence``
+    seconds: on Redis, no consumer record that recent naming it (a process that only enqueues
+    never writes one); on RabbitMQ, no consumer on it now. A worker started with ``--queues
+    emails`` alone leaves billing unconsumed: unhealthy."""
     try:
         kind = broker_kind(url)
         if kind == "redis":
@@ -132,16 +134,26 @@ def check_workers(url: str, *, now: datetime, max_silence: float = DEFAULT_MAX_W
             finally:
                 client.close()
         elif kind == "rabbitmq":
-            workers = read_rabbitmq_state(url).workers or 0
-            if workers:
-                return Check("workers", True, f"{workers} consumer(s) on the queues")
-            return Check("workers", False, "no consumer on the queues: start `dramatiq billingworker.actors`")
+            state = read_rabbitmq_state(url)
+            workers = state.workers or 0
+            idle = [q.queue for q in state.queues if not q.consumers]
+            if not workers:
+                return Check("workers", False, "no consumer on the queues: start `dramatiq billingworker.actors`")
+            if idle:
+                return Check("workers", False, f"no consumer on the {', '.join(idle)} queue(s) ({workers} on the "
+                                               "others): start `dramatiq billingworker.actors` for every queue")
+            return Check("workers", True, f"{workers} consumer(s) on the queues")
         else:
             return Check("workers", True, "stub:// (in-process broker): the worker runs in the process")
     except Exception as exc:  # noqa: BLE001 - any failure to answer is the finding
         return Check("workers", False, f"cannot read the consumers: {_first_line(exc)}")
     if live:
         names = ", ".join(f"{c.host} pid {c.pid}" for c in live[:5]) + (" ..." if len(live) > 5 else "")
+        idle = [q for q in QUEUES if not any(c.consumes(q) for c in live)]
+        if idle:
+            return Check("workers", False, f"no consuming worker of the {', '.join(idle)} queue(s) seen in the last "
+                                           f"{max_silence:g} s ({len(live)} consume only the others: {names}); "
+                                           "start `dramatiq billingworker.actors` for every queue")
         return Check("workers", True, f"{len(live)} consuming worker(s) seen in the last {max_silence:g} s ({names})")
     if last:
         gone = last[0]

@@ -153,7 +153,13 @@ class OpsCollector:
                                  labels=["queue"])
         age = GaugeMetricFamily("billingworker_queue_oldest_message_age_seconds",
                                 "Age of the first waiting message of a queue (0 when none waits).", labels=["queue"])
+        consumers = GaugeMetricFamily("billingworker_queue_consumers",
+                                      "Worker processes consuming a queue (Redis: consumers seen within the "
+                                      "heartbeat timeout that consume it; RabbitMQ: the queue's consumers).",
+                                      labels=["queue"])
         for q in state.queues:
+            if q.consumers is not None:
+                consumers.add_metric([q.queue], q.consumers)
             for name in ("waiting", "delayed", "in_progress"):
                 value = getattr(q, name)
                 if value is not None:
@@ -162,7 +168,7 @@ class OpsCollector:
                 dead.add_metric([q.queue], q.dead)
             if q.oldest_age_seconds is not None:
                 age.add_metric([q.queue], q.oldest_age_seconds)
-        yield from (messages, dead, age)
+        yield from (messages, dead, age, consumers)
         if state.workers is not None:
             yield GaugeMetricFamily("billingworker_live_workers",
                                     "Worker processes consuming the queues (Redis: consumers seen within the "

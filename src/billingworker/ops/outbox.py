@@ -94,6 +94,21 @@ def _context(raw: str) -> Any:
         return raw
 
 
+@dataclass(frozen=True)
+class ResendDone(Resend):
+    """What a resend did (``Resend``), and ``warning``: set when the delivery messages could not
+    be enqueued after the commit (the broker did not answer). The rows are ``queued`` all the
+    same, and the scheduler's relay offers every queued row again (``relay_outbox``), so they are
+    delivered once the broker answers: the resend is done, its delivery late."""
+
+    warning: str | None = None
+
+
+#: When the relay re-offers a queued row: ``relayed_at`` (the resend's ``now``) plus the relay's
+#: wait (60 s, ``actors.emails.RELAY_AFTER``), at the scheduler's next relay (every 60 s).
+RELAY_NOTE = "the scheduler's relay delivers them within about two minutes once the broker answers"
+
+
 def send_after_commit(email_ids: Sequence[int]) -> None:
     """Enqueue the delivery of outbox rows, as the jobs do after their commit (``actors.base.send_emails``)."""
     from ..actors.base import send_emails
@@ -102,10 +117,23 @@ def send_after_commit(email_ids: Sequence[int]) -> None:
 
 
 def resend(engine: Engine, *, now: datetime, email_ids: Sequence[int] = (), all_failed: bool = False,
-           client_id: int | None = None, send: Callable[[Sequence[int]], None] = send_after_commit) -> Resend:
+           client_id: int | None = None, send: Callable[[Sequence[int]], None] = send_after_commit) -> ResendDone:
     """Put failed (and, by id, skipped) emails back to ``queued`` in one transaction, commit, then
     ``send`` their delivery messages. ``all_failed``: every failed row (of ``client_id``), page
-    by page. A row already queued, sending or sent is left as it is (``Resend.left``)."""
+    by page. A row already queued, sending or sent is left as it is (``Resend.left``).
+
+    A ``send`` that fails after the commit does not undo it nor raise: the rows stay queued and
+    the relay delivers them; ``ResendDone.warning`` says so (no more sends are tried then)."""
+    failed: list[str] = []
+
+    def deliver(ids: Sequence[int]) -> None:
+        if failed:  # the broker did not answer a moment ago: the relay takes the rest too
+            return
+        try:
+            send(ids)
+        except Exception as exc:  # noqa: BLE001 - the broker's errors vary (Redis, AMQP); the relay recovers
+            failed.append(f"{type(exc).__name__}: {mask_text(str(exc).splitlines()[0] if str(exc) else '', 200)}")
+
     if all_failed:
         # Page by page in id order, each page its own transaction and its messages sent after
         # its commit; an email failing again meanwhile is not taken twice (ids only grow).
@@ -116,13 +144,19 @@ def resend(engine: Engine, *, now: datetime, email_ids: Sequence[int] = (), all_
                 ids = failed_email_ids(session, client_id=client_id, after_id=after)
                 page = resend_emails(session, ids, now=now)
                 session.commit()
-            send(page.queued)
+            deliver(page.queued)
             queued += page.queued
             if len(ids) < RESEND_PAGE:
-                return Resend(tuple(queued), {})
+                return _done(tuple(queued), {}, failed)
             after = ids[-1]
     with unit_of_work(engine) as session:
         done = resend_emails(session, email_ids, now=now)
         session.commit()
-    send(done.queued)
-    return done
+    deliver(done.queued)
+    return _done(done.queued, done.left, failed)
+
+
+def _done(queued: tuple[int, ...], left: dict[int, str], failed: list[str]) -> ResendDone:
+    warning = (f"queued {len(queued)}; the broker did not answer ({failed[0]}): {RELAY_NOTE}"
+               if failed else None)
+    return ResendDone(tuple(queued), left, warning)

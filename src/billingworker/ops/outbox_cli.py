@@ -8,7 +8,7 @@ from datetime import datetime
 
 import click
 
-from .cli_support import ago, short_json, utc_now
+from .cli_support import ID, MAX_LIMIT, ago, answering, short_json, utc_now
 
 # --- outbox -------------------------------------------------------------------------------------
 
@@ -21,9 +21,10 @@ def outbox() -> None:
 @click.option("--status", "statuses", multiple=True, type=click.Choice(("failed", "skipped", "queued", "sending",
                                                                          "sent")),
               help="Only emails in this status (repeatable)  [default: failed and skipped]")
-@click.option("--client", "client_id", type=click.IntRange(min=1), default=None, help="Only this client's emails.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1), help="The most recent N.")
+@click.option("--client", "client_id", type=ID, default=None, help="Only this client's emails.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, MAX_LIMIT), help="The most recent N.")
 @click.option("--json", "as_json", is_flag=True)
+@answering
 def outbox_list(statuses: tuple[str, ...], client_id: int | None, limit: int, as_json: bool) -> None:
     """Outbox emails, the most recent first: client, address (masked), template, status, why, ages."""
     from ..db import get_engine, unit_of_work
@@ -54,9 +55,10 @@ def _since(now: datetime, moment: datetime | None) -> str:
 
 
 @outbox.command("resend")
-@click.argument("email_ids", nargs=-1, type=click.IntRange(min=1))
+@click.argument("email_ids", nargs=-1, type=ID)
 @click.option("--all-failed", is_flag=True, help="Every failed email (of --client, if given).")
-@click.option("--client", "client_id", type=click.IntRange(min=1), default=None, help="With --all-failed.")
+@click.option("--client", "client_id", type=ID, default=None, help="With --all-failed.")
+@answering
 def outbox_resend(email_ids: tuple[int, ...], all_failed: bool, client_id: int | None) -> None:
     """Put failed (or skipped) emails back in the queue and enqueue their delivery.
 
@@ -64,6 +66,8 @@ def outbox_resend(email_ids: tuple[int, ...], all_failed: bool, client_id: int |
     any queued email: checked again that it is still wanted (a reminder whose invoice was paid
     is skipped, not sent). A sent, sending or queued email is left alone: nothing is sent twice.
     --all-failed takes failed emails only; a skipped one is resent by its id.
+    If the broker does not answer after the commit, the emails stay queued and the scheduler's
+    relay delivers them once it answers: a warning says so on stderr, exit status 0.
     """
     from ..db import get_engine
     from .outbox import resend
@@ -73,6 +77,9 @@ def outbox_resend(email_ids: tuple[int, ...], all_failed: bool, client_id: int |
     if client_id is not None and not all_failed:
         raise click.UsageError("resend: --client goes with --all-failed")
     done = resend(get_engine(), now=utc_now(), email_ids=email_ids, all_failed=all_failed, client_id=client_id)
+    if done.warning:
+        # The resend is done (the rows are queued); only their delivery waits for the relay: exit 0.
+        click.echo(f"Warning: {done.warning}", err=True)
     if done.queued:
         click.echo(f"resent {len(done.queued)} email(s): " + ", ".join(str(i) for i in done.queued[:50])
                    + (" ..." if len(done.queued) > 50 else ""))
@@ -86,10 +93,11 @@ def outbox_resend(email_ids: tuple[int, ...], all_failed: bool, client_id: int |
 
 
 @outbox.command("relay")
+@answering
 def outbox_relay() -> None:
     """Re-enqueue every email whose delivery message was lost (queued a minute after it was written,
     or left `sending` by a dead worker)."""
     from ..actors import relay_outbox
 
-    relay_outbox.send()
+    relay_outbox.send()  # a broker that does not answer: a clear error (``answering``)
     click.echo("relay_outbox enqueued")

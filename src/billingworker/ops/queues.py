@@ -45,6 +45,9 @@ class QueueState:
     dead: int | None
     oldest_age_seconds: float | None
     note: str = ""
+    #: Live worker processes consuming this queue (Redis: consumers seen within the heartbeat
+    #: timeout that name it; RabbitMQ: the queue's consumers); None if unknown.
+    consumers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,12 +140,14 @@ def read_redis_state(client: redis.Redis, queues: tuple[str, ...] = QUEUES, *, n
             pipe.scard(f"{namespace}:__acks__.{worker_id}.{queue}")
     replies = iter(pipe.execute())
     workers = next(replies)
+    live = read_consumers(client, now_ms=now_ms, within_ms=heartbeat_timeout_ms())
     states = []
     for queue in queues:
         waiting, delayed, dead, first_id = next(replies), next(replies), next(replies), next(replies)
         in_progress = sum(next(replies) for _ in worker_ids)
         age = _oldest_age(client, f"{namespace}:{queue}", first_id, now_ms)
-        states.append(QueueState(queue, waiting, delayed, in_progress, dead, age))
+        states.append(QueueState(queue, waiting, delayed, in_progress, dead, age,
+                                 consumers=sum(1 for c in live if c.consumes(queue))))
     consumers = [c.as_dict() for c in read_consumers(client, now_ms=now_ms, within_ms=CONSUMERS_SHOWN_MS)]
     return BrokerState("redis", url, states, workers=workers, consumers=consumers[:MAX_CONSUMERS_SHOWN])
 
@@ -187,7 +192,7 @@ def read_rabbitmq_state(url: str, queues: tuple[str, ...] = QUEUES) -> BrokerSta
             main = counts[0]
             consumers.append(main[1] if main else 0)
             states.append(QueueState(queue, main[0] if main else 0, counts[1][0] if counts[1] else 0, None,
-                                     counts[2][0] if counts[2] else 0, None, note))
+                                     counts[2][0] if counts[2] else 0, None, note, consumers=main[1] if main else 0))
     finally:
         connection.close()
     return BrokerState("rabbitmq", safe_url(url), states, workers=max(consumers, default=0))

@@ -11,8 +11,10 @@ import click
 
 from ..config import get_config
 from .cli_support import (
+    MAX_LIMIT,
     id_column,
     job_failures_of,
+    json_error,
     queue_option,
     redis_store,
     selected_queues,
@@ -81,7 +83,8 @@ def _rabbitmq_retries(as_json: bool) -> bool:
 
 @retries.command("list")
 @queue_option
-@click.option("--limit", default=100, show_default=True, help="At most this many per queue, the next due first.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, MAX_LIMIT),
+              help="At most this many per queue, the next due first.")
 @click.option("--json", "as_json", is_flag=True)
 def retries_list(queue: str | None, limit: int, as_json: bool) -> None:
     """Retries to come: actor, arguments, attempt n of N, the last error, the next try.
@@ -93,7 +96,7 @@ def retries_list(queue: str | None, limit: int, as_json: bool) -> None:
     if _rabbitmq_retries(as_json):
         return
     now_ms = int(time.time() * 1000)
-    with _retry_store() as store:
+    with json_error(as_json), _retry_store() as store:
         found = [r for q in selected_queues(queue) for r in store.list(q, limit=limit)]
         totals = {q: store.count(q) for q in selected_queues(queue)}
         failures = job_failures_of([r.message_id for r in found])

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from .cli_support import answering
 from .tables import InputRefused, print_json, print_table
 
 
@@ -19,6 +20,7 @@ def settings() -> None:
 
 @settings.command("show")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@answering
 def settings_show(as_json: bool) -> None:
     """Every setting: its value, whether it is the default, and what it means."""
     from dataclasses import asdict
@@ -56,6 +58,7 @@ def _plain(value: Any) -> Any:
 
 @settings.command("set")
 @click.argument("assignments", nargs=-1, required=True)
+@answering
 def settings_set(assignments: tuple[str, ...]) -> None:
     """Write settings, all or none: NAME=VALUE as you would say it.
 

@@ -15,7 +15,7 @@ from ...db import unit_of_work
 from ...domain.errors import BillingError
 from ...domain.statements import account_statement
 from ...domain.summary import client_summary
-from ..web import console, render
+from ..web import BadQuery, console, is_id, not_found, query_day, render
 
 #: The statement's default range: this many days back to today.
 STATEMENT_DAYS = 90
@@ -24,7 +24,7 @@ STATEMENT_DAYS = 90
 async def find_client(request: Request) -> Response:
     """The search box: ``?id=42`` goes to client 42."""
     raw = request.query_params.get("id", "").strip()
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit() and len(raw) <= 10 and is_id(int(raw)):
         return RedirectResponse(f"/clients/{int(raw)}", status_code=303)
     return render(request, "client_find.html", error=f"client: {raw!r} is not a client id" if raw else "")
 
@@ -41,19 +41,20 @@ async def client_page(request: Request) -> Response:
     client_id = request.path_params["client_id"]
     state = console(request)
     today = state.now().astimezone(SystemClock(state.time_zone).zone).date()
+    if not is_id(client_id):
+        return not_found(request, f"client {client_id}")
     error = ""
     try:
-        first = date.fromisoformat(request.query_params.get("from") or (today - timedelta(days=STATEMENT_DAYS))
-                                   .isoformat())
-        last = date.fromisoformat(request.query_params.get("to") or today.isoformat())
-    except ValueError:
-        first, last, error = today - timedelta(days=STATEMENT_DAYS), today, "from/to: a date is YYYY-MM-DD"
+        first = query_day(request, "from", today - timedelta(days=STATEMENT_DAYS))
+        last = query_day(request, "to", today)
+    except BadQuery as exc:
+        first, last, error = today - timedelta(days=STATEMENT_DAYS), today, str(exc)
     if first > last:
         first, last, error = last, first, "from: the first day is after the last; swapped"
     try:
         summary, statement = await run_in_threadpool(_read, request, client_id, first, last)
     except BillingError:
-        return render(request, "not_found.html", status_code=404, what=f"client {client_id}")
+        return not_found(request, f"client {client_id}")
     return render(request, "client.html", summary=summary, statement=statement, first=first, last=last,
                   error=error)
 

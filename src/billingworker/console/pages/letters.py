@@ -19,7 +19,7 @@ from ...ops.dead_letters import refusal
 from ...ops.errors import OpsError
 from ...ops.runs import failures_by_message
 from .. import sources
-from ..web import ActionError, act, console, render
+from ..web import ActionError, act, console, not_found, render
 
 #: Messages listed per queue.
 SHOWN = 200
@@ -51,6 +51,10 @@ def _read_dead(request: Request) -> dict[str, Any]:
     with sources.dead_letters(state.broker_url) as store:
         letters = {q: store.list(q, limit=SHOWN) for q in QUEUES}
         totals = {q: store.count(q) for q in QUEUES}
+        # The newest death the page knows of: "requeue all" and "purge all" act on the letters up
+        # to it, never on one that died after the page was shown (the operator has not seen it).
+        newest = {q: (store.list(q)[-1].died_at_ms if totals[q] > len(letters[q]) else
+                      max((letter.died_at_ms for letter in letters[q]), default=0)) for q in QUEUES}
     failures = _failures(request, [letter.message_id for ls in letters.values() for letter in ls])
     rows = {}
     for q, ls in letters.items():
@@ -62,7 +66,8 @@ def _read_dead(request: Request) -> dict[str, Any]:
             row["reason"] = why or row["error"] or "retries spent"
             row["undecodable"] = letter.decode_error
             rows[q].append(row)
-    return {"rows": rows, "totals": totals}
+    refused = {q: sum(1 for row in rs if row["refused"]) for q, rs in rows.items()}
+    return {"rows": rows, "totals": totals, "newest": newest, "refused": refused}
 
 
 async def retries_page(request: Request) -> Response:
@@ -77,7 +82,7 @@ async def dead_letters_page(request: Request) -> Response:
     try:
         data = await run_in_threadpool(_read_dead, request)
     except (OpsError, RedisError) as exc:
-        return render(request, "dead_letters.html", rows={}, totals={}, error=str(exc))
+        return render(request, "dead_letters.html", rows={}, totals={}, newest={}, refused={}, error=str(exc))
     return render(request, "dead_letters.html", error="", **data)
 
 
@@ -103,7 +108,10 @@ async def dead_letter_page(request: Request) -> Response:
     try:
         data = await run_in_threadpool(read)
     except (OpsError, ActionError) as exc:
-        return render(request, "not_found.html", status_code=404, what=f"dead letter ({exc})")
+        return not_found(request, f"dead letter ({exc})")
+    except RedisError as exc:
+        return render(request, "unavailable.html", status_code=503, what="the broker (dead letters)",
+                      reason=f"{type(exc).__name__}: {exc}")
     return render(request, "dead_letter.html", **data)
 
 
@@ -151,20 +159,46 @@ def _queue(request: Request) -> str:
     return queue
 
 
+def _seen(form: dict[str, str], store, queue: str) -> tuple[list, int]:
+    """The letters of ``queue`` the page showed (died at or before its ``upto``), and how many
+    died since (left alone). A form without ``upto`` is stale."""
+    upto = form.get("upto", "")
+    if not (upto.isascii() and upto.isdigit() and len(upto) <= 16):
+        raise ActionError("the form is stale (it does not say which letters it showed): reload the page")
+    letters = store.list(queue)
+    seen = [letter for letter in letters if letter.died_at_ms <= int(upto)]
+    return seen, len(letters) - len(seen)
+
+
+def _since(later: int) -> str:
+    return f"; {later} that died after the page was shown left alone (reload to see them)" if later else ""
+
+
 async def requeue_all(request: Request) -> Response:
+    """Requeue the letters the page showed. When some died of bad input (they die again unless
+    corrected), only with the box ticked that says so, as the CLI asks first."""
     state = console(request)
 
     def work(form: dict[str, str]) -> str:
         queue = _queue(request)
         with sources.dead_letters(state.broker_url) as store:
-            new_ids, skipped = store.requeue_all(queue)
+            letters, later = _seen(form, store, queue)
+            failures = _failures(request, [letter.message_id for letter in letters])
+            doomed = sum(1 for letter in letters if refusal(letter, failures.get(letter.message_id, [])))
+            if doomed and form.get("bad_input") != "yes":
+                raise ActionError(f"{doomed} of the {len(letters)} dead letters died of bad input and would die "
+                                  "again: correct them one by one, or tick the box to requeue them as they are; "
+                                  "nothing was requeued")
+            new_ids, skipped = store.requeue_all(queue, letters=letters)
         left = f"; {len(skipped)} left (not a message: read, then purge them)" if skipped else ""
-        return f"requeued {len(new_ids)} dead letters to {queue}{left}"
+        warned = f" ({doomed} died of bad input and will die again unless their cause is fixed)" if doomed else ""
+        return f"requeued {len(new_ids)} dead letters to {queue}{warned}{left}{_since(later)}"
 
     return await act(request, "requeue_all", request.path_params["queue"], work, back="/dead-letters")
 
 
 async def purge_all(request: Request) -> Response:
+    """Drop the letters the page showed ("drop all N"), not one that died after."""
     state = console(request)
 
     def work(form: dict[str, str]) -> str:
@@ -172,8 +206,9 @@ async def purge_all(request: Request) -> Response:
         if form.get("confirm") != "yes":
             raise ActionError("tick the box to confirm: every dead letter of the queue is dropped for good")
         with sources.dead_letters(state.broker_url) as store:
-            count = store.purge_all(queue)
-        return f"purged {count} dead letters of {queue}"
+            letters, later = _seen(form, store, queue)
+            count = sum(1 for letter in letters if store.purge(letter))
+        return f"purged {count} dead letters of {queue}{_since(later)}"
 
     return await act(request, "purge_all", request.path_params["queue"], work, back="/dead-letters")
 

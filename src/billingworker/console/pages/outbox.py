@@ -9,8 +9,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ...db import unit_of_work
-from ...ops.outbox import STATUSES, UNDELIVERED, count_by_status, list_outbox, resend
-from ..web import ActionError, act, console, render
+from ...ops.outbox import STATUSES, UNDELIVERED, ResendDone, count_by_status, list_outbox, resend
+from ..web import ActionError, BadQuery, Warned, act, bad_request, console, is_id, query_id, render
 
 SHOWN = 200
 
@@ -18,8 +18,10 @@ SHOWN = 200
 async def outbox_page(request: Request) -> Response:
     status = request.query_params.get("status", "")
     statuses = (status,) if status in STATUSES else UNDELIVERED
-    raw_client = request.query_params.get("client", "")
-    client_id = int(raw_client) if raw_client.isdigit() else None
+    try:
+        client_id = query_id(request, "client")
+    except BadQuery as exc:
+        return bad_request(request, str(exc))
 
     def read():
         with unit_of_work(console(request).engine) as session:
@@ -31,11 +33,19 @@ async def outbox_page(request: Request) -> Response:
                   statuses=STATUSES, client_id=client_id)
 
 
-def _said(done, what: str) -> str:
+def _said(done: ResendDone, what: str) -> str | Warned:
+    """The flash of a resend. The rows were committed to ``queued`` before their delivery was
+    sent: if the broker did not answer then, the resend is still done (the scheduler's relay
+    offers queued rows again), so it is a warning saying so, not an error."""
     left = ", ".join(f"{i}: {s}" for i, s in sorted(done.left.items()))
     if not done.queued:
+        if done.left and all(s in ("queued", "sending") for s in done.left.values()):
+            raise ActionError(f"nothing to resend: already queued for delivery ({left})")
         raise ActionError(f"nothing to resend ({left or 'no failed email'})")
-    return f"{what}: {len(done.queued)} email(s) queued for delivery" + (f"; left as they are: {left}" if left else "")
+    also = f"; left as they are: {left}" if left else ""
+    if done.warning:
+        return Warned(f"{what}: {done.warning}{also}")
+    return f"{what}: {len(done.queued)} email(s) queued for delivery{also}"
 
 
 async def resend_one(request: Request) -> Response:
@@ -43,6 +53,8 @@ async def resend_one(request: Request) -> Response:
     state = console(request)
 
     def work(form: dict[str, str]) -> str:
+        if not is_id(email_id):
+            raise ActionError(f"there is no email {email_id}")
         return _said(resend(state.engine, now=state.now(), email_ids=[email_id]), f"email {email_id}")
 
     return await act(request, "resend", f"email {email_id}", work, back="/outbox")

@@ -13,7 +13,7 @@ from ...domain.daily_run import unpark
 from ...domain.models import Client
 from ...ops.failures import recent_failures
 from ...ops.runs import count_parked, parked_clients
-from ..web import ActionError, act, console, render
+from ..web import ActionError, BadQuery, act, bad_request, console, is_id, query_id, render
 
 #: Failures the page lists.
 FAILURES_SHOWN = 200
@@ -27,12 +27,11 @@ def _read(request: Request, run_id: int | None, client_id: int | None) -> dict:
                 "parked_total": count_parked(session)}
 
 
-def _int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
-
-
 async def parked_page(request: Request) -> Response:
-    run_id, client_id = _int(request.query_params.get("run")), _int(request.query_params.get("client"))
+    try:
+        run_id, client_id = query_id(request, "run"), query_id(request, "client")
+    except BadQuery as exc:
+        return bad_request(request, str(exc))
     data = await run_in_threadpool(_read, request, run_id, client_id)
     return render(request, "parked.html", run_id=run_id, client_id=client_id, **data)
 
@@ -41,6 +40,8 @@ async def unpark_client(request: Request) -> Response:
     client_id = request.path_params["client_id"]
 
     def work(form: dict[str, str]) -> str:
+        if not is_id(client_id):
+            raise ActionError(f"there is no client {client_id}")
         with unit_of_work(console(request).engine) as session:
             if session.get(Client, client_id) is None:
                 raise ActionError(f"there is no client {client_id}")

@@ -45,7 +45,7 @@ __all__ = [
     "ClientExport", "ClientMerge", "EmailTemplate", "ModuleCommand", "ModuleCommandStatus", "PasswordResetToken",
 ]
 
-# The web console's audit trail (console/audit.py).
-from .audit import ConsoleAudit  # noqa: E402
+# The web console's audit trail (console/audit.py) and its signed-in sessions (console/sessions.py).
+from .audit import ConsoleAudit, ConsoleSession  # noqa: E402
 
-__all__ += ["ConsoleAudit"]
+__all__ += ["ConsoleAudit", "ConsoleSession"]

@@ -34,3 +34,19 @@ class ConsoleAudit(Base):
     outcome: Mapped[str] = mapped_column(String(20))
     #: The client address the request came from.
     remote_addr: Mapped[str] = mapped_column(String(64), default="", server_default="")
+
+
+class ConsoleSession(Base):
+    """One signed-in console session. The browser's cookie carries a random token; this row holds
+    its SHA-256 (a copy of the table signs nobody in). Sign-out deletes the row, so a saved
+    cookie replayed afterwards is refused; a row older than the session lifetime is ignored and
+    removed at the next sign-in."""
+
+    __tablename__ = "console_sessions"
+
+    #: SHA-256 (hex) of the cookie's session token.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The CONSOLE_USERS name signed in (looked up again in CONSOLE_USERS on every request).
+    username: Mapped[str] = mapped_column(String(100))
+    #: UTC; the session ends SESSION_LIFETIME after it, however active.
+    signed_in_at: Mapped[datetime]
