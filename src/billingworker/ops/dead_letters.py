@@ -28,6 +28,7 @@ from ..domain.redaction import mask, mask_lines, mask_text
 from .errors import DeadLetterNotFound, OpsError
 from .queues import NAMESPACE
 from .runs import failure_text
+from .stored_messages import StoredMessage
 
 #: Options of the last attempt that a requeued message must not carry: it starts afresh.
 _ATTEMPT_OPTIONS = ("traceback", "requeue_timestamp", "eta")
@@ -63,7 +64,7 @@ class NotRequeueable(OpsError, ValueError):
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class DeadLetter(StoredMessage):
     """One dead message. ``id`` is its redis id (the ``Q.XQ`` member), not always its message id."""
 
     queue: str
@@ -95,42 +96,11 @@ class DeadLetter:
         return self._decoded[1]
 
     @property
-    def message_id(self) -> str:
-        return str(self.message.get("message_id", ""))
-
-    @property
-    def actor(self) -> str:
-        return str(self.message.get("actor_name", ""))
-
-    @property
-    def options(self) -> dict[str, Any]:
-        options = self.message.get("options")
-        return options if isinstance(options, dict) else {}
-
-    @property
-    def retries(self) -> int:
-        retries = self.options.get("retries", 0)
-        return retries if isinstance(retries, int) else 0
-
-    @property
     def error(self) -> str:
         """The exception line of the traceback it carries ("" if none): what an operator reads."""
-        lines = [line for line in str(self.options.get("traceback", "")).splitlines() if line.strip()]
         if self.raw is None:
             return "message body missing from the .XQ.msgs hash"
-        return lines[-1].strip() if lines else ""
-
-    @property
-    def args(self) -> list[Any]:
-        """The positional arguments as stored ([] if none or not a list)."""
-        args = self.message.get("args")
-        return list(args) if isinstance(args, list | tuple) else []
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """The keyword arguments as stored ({} if none or not an object)."""
-        kwargs = self.message.get("kwargs")
-        return kwargs if isinstance(kwargs, dict) else {}
+        return self.traceback_error
 
     def arguments(self) -> dict[str, Any]:
         """Every argument by name: the positional ones named by the job's signature (an unknown

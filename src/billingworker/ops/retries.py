@@ -33,6 +33,7 @@ import redis
 from ..domain.redaction import mask, mask_lines, mask_text
 from .errors import OpsError
 from .queues import NAMESPACE
+from .stored_messages import StoredMessage
 
 #: Characters of the error line a listing prints, and of one text of a message ``show`` prints.
 ERROR_LIMIT = 500
@@ -65,7 +66,7 @@ def actor_max_retries(actor_name: str) -> int | None:
 
 
 @dataclass(frozen=True)
-class PendingRetry:
+class PendingRetry(StoredMessage):
     """One message waiting for its next attempt. ``id`` is its redis id in ``Q.DQ.msgs``."""
 
     queue: str
@@ -82,28 +83,9 @@ class PendingRetry:
         return decoded if isinstance(decoded, dict) else {}
 
     @property
-    def message_id(self) -> str:
-        return str(self.message.get("message_id", ""))
-
-    @property
-    def actor(self) -> str:
-        return str(self.message.get("actor_name", ""))
-
-    @property
-    def options(self) -> dict[str, Any]:
-        options = self.message.get("options")
-        return options if isinstance(options, dict) else {}
-
-    @property
-    def failed_attempts(self) -> int:
-        """Attempts that failed so far (``options.retries``)."""
-        retries = self.options.get("retries", 0)
-        return retries if isinstance(retries, int) and retries >= 0 else 0
-
-    @property
     def next_attempt(self) -> int:
         """The number of the attempt to come: 2 after the first failure."""
-        return self.failed_attempts + 1
+        return self.retries + 1
 
     @property
     def eta_ms(self) -> int | None:
@@ -113,8 +95,7 @@ class PendingRetry:
     @property
     def error(self) -> str:
         """The exception line of the last attempt's traceback ("" if none)."""
-        lines = [line for line in str(self.options.get("traceback", "")).splitlines() if line.strip()]
-        return lines[-1].strip() if lines else ""
+        return self.traceback_error
 
     def summary(self, *, max_retries: int | None, now_ms: int | None = None,
                 failures: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -124,10 +105,10 @@ class PendingRetry:
         eta = self.eta_ms
         return {
             "queue": self.queue, "id": self.id, "message_id": mask_text(self.message_id),
-            "actor": mask_text(self.actor), "args": mask(self.message.get("args") or []),
-            "kwargs": mask(self.message.get("kwargs") or {}),
+            "actor": mask_text(self.actor), "args": mask(self.args),
+            "kwargs": mask(self.kwargs),
             "attempt": self.next_attempt, "max_attempts": None if max_retries is None else max_retries + 1,
-            "failed_attempts": self.failed_attempts,
+            "failed_attempts": self.retries,
             "error": mask_text(self.error, ERROR_LIMIT),
             "failures": failures or [],
             "next_try_at": None if eta is None else datetime.fromtimestamp(eta / 1000, UTC).isoformat(),
