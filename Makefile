@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-compare clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest
@@ -24,5 +25,9 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.generate_due_invoices
 
+# Ours beside the reference kernel (../shared/perf/bench_kernel.py): both items/s and the ratio.
+bench-compare: $(STAMP)
+	$(BIN)/python -m bench.compare
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis .import_linter_cache

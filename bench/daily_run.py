@@ -137,7 +137,7 @@ def set_up_day(engine: Engine, *, late_fee: str) -> tuple[int, int]:
 def pre_bill(engine: Engine, day: date, residues: tuple[int, ...], batch_size: int) -> int:
     """Bill the clients whose id % 4 is in ``residues`` as of ``day`` (an earlier daily run's
     generation, without its emails), through the domain code, one transaction per batch."""
-    from billingworker.domain.due_invoices import generate_for_clients
+    from billingworker.domain.billing.due_invoices import generate_for_clients
 
     with engine.connect() as conn:
         ids = list(conn.execute(text("SELECT id FROM clients WHERE id % 4 = ANY(:r) ORDER BY id"),

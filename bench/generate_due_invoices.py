@@ -56,10 +56,10 @@ THING_TYPES_SQL = "('service', 'addon', 'domain', 'billable')"
 def load_domain() -> tuple[Callable, Callable]:
     """``client_batches`` and ``generate_for_clients``, or a clear ImportError."""
     try:
-        from billingworker.domain.due_invoices import client_batches, generate_for_clients
+        from billingworker.domain.billing.due_invoices import client_batches, generate_for_clients
     except ImportError as exc:
         raise ImportError(
-            "bench.generate_due_invoices needs billingworker.domain.due_invoices with "
+            "bench.generate_due_invoices needs billingworker.domain.billing.due_invoices with "
             "client_batches(session, as_of, batch_size) and "
             "generate_for_clients(session, client_ids, as_of, *, send_email=True) (SPEC §4), "
             f"which cannot be imported yet ({exc}). "

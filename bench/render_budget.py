@@ -1,7 +1,7 @@
 """Benchmark: how long, and how much memory, each known attack on admin-written messages takes
-until the sandbox refuses it (issue 9, item 1; ``billingworker.domain.message_sandbox``).
+until the sandbox refuses it (issue 9, item 1; ``billingworker.domain.messaging.message_sandbox``).
 
-Each attack of ``tests/domain/test_message_budget.py`` (the same list the tests assert on),
+Each attack of ``tests/domain/messaging/test_message_budget.py`` (the same list the tests assert on),
 plus a few that only a clock can stop and two legitimate references, goes once through
 ``render_written`` as the job renders it (a fresh ``RenderBudget``, the same for every field).
 Two runs per attack: the first is timed (``time.perf_counter``, nothing else running in the
@@ -29,10 +29,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``tests`` and ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.domain.test_message_budget import ATTACKS, LETTER
+from tests.domain.messaging.test_message_budget import ATTACKS, LETTER
 
 from billingworker.domain.errors import ValidationError
-from billingworker.domain.message_sandbox import (
+from billingworker.domain.messaging.message_sandbox import (
     MAX_BUILT_LENGTH,
     MAX_CALL_DEPTH,
     MAX_RENDER_SECONDS,

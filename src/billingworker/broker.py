@@ -20,12 +20,7 @@ from dramatiq.middleware import AgeLimit, CurrentMessage
 from .config import get_config
 from .message_guard import GuardedEncoder, GuardedRabbitmqBroker, GuardedRedisBroker, GuardedStubBroker
 from .message_options import TrustedOptions
-
-#: Queues, by what they carry. Billing work and email delivery are separate so that a slow
-#: mail server never delays invoicing.
-BILLING_QUEUE = "billing"
-EMAIL_QUEUE = "emails"
-QUEUES = (BILLING_QUEUE, EMAIL_QUEUE)
+from .queue_names import QUEUES
 
 
 def make_broker(url: str) -> Broker:

@@ -150,8 +150,8 @@ def scheduler(tick: float, stall_seconds: int, relay_every: int, relay_after: in
 def unpark(client_id: int) -> None:
     """Let the daily run process a parked client again (its failure streak starts from 0)."""
     from .db import get_engine, unit_of_work
-    from .domain.daily_run import unpark as unpark_client
     from .domain.models import Client
+    from .domain.runs.daily_run import unpark as unpark_client
 
     with unit_of_work(get_engine()) as session:
         if session.get(Client, client_id) is None:

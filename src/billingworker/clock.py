@@ -45,3 +45,8 @@ class FixedClock:
 
     def set(self, now: datetime) -> None:
         self._now = now
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Aware UTC; SQLite hands timestamps back naive (they are stored in UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -39,7 +39,7 @@ def statement(client_id: int, date_from: datetime, date_to: datetime | None, out
     from .clock import SystemClock
     from .db import get_engine, unit_of_work
     from .domain.errors import BillingError
-    from .domain.statements import account_statement
+    from .domain.reports.statements import account_statement
 
     cfg = get_config()
     last = date_to.date() if date_to else SystemClock(cfg.time_zone).today()
@@ -95,7 +95,7 @@ def summary(client_id: int, as_json: bool) -> None:
     """The client's summary: invoices per status, income, counts, the last five emails."""
     from .db import get_engine, unit_of_work
     from .domain.errors import BillingError
-    from .domain.summary import client_summary
+    from .domain.reports.summary import client_summary
 
     try:
         with unit_of_work(get_engine()) as session:

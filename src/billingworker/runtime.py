@@ -1,20 +1,23 @@
-"""The composition root: which database, clock and mail transport the actors use.
+"""The composition root: which database, clock, mail transport and payment gateways the actors use.
 
 Built lazily from the environment; the demo and the tests replace parts with ``configure``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from .adapters.mailer import Mailer, mailer_from_url
+from .adapters.gateway import gateway_for
+from .adapters.mailer import mailer_from_url
 from .clock import Clock, SystemClock
 from .config import get_config
 from .db import get_engine
+from .domain.ports import Mailer, PaymentGateway
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class Runtime:
     exports_dir: Path
     #: A ``sending`` claim older than this was left by a dead worker (EMAIL_CLAIM_TIMEOUT_SECONDS).
     email_claim_timeout: timedelta = timedelta(seconds=120)
+    #: The payment gateway a pay method names (the adapters' registry, PAYMENT_GATEWAYS).
+    gateway_for: Callable[[str], PaymentGateway] = gateway_for
 
 
 _current: Runtime | None = None
@@ -45,7 +50,7 @@ def runtime() -> Runtime:
 
 
 def configure(**overrides) -> Runtime:
-    """Replace parts of the runtime (engine, clock, mailer, mail_from, batch_size, exports_dir)."""
+    """Replace parts of the runtime (engine, clock, mailer, mail_from, batch_size, exports_dir, gateway_for)."""
     global _current
     _current = replace(runtime(), **overrides) if overrides else runtime()
     return _current

@@ -13,15 +13,16 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
 from .clock import Clock
 from .db import unit_of_work
-from .domain import daily_run as runs
 from .domain.models import DailyRun
-from .domain.settings import load_settings, parse_run_time
+from .domain.runs import daily_run as runs
+from .domain.runs.daily_run import run_time, scheduled_day
+from .domain.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +36,6 @@ STALL_SECONDS = 60
 RELAY_EVERY_SECONDS = 60
 #: The tick's log line counts the emails a relay re-offers up to this many ("10000+").
 RELAY_COUNT_LIMIT = 10_000
-
-
-def run_time(text: str) -> time:
-    """The daily run's local time from the ``daily_run_time`` setting (the rule of settings.py)."""
-    hours, minutes = parse_run_time("settings.daily_run_time", text).split(":")
-    return time(int(hours), int(minutes))
-
-
-def scheduled_day(now_local: datetime, at: time) -> date:
-    """The day whose run should exist by ``now_local``: today once its run time has passed."""
-    return now_local.date() if now_local.time() >= at else now_local.date() - timedelta(days=1)
 
 
 @dataclass
@@ -117,7 +107,7 @@ class Scheduler:
         """How many emails the relay about to be sent will re-offer (counted, not marked), at
         most RELAY_COUNT_LIMIT: what the tick's log line says of the outbox."""
         from .actors.emails import RELAY_AFTER
-        from .domain.delivery import pending_email_ids
+        from .domain.messaging.delivery import pending_email_ids
 
         older_than = RELAY_AFTER if self.relay_after_seconds is None else timedelta(seconds=self.relay_after_seconds)
         return len(pending_email_ids(session, now=now, older_than=older_than, claim_timeout=self.claim_timeout,

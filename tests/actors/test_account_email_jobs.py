@@ -15,8 +15,10 @@ from sqlalchemy import func, select, text, update
 from billingworker.actors import broker
 from billingworker.actors.accounts import send_password_reset_email
 from billingworker.actors.messages import send_client_email
-from billingworker.domain import client_email
-from billingworker.domain.message_sandbox import RenderBudget
+from billingworker.domain.accounts.password_reset import complete_password_reset, verify_reset_token
+from billingworker.domain.accounts.passwords import verify_password
+from billingworker.domain.messaging import client_email
+from billingworker.domain.messaging.message_sandbox import RenderBudget
 from billingworker.domain.models import (
     Client,
     ClientUser,
@@ -28,10 +30,8 @@ from billingworker.domain.models import (
     PasswordResetToken,
     User,
 )
-from billingworker.domain.password_reset import complete_password_reset, verify_reset_token
-from billingworker.domain.passwords import verify_password
 from tests import factories as f
-from tests.domain.test_message_budget import ATTACK_IDS, ATTACKS
+from tests.domain.messaging.test_message_budget import ATTACK_IDS, ATTACKS
 
 from .conftest import NOW, dead_letters, drain
 

@@ -8,10 +8,10 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from billingworker.actors import apply_late_fees, capture_due_payments, deliver_email, send_overdue_reminders
-from billingworker.domain.due_invoices import generate_for_clients
+from billingworker.domain.billing.due_invoices import generate_for_clients
+from billingworker.domain.collections.reminders import send_reminders_for_clients
 from billingworker.domain.models import InvoiceLateFee, InvoiceReminder, JobFailure, OutboxEmail, PaymentCapture
-from billingworker.domain.payments import apply_payment
-from billingworker.domain.reminders import send_reminders_for_clients
+from billingworker.domain.payments.payments import apply_payment
 from billingworker.domain.settings import save_settings
 from tests import factories as f
 

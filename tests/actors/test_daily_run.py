@@ -22,8 +22,8 @@ from billingworker.domain.models import (
     JobFailure,
     PaymentCapture,
 )
+from billingworker.domain.runs.task_registry import TASK_NAMES
 from billingworker.domain.settings import save_settings
-from billingworker.domain.task_registry import TASK_NAMES
 from billingworker.scheduler import Scheduler
 from tests import factories as f
 
@@ -59,7 +59,7 @@ def seed_day(session):
 def test_the_daily_run_does_every_task_once_per_day(session, worker, clock, mailer):
     a, b, c = seed_day(session)
     # b's invoice was generated long ago and is overdue now
-    from billingworker.domain.due_invoices import generate_for_clients
+    from billingworker.domain.billing.due_invoices import generate_for_clients
 
     generate_for_clients(session, [b.id], date(2025, 12, 10))
     session.commit()
@@ -118,7 +118,7 @@ def test_the_dry_run_job_writes_nothing(session, worker):
 
 
 def test_a_client_that_keeps_failing_is_parked_then_unparked(session, worker, clock):
-    from billingworker.domain.daily_run import PARK_AFTER_FAILURES, unpark
+    from billingworker.domain.runs.daily_run import PARK_AFTER_FAILURES, unpark
 
     broken = f.client(session)
     session.flush()
@@ -243,7 +243,7 @@ def test_run_rows_exist_for_every_task(session):
 
 
 def test_a_declined_card_is_reported_but_never_parks_the_client(session, worker, clock):
-    from billingworker.domain.daily_run import PARK_AFTER_FAILURES
+    from billingworker.domain.runs.daily_run import PARK_AFTER_FAILURES
 
     c = f.client(session, auto_cc_processing=True)
     f.card(session, c, gateway_token="tok_4000000000000002", card_last_four="0002")

@@ -6,11 +6,11 @@ import pytest
 from sqlalchemy import func, select
 
 from billingworker.actors import broker, deliver_emails
-from billingworker.actors.base import send_emails
+from billingworker.actors.emails import send_emails
 from billingworker.domain.models import EmailLog, OutboxEmail, OutboxStatus
 from tests import factories
 from tests.actors.conftest import dead_letters, drain
-from tests.domain.test_delivery import invoice_email
+from tests.domain.messaging.test_delivery import invoice_email
 
 
 def test_many_emails_go_as_batches_and_each_once(session, worker, mailer, monkeypatch):

@@ -121,7 +121,7 @@ def test_a_client_without_currency_is_refused_by_the_single_client_job(session, 
 
 
 def test_a_crash_before_commit_leaves_nothing_and_the_retry_bills_once(session, worker, mailer, monkeypatch):
-    from billingworker.domain import due_invoices
+    from billingworker.domain.billing import due_invoices
 
     c = f.client(session)
     f.service(session, c, next_due_date=date(2026, 1, 12))

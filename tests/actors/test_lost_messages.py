@@ -96,7 +96,7 @@ def test_a_refused_email_is_retried_then_parked(session, engine, clock):
     from dramatiq import Message
     from dramatiq.middleware import CurrentMessage
 
-    from tests.domain.test_delivery import invoice_email
+    from tests.domain.messaging.test_delivery import invoice_email
 
     # Given a queued email and a mail server that refuses it
     email_id = invoice_email(session).id
@@ -128,7 +128,7 @@ def test_a_refused_email_is_retried_then_parked(session, engine, clock):
 
 
 def test_the_same_email_sent_ten_times_goes_once(session, worker, mailer):
-    from tests.domain.test_delivery import invoice_email
+    from tests.domain.messaging.test_delivery import invoice_email
 
     email_id = invoice_email(session).id
     session.commit()

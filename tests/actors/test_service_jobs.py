@@ -17,6 +17,7 @@ from billingworker.actors.services import (
     run_module_command,
 )
 from billingworker.adapters.server_module import RECORDING_MODULE
+from billingworker.domain.accounts.module_commands import NewCommand, queue_module_commands
 from billingworker.domain.models import (
     Client,
     Domain,
@@ -26,7 +27,6 @@ from billingworker.domain.models import (
     ModuleCommand,
     Service,
 )
-from billingworker.domain.module_commands import NewCommand, queue_module_commands
 from tests import factories as f
 
 from .conftest import NOW, dead_letters, drain

@@ -14,18 +14,15 @@ import pytest
 from billingworker.adapters import gateway as gateway_module
 from billingworker.adapters.gateway import (
     TEST_GATEWAY,
-    CaptureRequest,
-    CaptureResult,
     GatewayNotConfigured,
-    GatewayUnavailable,
-    PaymentGateway,
     TestGateway,
     gateway_for,
-    redact_card_numbers,
     register_gateway,
     registered_gateways,
 )
 from billingworker.domain.errors import ValidationError
+from billingworker.domain.ports import CaptureRequest, CaptureResult, GatewayUnavailable, PaymentGateway
+from billingworker.domain.redaction import redact_card_numbers
 
 
 def request(key: str = "capture-1", token: str = "tok_4242424242424242", last_four: str = "4242",

@@ -16,16 +16,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from billingworker.adapters.mailer import (
-    MEMORY_MAILER,
-    FolderMailer,
-    MemoryMailer,
-    SmtpMailer,
-    build_message,
-    mailer_from_url,
-)
-from billingworker.domain.emails import RenderedEmail
+from billingworker.adapters.mailer import MEMORY_MAILER, FolderMailer, MemoryMailer, SmtpMailer, mailer_from_url
 from billingworker.domain.errors import ValidationError
+from billingworker.domain.messaging.emails import RenderedEmail
+from billingworker.domain.messaging.mime import build_message
 
 RENDERED = RenderedEmail(
     template="invoice_created",

@@ -12,21 +12,23 @@ import pytest
 
 from billingworker.adapters import server_module as sm
 from billingworker.adapters.server_module import (
-    MODULE_COMMANDS,
     NO_SERVER_MODULE,
     RECORDING_MODULE,
-    ModuleCommandRequest,
     ModuleNotConfigured,
-    ModuleResult,
-    ModuleUnavailable,
     RecordingModule,
-    ServerModule,
     module_for,
     register_module,
     registered_modules,
     unregister_module,
 )
 from billingworker.domain.errors import ValidationError
+from billingworker.domain.ports import (
+    MODULE_COMMANDS,
+    ModuleCommandRequest,
+    ModuleResult,
+    ModuleUnavailable,
+    ServerModule,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from billingworker.domain.passwords import hash_password
+from billingworker.domain.accounts.passwords import hash_password
 from tests.integration.conftest import (  # noqa: F401 - fixtures: a real worker on the test run's Redis
     REDIS_URL,
     broker,

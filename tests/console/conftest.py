@@ -23,8 +23,8 @@ from starlette.testclient import TestClient
 from billingworker.console import create_app
 from billingworker.console.auth import SignInThrottle, parse_users
 from billingworker.db import unit_of_work
+from billingworker.domain.accounts.passwords import hash_password
 from billingworker.domain.models import ConsoleAudit
-from billingworker.domain.passwords import hash_password
 from tests.redis_server import run_redis_url
 
 REDIS_URL = os.environ.get("TEST_CONSOLE_REDIS_URL") or run_redis_url(3)

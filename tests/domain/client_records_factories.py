@@ -187,7 +187,7 @@ def client_with_every_record(session: Session, *, tag: str = "a", credit: str = 
 
 def rows_of_client(session: Session, client_id: int) -> dict[str, int]:
     """How many rows each table with a ``client_id`` holds for the client (non-zero only)."""
-    from billingworker.domain.deletion import client_tables
+    from billingworker.domain.accounts.deletion import client_tables
 
     out = {}
     for table in client_tables():

@@ -18,7 +18,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from billingworker.db import session_factory
-from billingworker.domain.due_invoices import client_batches, generate_for_clients
+from billingworker.domain.billing.due_invoices import client_batches, generate_for_clients
 
 from .conftest import REDIS_URL, message, scalar, wait_for
 

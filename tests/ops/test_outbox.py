@@ -1,5 +1,5 @@
 """``billingworker outbox list|resend``: the emails that were not delivered, and their resend
-(domain/outbox_resend.py: back to queued under row locks, delivery enqueued after the commit)."""
+(domain/messaging/outbox_resend.py: back to queued under row locks, delivery enqueued after the commit)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from billingworker.actors import broker
 from billingworker.adapters.mailer import MemoryMailer
 from billingworker.db import session_factory, unit_of_work
-from billingworker.domain.delivery import deliver_emails
+from billingworker.domain.messaging.delivery import deliver_emails
+from billingworker.domain.messaging.outbox_resend import resend_emails
 from billingworker.domain.models import OutboxEmail
-from billingworker.domain.outbox_resend import resend_emails
 from billingworker.ops.outbox import resend
 from tests import factories as f
 

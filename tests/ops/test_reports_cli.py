@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from billingworker.domain.models import EmailLog
 from tests import factories as f
-from tests.domain.test_statements import at, credit, invoice, txn
+from tests.domain.reports.test_statements import at, credit, invoice, txn
 
 from .conftest import cli
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ..db import unit_of_work
-from ..domain.password_reset import request_password_reset
+from ..domain.accounts.password_reset import request_password_reset
 from ..runtime import runtime
 from .arguments import argument_rules, parse_bool, parse_optional_id, parse_text
-from .base import job, receipt_key, send_emails
+from .base import job, receipt_key
+from .emails import send_emails
 
 
 @job()

@@ -18,12 +18,12 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from ..broker import BILLING_QUEUE
 from ..db import unit_of_work
 from ..domain.errors import Conflict, ValidationError
 from ..domain.failures import ClientFailure, record_failures, stored_reason
 from ..domain.receipts import run_once
 from ..message_guard import REFUSE_ACTOR, BadMessage
+from ..queue_names import BILLING_QUEUE
 from ..runtime import runtime
 from .arguments import check_characters, parse_id
 
@@ -184,10 +184,3 @@ def _record_refusal(actor: str, message_id: str, kwargs: dict, exc: ValidationEr
     except Exception:  # noqa: BLE001 - the refusal itself must still reach the dead-letter queue
         log.exception("could not record the refusal of %s message %s", actor, message_id)
 
-
-def send_emails(email_ids: list[int]) -> None:
-    """Enqueue delivery of outbox emails: only ever called after the transaction committed."""
-    from .emails import send_in_batches
-
-    if email_ids:
-        send_in_batches(list(email_ids))

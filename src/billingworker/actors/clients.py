@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 
 from ..db import unit_of_work
-from ..domain.closing import close_client as close
-from ..domain.deletion import delete_client as delete
-from ..domain.exporting import export_client_data as export
-from ..domain.merging import merge_clients as merge
+from ..domain.accounts.closing import close_client as close
+from ..domain.accounts.deletion import delete_client as delete
+from ..domain.accounts.exporting import export_client_data as export
+from ..domain.accounts.merging import merge_clients as merge
 from ..domain.models import Client
 from ..runtime import runtime
 from .arguments import argument_rules, parse_bool, parse_id

@@ -18,12 +18,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ..db import session_factory, unit_of_work
-from ..domain import daily_run as runs
-from ..domain.daily_tasks import eligible_clients
 from ..domain.errors import NotFound, ValidationError
 from ..domain.failures import record_failures
 from ..domain.models import Client, DailyRun
-from ..domain.task_registry import SELF_COMMITTING, TASK_NAMES, task_function
+from ..domain.runs import daily_run as runs
+from ..domain.runs.daily_tasks import eligible_clients
+from ..domain.runs.task_registry import SELF_COMMITTING, TASK_NAMES, task_function
 from ..domain.tasks import TaskResult
 from ..runtime import runtime
 from .arguments import (
@@ -35,8 +35,8 @@ from .arguments import (
     parse_id,
     parse_optional_id,
 )
-from .base import current_message_id, job, send_emails
-from .emails import relay_clients_outbox
+from .base import current_message_id, job
+from .emails import relay_clients_outbox, send_emails
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def run_daily_batch(run_id, task, batch_no, first_client_id, last_client_id):
         return {"skipped": True, "emails_relayed": relayed, "advanced": advance}
     fn = task_function(task)
     if task in SELF_COMMITTING:
-        result = fn(session_factory(rt.engine), ids, day, now=rt.clock.now())
+        result = fn(session_factory(rt.engine), ids, day, gateway_for=rt.gateway_for, now=rt.clock.now())
         with unit_of_work(rt.engine) as session:
             counted, complete = runs.record_batch(session, run_id, task, batch_no, result,
                                                   message_id=current_message_id(), now=rt.clock.now())
@@ -231,8 +231,8 @@ def dry_run_day(day: date, *, engine: Engine | None = None) -> dict[str, TaskRes
         # second session would wait for the first one's writer lock).
         for task in TASK_NAMES:
             if task in SELF_COMMITTING:
-                report[task].merge(task_function(task)(session_factory(rt.engine), ids, day, now=rt.clock.now(),
-                                                       dry_run=True))
+                report[task].merge(task_function(task)(session_factory(rt.engine), ids, day, gateway_for=rt.gateway_for,
+                                                       now=rt.clock.now(), dry_run=True))
     return report
 
 
@@ -276,7 +276,7 @@ def _run_task(task: str, ids: list[int], day: date) -> dict:
     rt = runtime()
     fn = task_function(task)
     if task in SELF_COMMITTING:
-        result = fn(session_factory(rt.engine), ids, day, now=rt.clock.now())
+        result = fn(session_factory(rt.engine), ids, day, gateway_for=rt.gateway_for, now=rt.clock.now())
         with unit_of_work(rt.engine) as session:
             record_failures(session, result.failures, actor=task, message_id=current_message_id(),
                                  now=rt.clock.now(), error="Failed")

@@ -7,11 +7,17 @@ import logging
 from datetime import timedelta
 from functools import partial
 
-from ..broker import EMAIL_QUEUE
 from ..db import session_factory, unit_of_work
-from ..domain.delivery import EMAIL_BATCH_SIZE, BatchDelivery, give_up, pending_email_ids, record_delivery_failure
-from ..domain.delivery import deliver_emails as deliver
 from ..domain.errors import ValidationError
+from ..domain.messaging.delivery import (
+    EMAIL_BATCH_SIZE,
+    BatchDelivery,
+    give_up,
+    pending_email_ids,
+    record_delivery_failure,
+)
+from ..domain.messaging.delivery import deliver_emails as deliver
+from ..queue_names import EMAIL_QUEUE
 from ..runtime import runtime
 from .arguments import argument_rules, parse_id, parse_id_list, parse_optional_id
 from .base import EMAIL_PRIORITY, job, last_attempt
@@ -137,3 +143,9 @@ def send_in_batches(email_ids: list[int]) -> None:
         return
     for start in range(0, len(email_ids), EMAIL_BATCH_SIZE):
         deliver_emails.send(list(email_ids[start:start + EMAIL_BATCH_SIZE]))
+
+
+def send_emails(email_ids: list[int]) -> None:
+    """Enqueue delivery of outbox emails: only ever called after the transaction committed."""
+    if email_ids:
+        send_in_batches(list(email_ids))

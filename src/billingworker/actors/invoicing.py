@@ -7,19 +7,19 @@ from datetime import date
 from functools import partial
 
 from ..db import unit_of_work
-from ..domain.due_invoices import client_batches, generate_for_clients
-from ..domain.errors import NotFound, ValidationError
-from ..domain.failures import record_failures
-from ..domain.manual_invoices import (
+from ..domain.billing.due_invoices import client_batches, generate_for_clients
+from ..domain.billing.manual_invoices import (
     SELECTABLE_TYPES,
     create_draft_invoice,
 )
-from ..domain.manual_invoices import (
+from ..domain.billing.manual_invoices import (
     create_add_funds_invoice as add_funds,
 )
-from ..domain.manual_invoices import (
+from ..domain.billing.manual_invoices import (
     invoice_selected_items as invoice_items,
 )
+from ..domain.errors import NotFound, ValidationError
+from ..domain.failures import record_failures
 from ..domain.models import Client, Currency
 from ..domain.receipts import run_once
 from ..runtime import runtime
@@ -35,7 +35,8 @@ from .arguments import (
     parse_money,
     parse_optional_id,
 )
-from .base import current_message_id, job, receipt_key, send_emails
+from .base import current_message_id, job, receipt_key
+from .emails import send_emails
 
 
 def _today(as_of: date | None) -> date:

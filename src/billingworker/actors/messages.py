@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ..db import unit_of_work
-from ..domain.client_email import ClientEmail, check_client_email, prepare_client_email, record_client_email
+from ..domain.messaging.client_email import ClientEmail, check_client_email, prepare_client_email, record_client_email
 from ..runtime import runtime
 from .arguments import argument_rules, check_characters, parse_bool, parse_id
-from .base import job, receipt_key, send_emails
+from .base import job, receipt_key
+from .emails import send_emails
 
 
 @job()

@@ -7,10 +7,11 @@ from functools import partial
 from ..db import unit_of_work
 from ..domain.errors import NotFound
 from ..domain.models import Currency, Invoice
-from ..domain.payments import apply_payment as record_payment
+from ..domain.payments.payments import apply_payment as record_payment
 from ..runtime import runtime
 from .arguments import argument_rules, parse_amount, parse_id, parse_money, parse_text
-from .base import job, send_emails
+from .base import job
+from .emails import send_emails
 
 
 @job()

@@ -9,12 +9,12 @@ from functools import partial
 from sqlalchemy import exists, select
 
 from ..db import unit_of_work
-from ..domain.credit import change_credit
+from ..domain.accounts.phones import client_id_batches, normalize_stored_phones
 from ..domain.errors import NotFound, ValidationError
 from ..domain.failures import record_failures
 from ..domain.models import Client, Currency, JobFailure
 from ..domain.money import format_money, parse_amount, parse_money, round_money
-from ..domain.phones import client_id_batches, normalize_stored_phones
+from ..domain.payments.credit import change_credit
 from ..domain.receipts import run_once
 from ..domain.settings import load_settings
 from ..runtime import runtime

@@ -9,13 +9,9 @@ from functools import partial
 
 from ..adapters.server_module import module_for
 from ..db import unit_of_work
-from ..domain.errors import ValidationError
-from ..domain.failures import ClientFailure, record_failures
-from ..domain.item_removal import REMOVABLE_TYPES
-from ..domain.item_removal import delete_selected_items as remove_items
-from ..domain.mass_update import MASS_UPDATE_TYPES
-from ..domain.mass_update import mass_update as update_things
-from ..domain.module_commands import (
+from ..domain.accounts.mass_update import MASS_UPDATE_TYPES
+from ..domain.accounts.mass_update import mass_update as update_things
+from ..domain.accounts.module_commands import (
     MODULE_ITEM_TYPES,
     QueuedCommand,
     parse_module_command,
@@ -26,10 +22,15 @@ from ..domain.module_commands import (
     record_module_error,
     run_queued_command,
 )
+from ..domain.billing.item_removal import REMOVABLE_TYPES
+from ..domain.billing.item_removal import delete_selected_items as remove_items
+from ..domain.errors import ValidationError
+from ..domain.failures import ClientFailure, record_failures
 from ..domain.receipts import run_once
 from ..runtime import runtime
 from .arguments import argument_rules, check_characters, parse_bool, parse_count, parse_id, parse_items
-from .base import current_message_id, job, last_attempt, once_per_message, receipt_key, send_emails
+from .base import current_message_id, job, last_attempt, once_per_message, receipt_key
+from .emails import send_emails
 
 log = logging.getLogger(__name__)
 

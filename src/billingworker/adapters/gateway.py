@@ -22,7 +22,7 @@ The contract every gateway keeps:
   attempt stays ``pending`` and the next run asks again with the same key. Never turn an
   ambiguous failure into ``GatewayUnavailable``: a retry with a new key could charge twice.
 - Card numbers are never logged, stored or put in a message; only the last four digits. Pass
-  gateway messages through ``redact_card_numbers`` if the gateway might echo one.
+  gateway messages through ``domain.redaction.redact_card_numbers`` if the gateway might echo one.
 
 Adding a real gateway is one class and one line::
 
@@ -45,74 +45,19 @@ capture job holds the clients' locks): no network calls until ``capture``.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal, Protocol
 
 from billingworker.config import payment_gateways
-from billingworker.domain.errors import BillingError, ValidationError
-
-CaptureOutcome = Literal["succeeded", "declined", "error"]
-CAPTURE_OUTCOMES: tuple[str, ...] = ("succeeded", "declined", "error")
-
-
-class GatewayUnavailable(BillingError):
-    """The gateway could not be reached and charged nothing; the attempt may be retried."""
-
-
-@dataclass(frozen=True)
-class CaptureRequest:
-    """Charge ``amount`` (in ``currency``, major units) to the stored card ``token``.
-
-    ``token`` is the gateway's reference to the card (never a card number); it is left out of
-    ``repr`` so that a logged request does not carry it.
-    """
-
-    idempotency_key: str
-    amount: Decimal
-    currency: str
-    token: str = field(repr=False)
-    last_four: str
-    description: str
-
-
-@dataclass(frozen=True)
-class CaptureResult:
-    #: succeeded | declined | error
-    status: CaptureOutcome
-    #: The gateway's id for the charge (or the declined attempt); "" if it gave none.
-    transaction_id: str
-    #: What the gateway said, for the operator: "card declined", "insufficient funds" ...
-    message: str = ""
-
-    def __post_init__(self) -> None:
-        if self.status not in CAPTURE_OUTCOMES:
-            raise ValidationError("status", self.status, f"must be one of {', '.join(CAPTURE_OUTCOMES)}")
-
-
-class PaymentGateway(Protocol):
-    name: str
-
-    def capture(self, request: CaptureRequest) -> CaptureResult:
-        """Charge the card once per idempotency key; see the module docstring for the contract."""
-        ...
-
-
-#: 12 to 19 digits, optionally split by spaces or dashes: what a card number looks like.
-_CARD_NUMBER = re.compile(r"(?<!\d)\d(?:[ -]?\d){11,18}(?!\d)")
-
-
-def redact_card_numbers(text: str) -> str:
-    """``text`` with anything shaped like a card number masked down to its last four digits."""
-
-    def mask(match: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", match.group())
-        return "****" + digits[-4:]
-
-    return _CARD_NUMBER.sub(mask, text)
+from billingworker.domain.errors import ValidationError
+from billingworker.domain.ports import (
+    CaptureRequest,
+    CaptureResult,
+    GatewayUnavailable,
+    PaymentGateway,
+)
 
 
 @dataclass(frozen=True)

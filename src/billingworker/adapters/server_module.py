@@ -4,7 +4,7 @@ A server module provisions what a service sells on a server (cPanel, Plesk, a re
 domains): create, suspend, unsuspend, terminate, change package, change password. The worker
 decides a command in a billing transaction (``module_commands`` row), and ``run_module_command``
 runs it after the commit. When a module answers "succeeded", the worker sets the service's or
-addon's status to match (``domain.module_commands.STATUS_AFTER_COMMAND``): a module only acts on
+addon's status to match (``domain.accounts.module_commands.STATUS_AFTER_COMMAND``): a module only acts on
 the server, never on the billing database.
 
 - ``NoServerModule``: the module of things without one (``products.module`` is ``''``): there
@@ -31,7 +31,7 @@ The contract every module keeps:
   (at-least-once): ``command.idempotency_key`` is the same every time for one command, and
   commands should be safe to repeat (suspending a suspended account is a no-op).
 - A secret in ``params`` (a new password, a token) reaches the module as sent, but is stored in
-  ``module_commands`` only sealed, and only until the command ran (``domain/sealing.py``): never
+  ``module_commands`` only sealed, and only until the command ran (``domain/accounts/sealing.py``): never
   log ``params`` whole.
 
 Adding a real module is one class and one line::
@@ -53,70 +53,17 @@ A factory only builds the object (no network calls until ``run``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from billingworker.config import server_modules
-from billingworker.domain.errors import BillingError, ValidationError
-
-#: The commands an admin can run (SPEC §9), as stored in ``module_commands.command``.
-MODULE_COMMANDS: tuple[str, ...] = ("create", "suspend", "unsuspend", "terminate", "change_package",
-                                    "change_password")
-
-ModuleOutcome = Literal["succeeded", "failed"]
-MODULE_OUTCOMES: tuple[str, ...] = ("succeeded", "failed")
-
-
-class ModuleUnavailable(BillingError):
-    """The server could not be reached and nothing was done; the command may be retried."""
-
-
-@dataclass(frozen=True)
-class ModuleCommandRequest:
-    """One command for one thing's account on its server."""
-
-    #: ``module_commands.id``.
-    command_id: int
-    #: The same for every attempt of this command (``module-command-<id>``).
-    idempotency_key: str
-    #: service, addon or domain.
-    item_type: str
-    item_id: int
-    client_id: int | None
-    #: One of ``MODULE_COMMANDS``.
-    command: str
-    #: The module's registered name ('' for none).
-    module: str
-    #: The account on the server: the service's domain and username ('' when there is none).
-    domain: str = ""
-    username: str = ""
-    #: The command's parameters, secrets included (unsealed for this call only): not in the repr.
-    params: Mapping[str, Any] = field(default_factory=dict, repr=False)
-
-
-@dataclass(frozen=True)
-class ModuleResult:
-    #: succeeded | failed
-    status: ModuleOutcome
-    #: What the module said, for the operator.
-    message: str = ""
-
-    def __post_init__(self) -> None:
-        if self.status not in MODULE_OUTCOMES:
-            raise ValidationError("status", self.status, f"must be one of {', '.join(MODULE_OUTCOMES)}")
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status == "succeeded"
-
-
-class ServerModule(Protocol):
-    name: str
-
-    def run(self, command: ModuleCommandRequest) -> ModuleResult:
-        """Carry out the command; see the module docstring for the contract."""
-        ...
+from billingworker.domain.errors import ValidationError
+from billingworker.domain.ports import (
+    ModuleCommandRequest,
+    ModuleResult,
+    ModuleUnavailable,
+    ServerModule,
+)
 
 
 @dataclass(frozen=True)

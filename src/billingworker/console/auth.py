@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..domain.passwords import hash_password, verify_password
+from ..domain.accounts.passwords import hash_password, verify_password
 
 #: admin: sees and acts; viewer: sees only (every action is refused with 403).
 ROLES = ("admin", "viewer")

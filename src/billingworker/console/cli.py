@@ -81,8 +81,8 @@ def hash_password_command(name: str, role: str, password: str | None) -> None:
     Only the entry goes to standard output (the questions go to stderr), so that
     CONSOLE_USERS="$(billingworker console hash-password alice --role admin)" works.
     """
+    from ..domain.accounts.passwords import hash_password
     from ..domain.errors import ValidationError
-    from ..domain.passwords import hash_password
     from .auth import ConsoleConfigError, parse_users
 
     if password is None:

@@ -14,13 +14,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from ..broker import QUEUES
 from ..ops.dead_letters import DeadLetter, DeadLetters, check_correction
 from ..ops.enqueue_check import parse_assignments
 from ..ops.errors import UnsupportedBroker
 from ..ops.queues import broker_kind, redis_client, safe_url
 from ..ops.retries import Retries
 from ..ops.status import collect_status
+from ..queue_names import QUEUES
 
 
 def status(broker_url: str, engine: Engine, *, now: datetime) -> dict[str, Any]:

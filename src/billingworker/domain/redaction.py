@@ -274,3 +274,17 @@ def quote(value: Any, limit: int = MAX_SHOWN) -> str:
     if value is None or isinstance(value, bool | float | Mapping | list | tuple | set | frozenset | bytes):
         return shorten(repr(mask(value, text_limit=limit)), limit)
     return mask_text(repr(value), limit)
+
+
+#: 12 to 19 digits, optionally split by spaces or dashes: what a card number looks like.
+_CARD_NUMBER = re.compile(r"(?<!\d)\d(?:[ -]?\d){11,18}(?!\d)")
+
+
+def redact_card_numbers(text: str) -> str:
+    """``text`` with anything shaped like a card number masked down to its last four digits."""
+
+    def mask(match: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", match.group())
+        return "****" + digits[-4:]
+
+    return _CARD_NUMBER.sub(mask, text)

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from ..broker import QUEUES
 from ..config import get_config
+from ..queue_names import QUEUES
 from .errors import OpsError
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..broker import QUEUES
+from ..queue_names import QUEUES
 from .cli_support import (
     MAX_LIMIT,
     ago,

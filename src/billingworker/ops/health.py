@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.pool import NullPool
 
-from ..broker import QUEUES
 from ..db import create_db_engine, unit_of_work
+from ..queue_names import QUEUES
 from .consumers import read_consumers
 from .logs import redact_text
 from .queues import CONNECT_TIMEOUT, broker_kind, read_rabbitmq_state, redis_client, safe_url

@@ -25,11 +25,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from ..broker import QUEUES
 from ..db import get_engine, unit_of_work
 from ..domain.models import DailyRun
+from ..domain.runs.daily_run import run_time, scheduled_day
 from ..domain.settings import load_settings
-from ..scheduler import run_time, scheduled_day
+from ..queue_names import QUEUES
 from .queues import NAMESPACE, read_broker_state
 from .runs import TASK_COUNTS, count_parked, last_real_run, last_succeeded_run
 

@@ -17,8 +17,8 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from ..db import unit_of_work
+from ..domain.messaging.outbox_resend import RESEND_PAGE, Resend, failed_email_ids, resend_emails
 from ..domain.models import Client, OutboxEmail, OutboxStatus
-from ..domain.outbox_resend import RESEND_PAGE, Resend, failed_email_ids, resend_emails
 from ..domain.redaction import mask, mask_text
 from .runs import as_utc
 
@@ -111,7 +111,7 @@ RELAY_NOTE = "the scheduler's relay delivers them within about two minutes once 
 
 def send_after_commit(email_ids: Sequence[int]) -> None:
     """Enqueue the delivery of outbox rows, as the jobs do after their commit (``actors.base.send_emails``)."""
-    from ..actors.base import send_emails
+    from ..actors.emails import send_emails
 
     send_emails(list(email_ids))
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT
 
-from ..broker import QUEUES
+from ..queue_names import QUEUES
 from .consumers import CONSUMERS_KEY, read_consumers
 
 #: Dramatiq's key prefix in Redis (``RedisBroker(namespace=...)``); ours is the default.

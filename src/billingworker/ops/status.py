@@ -11,8 +11,8 @@ from rich.console import Group
 from rich.text import Text
 from sqlalchemy import Engine
 
-from ..broker import QUEUES
 from ..db import get_engine, unit_of_work
+from ..queue_names import QUEUES
 from .logs import redact_text
 from .queues import NAMESPACE, broker_kind, read_broker_state, safe_url
 from .runs import TASK_COUNTS, count_parked, last_runs, parked_clients

@@ -13,8 +13,8 @@ from starlette.routing import Route
 from ...clock import SystemClock
 from ...db import unit_of_work
 from ...domain.errors import BillingError
-from ...domain.statements import account_statement
-from ...domain.summary import client_summary
+from ...domain.reports.statements import account_statement
+from ...domain.reports.summary import client_summary
 from ..web import BadQuery, console, is_id, not_found, query_day, render
 
 #: The statement's default range: this many days back to today.

@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ...broker import QUEUES
 from ...db import unit_of_work
 from ...ops.dead_letters import refusal
 from ...ops.errors import OpsError
 from ...ops.runs import failures_by_message
+from ...queue_names import QUEUES
 from .. import sources
 from ..web import ActionError, act, console, not_found, render
 

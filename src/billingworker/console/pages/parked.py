@@ -1,5 +1,5 @@
 """Failures and parked clients: what the jobs could not do, per client with the reason, and the
-clients the daily run skips until an operator unparks them (``domain.daily_run.unpark``)."""
+clients the daily run skips until an operator unparks them (``domain.runs.daily_run.unpark``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ...db import unit_of_work
-from ...domain.daily_run import unpark
 from ...domain.models import Client
+from ...domain.runs.daily_run import unpark
 from ...ops.failures import recent_failures
 from ...ops.runs import count_parked, parked_clients
 from ..web import ActionError, BadQuery, act, bad_request, console, is_id, query_id, render

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ...broker import QUEUES
+from ...queue_names import QUEUES
 from .. import sources
 from ..charts import queue_charts
 from ..web import console, render

@@ -64,7 +64,7 @@ class ModuleCommand(Base):
     #: create, suspend, unsuspend, terminate, change_package, change_password.
     command: Mapped[str] = mapped_column(String(30))
     #: JSON object of the command's parameters, each secret value (a key naming a password,
-    #: secret, token, API key...) replaced by "[sealed]" (domain/sealing.py).
+    #: secret, token, API key...) replaced by "[sealed]" (domain/accounts/sealing.py).
     params: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     #: The whole parameters, sealed under a key derived from SECRET_KEY, while the command has a
     #: secret and has not run yet; erased (NULL) once it succeeded or failed for good.

@@ -25,6 +25,10 @@ class ReminderStage(StrEnum):
     THIRD_OVERDUE = "third_invoice_overdue_notice"
 
 
+#: Template names of the reminder emails (the stages' values).
+REMINDER_TEMPLATES = frozenset(stage.value for stage in ReminderStage)
+
+
 class InvoiceReminder(Base):
     """One row per (invoice, stage), ever: ``sent``, or ``skipped`` when a later stage was
     already due (a missed day is caught up with the latest stage only)."""

@@ -1,0 +1,1 @@
+"""Billing: due things, invoice plans and their storage, tax, prorata, manual invoices, item removal."""

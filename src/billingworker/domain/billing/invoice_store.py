@@ -1,0 +1,205 @@
+"""Writing invoices: numbers, rows, items, billed-period claims, credit spent.
+
+Lock order everywhere in billingworker: client rows (by id) -> invoice rows -> the invoice
+number sequence. Keeping one order means two jobs can wait for each other but never deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ...db import among, is_postgres
+from ...store.bulk import insert_rows, reserve_ids, update_rows
+from ..models import (
+    BilledPeriod,
+    Client,
+    ClientGroup,
+    CreditHistory,
+    Currency,
+    Invoice,
+    InvoiceItem,
+    InvoiceSequence,
+    InvoiceStatus,
+)
+from ..money import ZERO
+from .invoice_plan import ClientInfo, InvoicePlan
+
+INVOICE_SEQUENCE = "invoice"
+
+
+def lock_clients(session: Session, client_ids: Sequence[int]) -> dict[int, ClientInfo]:
+    """Lock the clients' rows (in id order) and read what invoicing needs.
+
+    The row lock serialises every billing job of one client: a second worker handling the same
+    client waits here, then sees what the first one committed.
+    """
+    if not client_ids:
+        return {}
+    stmt = (
+        select(Client.id, Client.email, Client.status, Client.currency_id, Client.credit_balance,
+               Client.separate_invoices, Client.country, Client.state, Client.tax_exempt,
+               Currency.minor_units, ClientGroup.separate_invoices.label("group_separate"))
+        .outerjoin(Currency, Currency.id == Client.currency_id)
+        .outerjoin(ClientGroup, ClientGroup.id == Client.group_id)
+        .where(among(session, Client.id, sorted(set(client_ids))))
+        .order_by(Client.id)
+        .with_for_update(of=Client)
+    )
+    out = {}
+    for r in session.execute(stmt):
+        out[r.id] = ClientInfo(
+            id=r.id, email=r.email, status=r.status, currency_id=r.currency_id,
+            minor_units=r.minor_units if r.minor_units is not None else 2,
+            credit_balance=Decimal(r.credit_balance), separate_invoices=bool(r.separate_invoices or r.group_separate),
+            country=r.country or "", state=r.state or "", tax_exempt=bool(r.tax_exempt),
+        )
+    return out
+
+
+def allocate_invoice_numbers(session: Session, count: int) -> int:
+    """Take ``count`` consecutive invoice numbers; returns the first.
+
+    The sequence row stays locked until the caller's transaction ends: a rollback gives the
+    numbers back (no gaps) and concurrent workers queue for it (no repeats). Take numbers as
+    late as possible in a transaction to keep that wait short.
+    """
+    stmt = (update(InvoiceSequence).where(InvoiceSequence.name == INVOICE_SEQUENCE)
+            .values(last_number=InvoiceSequence.last_number + count).returning(InvoiceSequence.last_number))
+    last = session.execute(stmt).scalar()
+    if last is None:
+        ins = (pg_insert if is_postgres(session) else sqlite_insert)(InvoiceSequence)
+        session.execute(ins.values(name=INVOICE_SEQUENCE, last_number=0).on_conflict_do_nothing())
+        last = session.execute(stmt).scalar_one()
+    return last - count + 1
+
+
+@dataclass
+class StoredInvoice:
+    id: int
+    plan: InvoicePlan
+    #: Given by ``finish_invoices`` (NULL for a Draft).
+    number: int | None = None
+
+
+def store_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: str,
+                   released_claims: Sequence[tuple[str, int, date]] = ()) -> list[StoredInvoice]:
+    """``insert_invoice_lines`` then ``finish_invoices``: for callers with nothing to do in between."""
+    stored = insert_invoice_lines(session, plans, released_claims=released_claims)
+    finish_invoices(session, stored, source=source)
+    return stored
+
+
+def insert_invoice_lines(session: Session, plans: Sequence[InvoicePlan], *,
+                         released_claims: Sequence[tuple[str, int, date]] = (),
+                         billed_on: date | None = None) -> list[StoredInvoice]:
+    """Reserve the invoices' ids and insert their items and billed-period claims.
+
+    The invoice rows themselves are written by ``finish_invoices``, which must run before the
+    commit (the items' foreign key is checked at commit). ``released_claims`` are claims held by
+    Cancelled invoices that these plans take over. A claim held by any other invoice makes the
+    insert fail (primary key): the caller rolls back and nothing is billed twice.
+
+    ``billed_on`` (the due-invoice generation's day; None for other paths) is recorded on every
+    claim: a thing already claimed on that billing day makes the insert fail too (unique index).
+    """
+    if not plans:
+        return []
+    if released_claims:
+        session.execute(
+            BilledPeriod.__table__.delete().where(
+                BilledPeriod.item_type == bindparam("t"), BilledPeriod.item_id == bindparam("i"),
+                BilledPeriod.due_date == bindparam("d"),
+                BilledPeriod.invoice_id.in_(select(Invoice.id).where(Invoice.status == InvoiceStatus.CANCELLED)),
+            ),
+            [{"t": t, "i": i, "d": d} for t, i, d in released_claims],
+        )
+    ids = reserve_ids(session, Invoice.__table__, len(plans))
+    stored = [StoredInvoice(i, p) for i, p in zip(ids, plans, strict=True)]
+    items, claims = [], []
+    for s in stored:
+        for ln in s.plan.lines:
+            items.append({
+                "invoice_id": s.id, "client_id": s.plan.client_id, "item_type": ln.item_type,
+                "item_id": ln.item_id, "description": ln.description, "amount": ln.amount,
+                "taxed": ln.taxed, "due_date": ln.due_date, "period_end": ln.period_end,
+            })
+        claims.extend({"item_type": t, "item_id": i, "due_date": d, "invoice_id": s.id, "billed_on": billed_on}
+                      for t, i, d in s.plan.billed_periods)
+    insert_rows(session, InvoiceItem.__table__, items)
+    insert_rows(session, BilledPeriod.__table__, claims)
+    return stored
+
+
+def is_claim_clash(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a ``billed_periods`` guard refusing a claim: another invoice holds the
+    period, or the thing was already claimed on that billing day. To a billing run that means
+    "already billed" (by a worker it raced with, or another application), not an error."""
+    diag = getattr(exc.orig, "diag", None)  # psycopg: the server names the table
+    if getattr(diag, "table_name", None):
+        return diag.table_name == BilledPeriod.__tablename__ and getattr(exc.orig, "sqlstate", None) == "23505"
+    message = str(exc.orig)
+    # SQLite: "UNIQUE constraint failed: billed_periods.item_type, ..."; MySQL: "Duplicate entry
+    # ... for key 'billed_periods.PRIMARY'" (our index names all start with the table's name).
+    lowered = message.lower()
+    return BilledPeriod.__tablename__ in message and ("unique" in lowered or "duplicate" in lowered)
+
+
+def finish_invoices(session: Session, stored: Sequence[StoredInvoice], *, source: str) -> None:
+    """Number and write the invoice rows, and take the credit they spend; the last writes before
+    the commit.
+
+    Numbers come last because taking them locks the sequence row until the commit: the later
+    they are taken, the shorter other workers wait. Credit is taken from the client rows (which
+    the caller has locked) with a credit-history entry naming the invoice number.
+    """
+    if not stored:
+        return
+    numbered = [s for s in stored if s.plan.status != InvoiceStatus.DRAFT]
+    first = allocate_invoice_numbers(session, len(numbered)) if numbered else 0
+    for n, s in enumerate(numbered):
+        s.number = first + n
+    rows = []
+    for s in stored:
+        p, t = s.plan, s.plan.totals
+        rows.append({
+            "id": s.id, "number": s.number, "client_id": p.client_id, "currency_id": p.currency_id,
+            "kind": p.kind, "status": p.status, "date_created": p.date_created, "date_due": p.date_due,
+            "date_paid": p.date_paid, "payment_method": p.payment_method, "subtotal": t.subtotal,
+            "tax1": t.tax1, "tax2": t.tax2, "tax_name1": t.name1, "tax_name2": t.name2, "tax_rate1": t.rate1,
+            "tax_rate2": t.rate2, "total": t.total, "credit_applied": p.credit_applied,
+            "balance_due": max(p.balance_due, ZERO),
+        })
+    insert_rows(session, Invoice.__table__, rows)
+    credit_rows, balances = [], {}
+    for s in stored:
+        if s.plan.credit_applied > 0:
+            balances[s.plan.client_id] = balances.get(s.plan.client_id, ZERO) + s.plan.credit_applied
+            credit_rows.append({
+                "client_id": s.plan.client_id, "date": s.plan.date_created, "invoice_id": s.id,
+                "description": f"Credit Applied to Invoice #{s.number}", "amount": -s.plan.credit_applied,
+                "source": source,
+            })
+    if balances:
+        _spend_credit(session, balances, credit_rows)
+
+
+def _spend_credit(session: Session, spent: dict[int, Decimal], credit_rows: list[dict]) -> None:
+    current = dict(session.execute(
+        select(Client.id, Client.credit_balance).where(Client.id.in_(spent))).all())
+    running = {cid: Decimal(v) for cid, v in current.items()}
+    for row in credit_rows:
+        running[row["client_id"]] += row["amount"]
+        row["balance_after"] = running[row["client_id"]]
+    # The CHECK constraint (credit_balance >= 0) is the last guard if a plan overspent.
+    update_rows(session, Client.__table__, [{"id": cid, "credit_balance": running[cid]} for cid in spent])
+    insert_rows(session, CreditHistory.__table__, credit_rows)
+

@@ -1,0 +1,1 @@
+"""Collections: overdue reminders and late fees."""

@@ -1,0 +1,1 @@
+"""Messaging: email templates, the outbox, delivery and the still-wanted check."""

@@ -1,0 +1,1 @@
+"""Payments: recording payments, client credit, card captures."""

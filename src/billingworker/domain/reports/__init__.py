@@ -1,0 +1,1 @@
+"""Reports: a client's statement and summary."""

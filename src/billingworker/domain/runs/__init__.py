@@ -1,0 +1,1 @@
+"""The daily run: its tasks, their registry and the run's bookkeeping."""
