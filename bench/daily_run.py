@@ -146,7 +146,7 @@ def pre_bill(engine: Engine, day: date, residues: tuple[int, ...], batch_size: i
     invoices = 0
     for start in range(0, len(ids), batch_size):
         with new_session() as session:
-            result = generate_for_clients(session, ids[start:start + batch_size], day, send_email=False)
+            result = generate_for_clients(session, ids[start:start + batch_size], day, queue_email=False)
             session.commit()
         invoices += result.invoices_created
     return invoices

@@ -61,7 +61,7 @@ def load_domain() -> tuple[Callable, Callable]:
         raise ImportError(
             "bench.generate_due_invoices needs billingworker.domain.billing.due_invoices with "
             "client_batches(session, as_of, batch_size) and "
-            "generate_for_clients(session, client_ids, as_of, *, send_email=True) (SPEC §4), "
+            "generate_for_clients(session, client_ids, as_of, *, queue_email=True) (SPEC §4), "
             f"which cannot be imported yet ({exc}). "
             "Run with --seed-only to seed and verify without generating."
         ) from exc
@@ -184,7 +184,7 @@ class RunFigures:
     tracemalloc_peak_mb: float | None = None
 
 
-def run_generation(url: str, as_of: date, batch_size: int, *, send_email: bool = True,
+def run_generation(url: str, as_of: date, batch_size: int, *, queue_email: bool = True,
                    trace_memory: bool = False, progress: bool = True, worker: int = 0, workers: int = 1) -> dict:
     """One day's generation over every client, as the actor would run it: a batch per transaction.
 
@@ -222,7 +222,7 @@ def run_generation(url: str, as_of: date, batch_size: int, *, send_email: bool =
                     continue
                 session = new_session()
                 try:
-                    result = generate_for_clients(session, client_ids, as_of, send_email=send_email)
+                    result = generate_for_clients(session, client_ids, as_of, queue_email=queue_email)
                     session.commit()
                 finally:
                     session.close()
@@ -485,7 +485,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="reuse the database as it is (only migrate it); don't drop, create or seed")
     parser.add_argument("--seed-only", action="store_true",
                         help="prepare and verify the database, don't generate (works without the domain code)")
-    parser.add_argument("--no-email", action="store_true", help="generate with send_email=False")
+    parser.add_argument("--no-email", action="store_true", help="generate with queue_email=False")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also report tracemalloc's peak for the generation (slows it down)")
     parser.add_argument("--runs-memory-check", action="store_true",
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_database(url, clients=args.clients, services=args.services, as_of=args.as_of,
                      random_seed=args.random_seed, reuse=args.no_seed)
-    options = {"send_email": not args.no_email, "trace_memory": args.tracemalloc}
+    options = {"queue_email": not args.no_email, "trace_memory": args.tracemalloc}
 
     def measure(target_url: str) -> RunFigures:
         if args.in_process:

@@ -22,7 +22,7 @@ def overdue_client(session, **kw):
     c = f.client(session, **kw)
     f.service(session, c, next_due_date=date(2025, 12, 20), amount=Decimal("20.00"))
     session.commit()
-    [invoice_id] = generate_for_clients(session, [c.id], date(2025, 12, 10), send_email=False).invoice_ids
+    [invoice_id] = generate_for_clients(session, [c.id], date(2025, 12, 10), queue_email=False).invoice_ids
     session.commit()
     return c, invoice_id
 
@@ -33,7 +33,7 @@ def test_a_reminder_for_an_invoice_paid_before_delivery_is_not_sent(session, wor
     session.commit()
     [email_id] = queued.email_ids
     apply_payment(session, invoice_id, Decimal("20.00"), gateway="bank", transaction_id="t1", as_of=date(2025, 12, 22),
-                  now=datetime(2025, 12, 22, tzinfo=UTC), send_email=False)
+                  now=datetime(2025, 12, 22, tzinfo=UTC), queue_email=False)
     session.commit()
     deliver_email.send(email_id)
     drain()
@@ -75,7 +75,7 @@ def test_capture_due_payments_job_charges_once(session, worker, mailer):
     f.card(session, c)
     f.service(session, c, next_due_date=date(2026, 1, 10), amount=Decimal("30.00"), payment_method="testgateway")
     session.commit()
-    generate_for_clients(session, [c.id], date(2026, 1, 1), send_email=False)
+    generate_for_clients(session, [c.id], date(2026, 1, 1), queue_email=False)
     session.commit()
     for _ in range(2):
         capture_due_payments.send(client_id=c.id, as_of="2026-01-10")

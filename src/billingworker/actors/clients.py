@@ -10,10 +10,7 @@ import logging
 from pathlib import Path
 
 from ..db import unit_of_work
-from ..domain.accounts.closing import close_client as close
-from ..domain.accounts.deletion import delete_client as delete
-from ..domain.accounts.exporting import export_client_data as export
-from ..domain.accounts.merging import merge_clients as merge
+from ..domain.accounts import closing, deletion, exporting, merging
 from ..domain.models import Client
 from ..runtime import runtime
 from .arguments import argument_rules, parse_bool, parse_id
@@ -29,7 +26,7 @@ def close_client(client_id):
     client_id = parse_id("client_id", client_id)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        result = close(session, client_id, as_of=rt.clock.today())
+        result = closing.close_client(session, client_id, as_of=rt.clock.today())
         session.commit()
     return result.as_dict()
 
@@ -45,7 +42,7 @@ def delete_client(client_id, delete_users=False):
         # The message's receipt, besides the domain's own "already deleted" answer: on SQLite a
         # new client can be given a deleted client's id, and a redelivered message must never
         # delete that one.
-        result = once_per_message(session, "delete_client", lambda: delete(
+        result = once_per_message(session, "delete_client", lambda: deletion.delete_client(
             session, client_id, delete_users=delete_users, now=rt.clock.now()).as_dict())
         # A redelivery after SQLite gave the id to a new client: that client's files are not ours.
         reused = session.get(Client, client_id) is not None
@@ -68,7 +65,7 @@ def merge_clients(source_client_id, target_client_id):
     target_client_id = parse_id("target_client_id", target_client_id)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        result = once_per_message(session, "merge_clients", lambda: merge(
+        result = once_per_message(session, "merge_clients", lambda: merging.merge_clients(
             session, source_client_id, target_client_id, as_of=rt.clock.today(), now=rt.clock.now()).as_dict())
         session.commit()
     return result
@@ -82,7 +79,8 @@ def export_client_data(client_id, request_id=None):
     key = receipt_key("export_client_data", request_id)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        result = export(session, client_id, exports_dir=rt.exports_dir, request_key=key, now=rt.clock.now())
+        result = exporting.export_client_data(session, client_id, exports_dir=rt.exports_dir, request_key=key,
+                                              now=rt.clock.now())
         session.commit()
     return result.as_dict()
 

@@ -21,7 +21,7 @@ from ..db import session_factory, unit_of_work
 from ..domain.errors import NotFound, ValidationError
 from ..domain.failures import record_failures
 from ..domain.models import Client, DailyRun
-from ..domain.runs import daily_run as runs
+from ..domain.runs import daily_run
 from ..domain.runs.daily_tasks import eligible_clients
 from ..domain.runs.task_registry import SELF_COMMITTING, TASK_NAMES, task_function
 from ..domain.tasks import TaskResult
@@ -76,7 +76,7 @@ def run_daily_automation(as_of=None, dry_run=False, trigger="job"):
 def start_day(day: date, *, trigger: str) -> dict:
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        run_id = runs.start_run(session, day, trigger=trigger, now=rt.clock.now())
+        run_id = daily_run.start_run(session, day, trigger=trigger, now=rt.clock.now())
         session.commit()
     if run_id is None:
         return {"run_date": day.isoformat(), "started": False, "reason": "the day already has a run"}
@@ -99,12 +99,12 @@ def advance_daily_run(run_id):
         run = session.get(DailyRun, run_id)
         if run is None:
             raise NotFound("run_id", run_id, "daily run")
-        step = runs.next_step(session, run_id, now=rt.clock.now())
-        idle = runs.task_idle_seconds(session, run_id, step.task, now=rt.clock.now()) if step.kind == "wait" else 0
+        step = daily_run.next_step(session, run_id, now=rt.clock.now())
+        idle = daily_run.task_idle_seconds(session, run_id, step.task, now=rt.clock.now()) if step.kind == "wait" else 0
         ranges: list[tuple[int, int]] = []
         if step.kind == "start_task":
-            ranges = runs.batch_ranges(session, rt.batch_size)
-            runs.set_batches(session, run_id, step.task, ranges)
+            ranges = daily_run.batch_ranges(session, rt.batch_size)
+            daily_run.set_batches(session, run_id, step.task, ranges)
         session.commit()
     if step.kind == "wait" and step.task is not None and idle >= RESEND_IDLE_SECONDS:
         # The task is running but has not moved for a while: (re)send its missing batches (a
@@ -124,7 +124,7 @@ def advance_daily_run(run_id):
 def resend_missing_batches(run_id: int, task: str) -> int:
     """Re-send the batches of a running task that are not counted yet (for stalled runs)."""
     with unit_of_work(runtime().engine) as session:
-        missing = runs.missing_batches(session, run_id, task)
+        missing = daily_run.missing_batches(session, run_id, task)
     for n, first, last in missing:
         run_daily_batch.send(run_id=run_id, task=task, batch_no=n, first_client_id=first, last_client_id=last)
     return len(missing)
@@ -145,14 +145,14 @@ def run_daily_batch(run_id, task, batch_no, first_client_id, last_client_id):
         if run is None:
             raise NotFound("run_id", run_id, "daily run")
         # Internal message, so untrusted: it must name a batch exactly as the run recorded it.
-        recorded = runs.recorded_batch(session, run_id, task, batch_no)
+        recorded = daily_run.recorded_batch(session, run_id, task, batch_no)
         if recorded != (first, last):
             raise ValidationError("batch_no", batch_no, f"is not a batch ({first}..{last}) of task {task} of run "
                                   f"{run_id}: the run recorded {recorded or 'no such batch'}")
-        if run.status != "running" or runs.batch_done(session, run_id, task, batch_no):
+        if run.status != "running" or daily_run.batch_done(session, run_id, task, batch_no):
             # Delivered again after its work was done (a redelivery, a resend after a broker
             # restart): the follow-ups it sent the first time may have been lost with the broker.
-            advance = run.status == "running" and runs.awaits_advance(session, run_id, task)
+            advance = run.status == "running" and daily_run.awaits_advance(session, run_id, task)
             done_already = True
         else:
             done_already = False
@@ -166,14 +166,14 @@ def run_daily_batch(run_id, task, batch_no, first_client_id, last_client_id):
     if task in SELF_COMMITTING:
         result = fn(session_factory(rt.engine), ids, day, gateway_for=rt.gateway_for, now=rt.clock.now())
         with unit_of_work(rt.engine) as session:
-            counted, complete = runs.record_batch(session, run_id, task, batch_no, result,
-                                                  message_id=current_message_id(), now=rt.clock.now())
+            counted, complete = daily_run.record_batch(session, run_id, task, batch_no, result,
+                                                       message_id=current_message_id(), now=rt.clock.now())
             session.commit()
     else:
         with unit_of_work(rt.engine) as session:
             result = run_batch(fn, task, session, ids, day)
-            counted, complete = runs.record_batch(session, run_id, task, batch_no, result,
-                                                  message_id=current_message_id(), now=rt.clock.now())
+            counted, complete = daily_run.record_batch(session, run_id, task, batch_no, result,
+                                                       message_id=current_message_id(), now=rt.clock.now())
             if counted:
                 session.commit()
     if counted:
@@ -204,9 +204,9 @@ def run_batch(fn, task: str, session, ids: list[int], day: date, *, dry_run: boo
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
-            result.failures.append(runs.client_failure(client_id, exc))
+            result.failures.append(daily_run.client_failure(client_id, exc))
         except Exception as exc:  # noqa: BLE001 - recorded for the operator
-            result.failures.append(runs.client_failure(client_id, exc))
+            result.failures.append(daily_run.client_failure(client_id, exc))
     return result
 
 
@@ -219,7 +219,7 @@ def dry_run_day(day: date, *, engine: Engine | None = None) -> dict[str, TaskRes
         rt = replace(rt, engine=engine)
     report = {task: TaskResult(task=task) for task in TASK_NAMES}
     with unit_of_work(rt.engine) as session:
-        ranges = runs.batch_ranges(session, rt.batch_size)
+        ranges = daily_run.batch_ranges(session, rt.batch_size)
     for first, last in ranges:
         with unit_of_work(rt.engine) as session:
             ids = eligible_clients(session, first, last)
@@ -262,7 +262,7 @@ def _task_job(task: str, client_id, as_of) -> dict:
     rt = runtime()
     if client_id is None:
         with unit_of_work(rt.engine) as session:
-            ranges = runs.batch_ranges(session, rt.batch_size)
+            ranges = daily_run.batch_ranges(session, rt.batch_size)
         for first, last in ranges:
             run_task_batch.send(task=task, first_client_id=first, last_client_id=last, as_of=day.isoformat())
         return {"batches": len(ranges), "as_of": day.isoformat()}

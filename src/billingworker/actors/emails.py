@@ -9,14 +9,13 @@ from functools import partial
 
 from ..db import session_factory, unit_of_work
 from ..domain.errors import ValidationError
+from ..domain.messaging import delivery
 from ..domain.messaging.delivery import (
     EMAIL_BATCH_SIZE,
     BatchDelivery,
-    give_up,
     pending_email_ids,
     record_delivery_failure,
 )
-from ..domain.messaging.delivery import deliver_emails as deliver
 from ..queue_names import EMAIL_QUEUE
 from ..runtime import runtime
 from .arguments import argument_rules, parse_id, parse_id_list, parse_optional_id
@@ -39,7 +38,7 @@ class EmailNotAccepted(Exception):  # noqa: N818 - reads as the outcome it repor
 def _deliver(email_ids: list[int]) -> BatchDelivery:
     rt = runtime()
     with session_factory(rt.engine)() as session:
-        return deliver(session, email_ids, rt.mailer, sender=rt.mail_from, now=rt.clock.now(),
+        return delivery.deliver_emails(session, email_ids, rt.mailer, sender=rt.mail_from, now=rt.clock.now(),
                        claim_timeout=rt.email_claim_timeout)
 
 
@@ -63,7 +62,7 @@ def deliver_email(email_id):
     if result.status == "retry":
         if last_attempt(deliver_email):
             with unit_of_work(rt.engine) as session:
-                give_up(session, email_id)  # the last retry: park it, the relay stops offering it
+                delivery.mark_failed(session, email_id)  # the last retry: mark it failed, the relay stops offering it
                 session.commit()
         raise EmailNotAccepted(result.error)
     return {"email_id": email_id, "status": result.status}
@@ -75,7 +74,7 @@ def deliver_emails(email_ids):
     """Send a batch of outbox emails (at most EMAIL_BATCH_SIZE), each marked sent as it goes.
 
     What the mail transport refuses is handed to ``deliver_email`` one by one (with its retries
-    and backoff); what can never be rendered is parked as failed. A redelivered batch sends nothing twice.
+    and backoff); what can never be rendered is marked failed. A redelivered batch sends nothing twice.
     """
     email_ids = parse_id_list("email_ids", email_ids, max_length=EMAIL_BATCH_SIZE)
     batch = _deliver(email_ids)

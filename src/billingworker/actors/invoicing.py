@@ -62,7 +62,7 @@ def generate_due_invoices(client_id=None, as_of=None, send_email=True):
     with unit_of_work(rt.engine) as session:
         if session.get(Client, client_id) is None:
             raise NotFound("client_id", client_id, "client")
-        result = generate_for_clients(session, [client_id], day, send_email=send_email)
+        result = generate_for_clients(session, [client_id], day, queue_email=send_email)
         if result.failures:
             failure = result.failures[0]
             raise ValidationError(failure.field, failure.value, failure.reason)
@@ -84,7 +84,7 @@ def generate_due_invoices_batch(client_ids, as_of, send_email=True):
     send_email = parse_bool("send_email", send_email)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        result = generate_for_clients(session, ids, day, send_email=send_email)
+        result = generate_for_clients(session, ids, day, queue_email=send_email)
         record_failures(session, result.failures, actor="generate_due_invoices", message_id=current_message_id(),
                         now=rt.clock.now())
         session.commit()
@@ -103,7 +103,7 @@ def invoice_selected_items(client_id, items, as_of=None, send_email=True):
     send_email = parse_bool("send_email", send_email)
     rt = runtime()
     with unit_of_work(rt.engine) as session:
-        result = invoice_items(session, client_id, wanted, as_of=day, send_email=send_email)
+        result = invoice_items(session, client_id, wanted, as_of=day, queue_email=send_email)
         record_failures(session, [_refusal(client_id, t, i, why) for t, i, why in result.refused],
                         actor="invoice_selected_items", message_id=current_message_id(), now=rt.clock.now(),
                         error="Refused")

@@ -7,7 +7,7 @@ from functools import partial
 from ..db import unit_of_work
 from ..domain.errors import NotFound
 from ..domain.models import Currency, Invoice
-from ..domain.payments.payments import apply_payment as record_payment
+from ..domain.payments import payments
 from ..runtime import runtime
 from .arguments import argument_rules, parse_amount, parse_id, parse_money, parse_text
 from .base import job
@@ -31,8 +31,8 @@ def apply_payment(invoice_id, amount, gateway, transaction_id, fees="0"):
         units = minor_units if minor_units is not None else 2
         value = parse_money("amount", amount, minor_units=units)
         fee = parse_money("fees", fees, minor_units=units, allow_zero=True)
-        result = record_payment(session, invoice_id, value, gateway=gateway, transaction_id=transaction_id, fees=fee,
-                                as_of=rt.clock.today(), now=rt.clock.now())
+        result = payments.apply_payment(session, invoice_id, value, gateway=gateway, transaction_id=transaction_id,
+                                        fees=fee, as_of=rt.clock.today(), now=rt.clock.now())
         session.commit()
     send_emails(list(result.email_ids))
     return {"outcome": result.outcome, "invoice_status": result.invoice_status,

@@ -9,8 +9,8 @@ from functools import partial
 
 from ..adapters.server_module import module_for
 from ..db import unit_of_work
+from ..domain import accounts
 from ..domain.accounts.mass_update import MASS_UPDATE_TYPES
-from ..domain.accounts.mass_update import mass_update as update_things
 from ..domain.accounts.module_commands import (
     MODULE_ITEM_TYPES,
     QueuedCommand,
@@ -22,8 +22,8 @@ from ..domain.accounts.module_commands import (
     record_module_error,
     run_queued_command,
 )
-from ..domain.billing.item_removal import REMOVABLE_TYPES
-from ..domain.billing.item_removal import delete_selected_items as remove_items
+from ..domain.billing import thing_removal
+from ..domain.billing.thing_removal import REMOVABLE_TYPES
 from ..domain.errors import ValidationError
 from ..domain.failures import ClientFailure, record_failures
 from ..domain.receipts import run_once
@@ -64,8 +64,10 @@ def mass_update(client_id, items, changes, create_prorata_invoice=False, send_em
     emails: list[int] = []
     with unit_of_work(rt.engine) as session:
         def work():
-            done = update_things(session, client_id, wanted, changes, create_prorata_invoice=create_prorata_invoice,
-                                 as_of=rt.clock.today(), now=rt.clock.now(), request_key=key, send_email=send_email)
+            done = accounts.mass_update.mass_update(session, client_id, wanted, changes,
+                                                    create_prorata_invoice=create_prorata_invoice,
+                                                    as_of=rt.clock.today(), now=rt.clock.now(), request_key=key,
+                                                    queue_email=send_email)
             commands.extend(done.commands)
             emails.extend(done.email_ids)
             return done.summary()
@@ -90,7 +92,7 @@ def delete_selected_items(client_id, items):
         # Once per message: on SQLite a new thing can be given a deleted thing's id, and a
         # redelivered message must never delete that one.
         summary = once_per_message(session, "delete_selected_items",
-                                   lambda: remove_items(session, client_id, wanted).summary())
+                                   lambda: thing_removal.delete_selected_items(session, client_id, wanted).summary())
         session.commit()
     return summary
 

@@ -33,9 +33,9 @@ NOW = datetime(2026, 1, 10, 9, tzinfo=UTC)
 KEY = "mass_update:message:m-1"
 
 
-def update(session, client, items, changes, *, prorata=False, key=KEY, send_email=True):
+def update(session, client, items, changes, *, prorata=False, key=KEY, queue_email=True):
     return mass_update(session, client.id, items, changes, create_prorata_invoice=prorata, as_of=DAY, now=NOW,
-                       request_key=key, send_email=send_email)
+                       request_key=key, queue_email=queue_email)
 
 
 def count(session, model, *where):
@@ -185,7 +185,7 @@ def test_mixed_cycles_sum_their_lines_on_one_invoice(session, hosting):
     result = update(session, c, [("service", svc.id), ("addon", add.id), ("domain", dom.id)],
                     {"next_due_date": "2026-03-11"}, prorata=True)
     session.commit()
-    amounts = [ln.amount for ln in result.prorata_lines]
+    amounts = [ln.amount for ln in result.prorata_items]
     # 60 × 38 / 30 = 76.00 ; 9 × 38 / 90 = 3.80 ; 365 × 10 / 365 = 10.00
     assert amounts == [Decimal("76.00"), Decimal("3.80"), Decimal("10.00")]
     inv = session.get(Invoice, result.invoice_id)
@@ -199,7 +199,7 @@ def test_mixed_signs_invoice_the_positive_sum_with_every_line(session, hosting):
     result = update(session, c, [("service", svc.id), ("domain", dom.id)], {"next_due_date": "2026-02-16"},
                     prorata=True)
     session.commit()
-    assert [ln.amount for ln in result.prorata_lines] == [Decimal("30.00"), Decimal("-13.00")]
+    assert [ln.amount for ln in result.prorata_items] == [Decimal("30.00"), Decimal("-13.00")]
     assert session.get(Invoice, result.invoice_id).total == Decimal("17.00")
 
 
@@ -227,7 +227,7 @@ def test_free_and_one_time_things_have_no_prorata(session, hosting):
     result = update(session, c, [("service", svc.id)], {"next_due_date": "2026-03-01", "billing_cycle": "Free"},
                     prorata=True)
     session.commit()
-    assert result.prorata_lines == [] and count(session, Invoice) == 0
+    assert result.prorata_items == [] and count(session, Invoice) == 0
 
 
 def test_no_prorata_without_a_new_date_or_when_not_asked(session, hosting):
@@ -344,7 +344,7 @@ def test_the_same_request_twice_queues_nothing_more_and_invoices_once(session, h
     again = update(session, c, [("service", svc.id)], changes, prorata=True)
     session.commit()
     assert snapshot(session) == before
-    assert again.invoice_id is None and again.prorata_lines == [], "the date no longer moves"
+    assert again.invoice_id is None and again.prorata_items == [], "the date no longer moves"
     assert [q.command_id for q in again.commands] == [q.command_id for q in first.commands]
 
 
@@ -365,7 +365,7 @@ def test_service_labels_use_the_product_name(session):
     svc = f.service(session, c, next_due_date=date(2026, 2, 1), product_id=product.id, domain="")
     session.commit()
     result = update(session, c, [("service", svc.id)], {"next_due_date": "2026-02-02"}, prorata=True)
-    assert result.prorata_lines[0].description.startswith("Prorata: VPS Large (2026-02-01 - 2026-02-01")
+    assert result.prorata_items[0].description.startswith("Prorata: VPS Large (2026-02-01 - 2026-02-01")
 
 
 # --- two workers at once (PostgreSQL) -------------------------------------------------------

@@ -309,11 +309,11 @@ def test_closed_clients_are_not_invoiced(session):
     assert run(session, c).invoices_created == 0
 
 
-def test_send_email_false_queues_nothing(session):
+def test_queue_email_false_queues_nothing(session):
     c = f.client(session)
     f.service(session, c, next_due_date=date(2026, 1, 12))
     session.commit()
-    assert run(session, c, send_email=False).emails_queued == 0
+    assert run(session, c, queue_email=False).emails_queued == 0
     assert session.scalar(select(func.count()).select_from(OutboxEmail)) == 0
 
 

@@ -11,7 +11,7 @@ import pytest
 from billingworker.domain.billing.invoice_plan import (
     ClientInfo,
     InvoicePlan,
-    Line,
+    PlannedItem,
     TaxContext,
     apply_credit_to_plans,
     group_lines,
@@ -29,24 +29,27 @@ D3 = date(2026, 2, 1)
 NO_TAX = TaxContext(None, None, inclusive=False, compound=False)
 
 
-def service(item_id: int, due: date | None = D1, method: str = "stripe", amount: str = "10.00", **kw) -> Line:
-    return Line(ItemType.SERVICE, item_id, f"Service {item_id}", D(amount), kw.pop("taxed", False), due, method, **kw)
+def service(item_id: int, due: date | None = D1, method: str = "stripe", amount: str = "10.00", **kw) -> PlannedItem:
+    return PlannedItem(ItemType.SERVICE, item_id, f"Service {item_id}", D(amount), kw.pop("taxed", False), due, method,
+                       **kw)
 
 
-def addon(item_id: int, parent: int, due: date | None = D1, method: str = "stripe", amount: str = "2.00") -> Line:
-    return Line(ItemType.ADDON, item_id, f"Addon {item_id}", D(amount), False, due, method,
-                attach_to=(ItemType.SERVICE, parent))
+def addon(item_id: int, parent: int, due: date | None = D1, method: str = "stripe",
+          amount: str = "2.00") -> PlannedItem:
+    return PlannedItem(ItemType.ADDON, item_id, f"Addon {item_id}", D(amount), False, due, method,
+                       attach_to=(ItemType.SERVICE, parent))
 
 
 def domain(item_id: int, parent: int | None, due: date | None = D1, method: str = "stripe",
-           amount: str = "15.00") -> Line:
-    return Line(ItemType.DOMAIN, item_id, f"Domain {item_id}", D(amount), False, due, method,
-                attach_to=(ItemType.SERVICE, parent) if parent is not None else None)
+           amount: str = "15.00") -> PlannedItem:
+    return PlannedItem(ItemType.DOMAIN, item_id, f"Domain {item_id}", D(amount), False, due, method,
+                       attach_to=(ItemType.SERVICE, parent) if parent is not None else None)
 
 
-def billable(item_id: int, due: date | None = D1, method: str = "", amount: str = "5.00", rides: bool = False) -> Line:
-    return Line(ItemType.BILLABLE, item_id, f"Item {item_id}", D(amount), False, due, method,
-                rides_next_invoice=rides)
+def billable(item_id: int, due: date | None = D1, method: str = "", amount: str = "5.00",
+             rides: bool = False) -> PlannedItem:
+    return PlannedItem(ItemType.BILLABLE, item_id, f"Item {item_id}", D(amount), False, due, method,
+                       rides_next_invoice=rides)
 
 
 def keys(groups) -> list[list[tuple[str, int]]]:
@@ -139,7 +142,7 @@ def test_a_line_without_payment_method_pays_like_the_first_line_due_the_same_day
 def test_the_invoice_pays_with_the_groups_method_whatever_the_line_order():
     lines = [addon(10, parent=1, due=D1, method="paypal"), service(1, D1, "stripe"), service(2, D1, "stripe")]
     plans = plan(lines)
-    assert [[ln.key for ln in p.lines] for p in plans] == [[(A, 10), (S, 1), (S, 2)]]
+    assert [[ln.key for ln in p.items] for p in plans] == [[(A, 10), (S, 1), (S, 2)]]
     assert plans[0].payment_method == "stripe"
 
 
@@ -169,7 +172,7 @@ def test_no_lines_no_invoices():
 
 
 def test_an_undated_invoice_is_due_the_day_it_is_created():
-    [p] = plan([Line(ItemType.ADD_FUNDS, None, "Add Funds", D("25.00"), False, None)])
+    [p] = plan([PlannedItem(ItemType.ADD_FUNDS, None, "Add Funds", D("25.00"), False, None)])
     assert (p.date_due, p.totals.total, p.status, p.billed_periods) == (TODAY, D("25.00"), "Unpaid", [])
 
 

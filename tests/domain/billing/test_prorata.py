@@ -11,8 +11,8 @@ from billingworker.domain.billing.prorata import (
     ProrataThing,
     cycle_days,
     prorata_amount,
-    prorata_line,
-    prorata_lines,
+    prorata_item,
+    prorata_items,
     prorata_total,
 )
 
@@ -54,11 +54,11 @@ def test_minor_units_of_the_currency():
 def test_free_and_one_time_have_no_prorata():
     assert cycle_days("Free") is None and cycle_days("One Time") is None
     assert prorata_amount(Decimal("60.00"), "Free", 5) == 0
-    assert prorata_line(thing(cycle="One Time")) is None
+    assert prorata_item(thing(cycle="One Time")) is None
 
 
 def test_a_later_date_charges_the_days_and_names_the_period():
-    line = prorata_line(thing())
+    line = prorata_item(thing())
     assert line is not None
     assert (line.amount, line.days, line.period_start, line.period_end) == (
         Decimal("10.00"), 5, date(2026, 2, 1), date(2026, 2, 5))
@@ -67,7 +67,7 @@ def test_a_later_date_charges_the_days_and_names_the_period():
 
 
 def test_an_earlier_date_gives_days_back_as_a_negative_line():
-    line = prorata_line(thing(new=date(2026, 1, 27)))
+    line = prorata_item(thing(new=date(2026, 1, 27)))
     assert line is not None
     assert (line.amount, line.days, line.period_start, line.period_end) == (
         Decimal("-10.00"), -5, date(2026, 1, 27), date(2026, 1, 31))
@@ -75,14 +75,14 @@ def test_an_earlier_date_gives_days_back_as_a_negative_line():
 
 
 def test_nothing_to_prorate_without_a_move_or_a_current_date():
-    assert prorata_line(thing(new=date(2026, 2, 1))) is None
-    assert prorata_line(thing(current=None)) is None
+    assert prorata_item(thing(new=date(2026, 2, 1))) is None
+    assert prorata_item(thing(current=None)) is None
     # rounds to zero: no line
-    assert prorata_line(thing(amount="0.01", cycle="Annually", new=date(2026, 2, 2))) is None
+    assert prorata_item(thing(amount="0.01", cycle="Annually", new=date(2026, 2, 2))) is None
 
 
 def test_mixed_cycles_sum_line_by_line():
-    lines = prorata_lines([
+    lines = prorata_items([
         thing(amount="60.00", cycle="Monthly", new=date(2026, 2, 11), item_id=1),          # 20.00
         thing(amount="365.00", cycle="Annually", new=date(2026, 2, 11), item_id=2),        # 10.00
         thing(amount="90.00", cycle="Quarterly", new=date(2026, 1, 30), item_id=3),        # -2.00
@@ -94,9 +94,9 @@ def test_mixed_cycles_sum_line_by_line():
 
 
 def test_a_negative_or_zero_sum_is_not_invoiced():
-    back = prorata_lines([thing(new=date(2026, 1, 27))])
+    back = prorata_items([thing(new=date(2026, 1, 27))])
     # The mass update invoices a prorata sum only when it is positive (SPEC §9).
     assert prorata_total(back) == Decimal("-10.00")
-    even = prorata_lines([thing(new=date(2026, 2, 6), item_id=1), thing(new=date(2026, 1, 27), item_id=2)])
+    even = prorata_items([thing(new=date(2026, 2, 6), item_id=1), thing(new=date(2026, 1, 27), item_id=2)])
     assert prorata_total(even) == 0
     assert prorata_total([]) == 0

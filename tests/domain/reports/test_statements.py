@@ -150,13 +150,13 @@ def test_the_closing_balance_is_credit_minus_what_is_owed_after_real_payments(se
     session.commit()
     funds = create_add_funds_invoice(session, c.id, D("40.00"), as_of=date(2026, 1, 3))
     apply_payment(session, funds.invoice_id, D("40.00"), gateway="bank", transaction_id="b1", as_of=date(2026, 1, 3),
-                  now=at(date(2026, 1, 3)), send_email=False)
+                  now=at(date(2026, 1, 3)), queue_email=False)
     owed = invoice(session, c, 77, date(2026, 1, 4), "65.00", status="Unpaid")
     from billingworker.domain.payments.payments import apply_credit_to_invoice
 
     apply_credit_to_invoice(session, owed.id, as_of=date(2026, 1, 4), source="test")
     apply_payment(session, owed.id, D("30.00"), gateway="bank", transaction_id="b2", as_of=date(2026, 1, 6),
-                  now=at(date(2026, 1, 6)), send_email=False)  # 25.00 due: 5.00 over
+                  now=at(date(2026, 1, 6)), queue_email=False)  # 25.00 due: 5.00 over
     session.commit()
     session.expire_all()
     client = session.get(Client, c.id)

@@ -24,7 +24,7 @@ from billingworker.adapters.gateway import gateway_for
 from billingworker.db import session_factory
 from billingworker.domain.billing import due_invoices, due_things
 from billingworker.domain.billing.due_invoices import generate_for_clients
-from billingworker.domain.billing.invoice_store import is_claim_clash
+from billingworker.domain.billing.invoice_store import is_billed_period_clash
 from billingworker.domain.billing.manual_invoices import invoice_selected_items
 from billingworker.domain.models import (
     Addon,
@@ -178,7 +178,7 @@ def test_the_database_refuses_a_second_period_of_a_thing_on_one_billing_day(sess
             session.add(BilledPeriod(item_type="addon", item_id=a.id, due_date=AHEAD, invoice_id=invoice_id,
                                      billed_on=DAY))
             session.flush()
-    assert is_claim_clash(refused.value)
+    assert is_billed_period_clash(refused.value)
     # The same period on another day, or without a billing day (another path): accepted
     with session.begin_nested():
         session.add(BilledPeriod(item_type="addon", item_id=a.id, due_date=AHEAD, invoice_id=invoice_id,
@@ -200,14 +200,14 @@ def test_a_pass_that_misses_the_days_claim_is_refused_and_counts_as_already_bill
     f.service(session, other, next_due_date=date(2026, 12, 15))
     session.commit()
     assert generate(session, c).invoices_created == 1
-    real = due_things._claims_of
+    real = due_things._billed_periods_of
 
     def blind_to_the_day(*args, **kwargs):
         claims = real(*args, **kwargs)
         claims.that_day.clear()
         return claims
 
-    monkeypatch.setattr(due_things, "_claims_of", blind_to_the_day)
+    monkeypatch.setattr(due_things, "_billed_periods_of", blind_to_the_day)
     caplog.set_level(logging.INFO, logger=due_invoices.__name__)
     second = generate(session, c, other)
     assert (second.invoices_created, second.failures) == (1, [])

@@ -21,11 +21,18 @@ from sqlalchemy.orm import Session
 
 from ...db import among, for_update
 from ..billing.due_invoices import tax_context
-from ..billing.invoice_plan import ClientInfo, InvoicePlan, Line, apply_credit_to_plans, settle_if_free, totals_for
-from ..billing.invoice_store import finish_invoices, insert_invoice_lines, lock_clients
-from ..billing.item_removal import selected_items
-from ..billing.prorata import ProrataLine, ProrataThing, prorata_lines, prorata_total
+from ..billing.invoice_plan import (
+    ClientInfo,
+    InvoicePlan,
+    PlannedItem,
+    apply_credit_to_plans,
+    settle_if_free,
+    totals_for,
+)
+from ..billing.invoice_store import lock_clients, write_invoice_rows, write_items_and_periods
+from ..billing.prorata import ProrataItem, ProrataThing, prorata_items, prorata_total
 from ..billing.tax import TaxRules
+from ..billing.thing_removal import selected_things
 from ..cycles import parse_cycle
 from ..errors import NotFound, ValidationError
 from ..messaging.outbox import QueuedEmail, queue_emails
@@ -139,7 +146,7 @@ def parse_changes(raw: Any, *, minor_units: int = 2) -> ThingChanges:
 class MassUpdateResult:
     updated: list[tuple[str, int]] = field(default_factory=list)
     commands: list[QueuedCommand] = field(default_factory=list)
-    prorata_lines: list[ProrataLine] = field(default_factory=list)
+    prorata_items: list[ProrataItem] = field(default_factory=list)
     #: The sum of the prorata lines (before tax); invoiced only when positive.
     prorata_total: Decimal = ZERO
     invoice_id: int | None = None
@@ -155,7 +162,7 @@ class MassUpdateResult:
 
 def mass_update(session: Session, client_id: int, items: Sequence[Any], changes: Any, *,
                 create_prorata_invoice: bool = False, as_of: date, now: datetime, request_key: str,
-                send_email: bool = True) -> MassUpdateResult:
+                queue_email: bool = True) -> MassUpdateResult:
     """Apply ``changes`` to every selected thing of the client; the caller commits.
 
     ``items``: ``(type, id)`` pairs or ``{"type": ..., "id": ...}`` objects.
@@ -169,7 +176,7 @@ def mass_update(session: Session, client_id: int, items: Sequence[Any], changes:
     second invoice.
     """
     # Checked in the order given (so that "items[n]" names the sender's n-th item), done once each.
-    requested = selected_items(items)
+    requested = selected_things(items)
     wanted = list(dict.fromkeys(requested))
     if not wanted:
         raise ValidationError("items", [], "must name at least one thing")
@@ -189,9 +196,9 @@ def mass_update(session: Session, client_id: int, items: Sequence[Any], changes:
     result = MassUpdateResult()
     if prorating:
         labels = _labels(session, things)
-        result.prorata_lines = prorata_lines(
+        result.prorata_items = prorata_items(
             [_prorata_thing(key, things[key], labels[key], parsed) for key in wanted], client.minor_units)
-        result.prorata_total = prorata_total(result.prorata_lines)
+        result.prorata_total = prorata_total(result.prorata_items)
     for key in wanted:
         _apply(things[key], parsed, as_of)
         result.updated.append(key)
@@ -201,8 +208,8 @@ def mass_update(session: Session, client_id: int, items: Sequence[Any], changes:
             NewCommand(t, i, client_id, parsed.module_command, parsed.module_params, f"{request_key}:{t}:{i}")
             for t, i in wanted], now=now)
     if result.prorata_total > 0:
-        method = next((things[(ln.item_type, ln.item_id)].payment_method for ln in result.prorata_lines), "")
-        _invoice_prorata(session, client, result, method, as_of=as_of, send_email=send_email)
+        method = next((things[(ln.item_type, ln.item_id)].payment_method for ln in result.prorata_items), "")
+        _invoice_prorata(session, client, result, method, as_of=as_of, queue_email=queue_email)
     return result
 
 
@@ -299,24 +306,24 @@ def _apply(thing: Any, changes: ThingChanges, as_of: date) -> None:
 
 
 def _invoice_prorata(session: Session, client: ClientInfo, result: MassUpdateResult, payment_method: str, *,
-                     as_of: date, send_email: bool) -> None:
+                     as_of: date, queue_email: bool) -> None:
     """One invoice with every prorata line, through the same machinery as renewals: tax per the
     things' taxed flag, credit auto-applied, the number taken last, the "invoice created" email."""
     settings = load_settings(session)
     tax = tax_context(TaxRules.load(session), client, settings)
-    lines = [Line(ItemType.PRORATA, pl.item_id, pl.description, pl.amount, pl.taxed, pl.period_start,
-                  payment_method, pl.period_end) for pl in result.prorata_lines]
+    lines = [PlannedItem(ItemType.PRORATA, pl.item_id, pl.description, pl.amount, pl.taxed, pl.period_start,
+                         payment_method, pl.period_end) for pl in result.prorata_items]
     plan = InvoicePlan(client_id=client.id, currency_id=client.currency_id, date_created=as_of, date_due=as_of,
-                       payment_method=payment_method, lines=tuple(lines),
+                       payment_method=payment_method, items=tuple(lines),
                        totals=totals_for(lines, tax, client.minor_units))
     [plan] = (apply_credit_to_plans([plan], client.credit_balance, as_of) if settings.auto_apply_credit
               else [settle_if_free(plan, as_of)])
-    stored = insert_invoice_lines(session, [plan])
-    if send_email:
+    stored = write_items_and_periods(session, [plan])
+    if queue_email:
         result.email_ids = queue_emails(session, [QueuedEmail("invoice_created", client.id,
                                                               {"invoice_id": s.id}, f"invoice_created:{s.id}")
                                                   for s in stored])
-    finish_invoices(session, stored, source=SOURCE)
+    write_invoice_rows(session, stored, source=SOURCE)
     [done] = stored
     if done.plan.status == InvoiceStatus.PAID:
         settle_paid_invoices(session, [done.id])

@@ -4,9 +4,9 @@ Guarantees: a thing is invoiced at most once per due date (client row locks seri
 the ``billed_periods`` primary key is the final guard) and at most once per billing day
 (``as_of``): running a day twice, in sequence or at once, bills what running it once bills
 (``billed_periods.billed_on`` and its unique index; see ``due_things``). Invoice numbers are
-gap-free; the invoice, its claims, the thing's ``next_invoice_date``, the credit spent and the
+gap-free; the invoice, its billed periods, the thing's ``next_invoice_date``, the credit spent and the
 outbox email are written together or not at all. One client that cannot be invoiced is recorded
-as a failure and never stops the others; a claim refused because another worker billed it
+as a failure and never stops the others; a billed period refused because another worker billed it
 first is "already billed", not a failure.
 """
 
@@ -29,7 +29,13 @@ from ..payments.payments import settle_paid_invoices
 from ..settings import BillingSettings, load_settings
 from .due_things import THING_TABLES, DueThings, find_due
 from .invoice_plan import ClientInfo, InvoicePlan, TaxContext, plan_invoices
-from .invoice_store import StoredInvoice, finish_invoices, insert_invoice_lines, is_claim_clash, lock_clients
+from .invoice_store import (
+    WrittenInvoice,
+    is_billed_period_clash,
+    lock_clients,
+    write_invoice_rows,
+    write_items_and_periods,
+)
 from .tax import TaxRules
 
 log = logging.getLogger(__name__)
@@ -94,7 +100,7 @@ def generate_for_clients(
     client_ids: Sequence[int],
     as_of: date,
     *,
-    send_email: bool = True,
+    queue_email: bool = True,
     dry_run: bool = False,
 ) -> GenerationResult:
     """Invoice everything due on ``as_of`` for ``client_ids``; the caller commits.
@@ -116,7 +122,7 @@ def generate_for_clients(
         return result
     try:
         with session.begin_nested():
-            write_plans(session, plans, due, result, send_email=send_email)
+            write_plans(session, plans, due, result, queue_email=queue_email)
     except (IntegrityError, DBAPIError) as exc:
         if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
             raise
@@ -125,7 +131,7 @@ def generate_for_clients(
         # a client billed meanwhile is "already billed" there, not a failure.
         log.warning("batch write failed (%s); retrying client by client", exc.__class__.__name__)
         for client in clients:
-            _generate_one(session, client, as_of, settings, rules, result, send_email=send_email)
+            _generate_one(session, client, as_of, settings, rules, result, queue_email=queue_email)
     return result
 
 
@@ -133,7 +139,7 @@ def _plan(clients: Sequence[ClientInfo], due: DueThings, as_of: date, settings: 
           rules: TaxRules) -> list[InvoicePlan]:
     plans: list[InvoicePlan] = []
     for client in clients:
-        lines = due.lines.get(client.id)
+        lines = due.items.get(client.id)
         if lines:
             plans += plan_invoices(client, lines, as_of=as_of, tax=tax_context(rules, client, settings),
                                    separate=client.separate_invoices, auto_apply_credit=settings.auto_apply_credit)
@@ -141,12 +147,12 @@ def _plan(clients: Sequence[ClientInfo], due: DueThings, as_of: date, settings: 
 
 
 #: Looks at one client after its batch clashed: the first on a fresh read, the second after a
-#: claim clash (the other writer has committed by then, so its claims are seen).
+#: billed-period clash (the other writer has committed by then, so its billed periods are seen).
 CLIENT_ATTEMPTS = 2
 
 
 def _generate_one(session: Session, client: ClientInfo, as_of: date, settings: BillingSettings,
-                  rules: TaxRules, result: GenerationResult, *, send_email: bool) -> None:
+                  rules: TaxRules, result: GenerationResult, *, queue_email: bool) -> None:
     """One client in its own savepoint. A ``billed_periods`` clash means another writer billed
     this client meanwhile: look again, and if it still clashes count it as already billed (no
     failure, so a race never parks a client). Any other database error is a failure."""
@@ -156,12 +162,12 @@ def _generate_one(session: Session, client: ClientInfo, as_of: date, settings: B
                 due = find_due(session, [client.id], as_of, settings)
                 plans = _plan([client], due, as_of, settings, rules)
                 if plans:
-                    write_plans(session, plans, due, result, send_email=send_email)
+                    write_plans(session, plans, due, result, queue_email=queue_email)
             return
         except (IntegrityError, DBAPIError) as exc:
             if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
                 raise
-            if not (isinstance(exc, IntegrityError) and is_claim_clash(exc)):
+            if not (isinstance(exc, IntegrityError) and is_billed_period_clash(exc)):
                 result.failures.append(ClientFailure(client.id, "", None, f"could not be invoiced: {exc.orig}"))
                 return
             clash = exc
@@ -169,22 +175,22 @@ def _generate_one(session: Session, client: ClientInfo, as_of: date, settings: B
 
 
 def write_plans(session: Session, plans: list[InvoicePlan], due: DueThings, result: GenerationResult, *,
-           send_email: bool) -> list[StoredInvoice]:
-    claimed = {c for p in plans for c in p.billed_periods}
-    stored = insert_invoice_lines(session, plans, released_claims=sorted(due.stale_claims & claimed),
-                                  billed_on=due.billed_on)
-    write_thing_updates(session, [due.updates[ln.key] for p in plans for ln in p.lines if ln.key in due.updates])
+           queue_email: bool) -> list[WrittenInvoice]:
+    periods = {c for p in plans for c in p.billed_periods}
+    stored = write_items_and_periods(session, plans, cancelled_periods=sorted(due.cancelled_periods & periods),
+                                     billed_on=due.billed_on)
+    write_thing_updates(session, [due.updates[ln.key] for p in plans for ln in p.items if ln.key in due.updates])
     email_ids = []
-    if send_email:
+    if queue_email:
         email_ids = queue_emails(session, [
             QueuedEmail("invoice_created", s.plan.client_id, {"invoice_id": s.id}, f"invoice_created:{s.id}")
             for s in stored])
-    finish_invoices(session, stored, source=SOURCE)
+    write_invoice_rows(session, stored, source=SOURCE)
     paid = [s.id for s in stored if s.plan.status == InvoiceStatus.PAID]
     if paid:
         settle_paid_invoices(session, paid)
     result.invoices_created += len(stored)
-    result.items_invoiced += sum(len(s.plan.lines) for s in stored)
+    result.items_invoiced += sum(len(s.plan.items) for s in stored)
     result.invoice_ids += [s.id for s in stored]
     result.email_ids += email_ids
     return stored

@@ -5,12 +5,12 @@ one query per kind for the billed periods of just those candidates (exact index 
 Left out here:
 
 - a thing already billed for its due date, by any path, on an invoice that is not Cancelled;
-- for the due-invoice generation of day D, a thing that generation claimed another period for
+- for the due-invoice generation of day D, a thing that generation billed another period for
   on billing day D (``billed_periods.billed_on``): one period per thing per billing day, so
   running a day twice, in sequence or at once, bills what running it once bills, even when the
   first pass moved the thing's driving date (an invoice paid from credit at creation). If that
-  day's invoice was Cancelled, the same period may be billed again (taking the claim over with
-  its billing day), never another one.
+  day's invoice was Cancelled, the same period may be billed again (taking the billed period over
+  with its billing day), never another one.
 
 The ``billed_periods`` primary key and its unique (thing, billed_on) index remain the final
 guards when the invoice is written.
@@ -42,7 +42,7 @@ from ..models import (
     Service,
 )
 from ..settings import BillingSettings
-from .invoice_plan import Line
+from .invoice_plan import PlannedItem
 
 RECURRING = tuple(c.value for c in CYCLE_MONTHS)
 RECUR_UNITS = ("Days", "Weeks", "Months", "Years")
@@ -63,23 +63,23 @@ class ThingUpdate:
 
 @dataclass
 class DueThings:
-    lines: dict[int, list[Line]] = field(default_factory=dict)
-    #: Claims held by Cancelled invoices that a new invoice may take over.
-    stale_claims: set[tuple[str, int, date]] = field(default_factory=set)
+    items: dict[int, list[PlannedItem]] = field(default_factory=dict)
+    #: Billed periods held by Cancelled invoices that a new invoice may take over.
+    cancelled_periods: set[tuple[str, int, date]] = field(default_factory=set)
     updates: dict[tuple[str, int], ThingUpdate] = field(default_factory=dict)
-    #: The billing day to record on the claims (the generation's ``as_of``); None for the
-    #: other paths (invoice selected items), whose claims take no billing day.
+    #: The billing day to record on the billed periods (the generation's ``as_of``); None for the
+    #: other paths (invoice selected items), whose billed periods take no billing day.
     billed_on: date | None = None
 
-    def add(self, client_id: int, line: Line, update: ThingUpdate) -> None:
-        self.lines.setdefault(client_id, []).append(line)
+    def add(self, client_id: int, line: PlannedItem, update: ThingUpdate) -> None:
+        self.items.setdefault(client_id, []).append(line)
         self.updates[line.key] = update
 
 
 @dataclass(slots=True)  # hot path: plain slots are ~5x faster to build than frozen
 class _Candidate:
     client_id: int
-    line: Line
+    line: PlannedItem
     update: ThingUpdate
 
 
@@ -88,12 +88,12 @@ def _iso(d: date) -> str:
 
 
 def _recurring_line(item_type: str, item_id: int, label: str, amount, taxed, due: date, cycle: str,
-                    due_day: int | None, payment_method: str, attach_to=None) -> tuple[Line, ThingUpdate]:
+                    due_day: int | None, payment_method: str, attach_to=None) -> tuple[PlannedItem, ThingUpdate]:
     anchor = anchor_day(due, due_day)
     after = next_due_date(due, cycle, anchor)
     end = after - timedelta(days=1)
-    line = Line(item_type, item_id, f"{label} ({_iso(due)} - {_iso(end)})", Decimal(amount), bool(taxed), due,
-                payment_method, end, attach_to=attach_to)
+    line = PlannedItem(item_type, item_id, f"{label} ({_iso(due)} - {_iso(end)})", Decimal(amount), bool(taxed), due,
+                       payment_method, end, attach_to=attach_to)
     return line, ThingUpdate(item_type, item_id, {"next_invoice_date": after, "due_day": anchor})
 
 
@@ -109,8 +109,8 @@ def find_due(
 
     With ``only`` (invoice selected items) exactly those things are considered and the
     generation window does not apply: their next renewal is invoiced now. Without it (the
-    due-invoice generation), ``as_of`` is also the billing day: a thing claimed on that day
-    for another period is left out, and the lines' claims will carry the day.
+    due-invoice generation), ``as_of`` is also the billing day: a thing billed on that day
+    for another period is left out, and the items' billed periods will carry the day.
     """
     due = DueThings(billed_on=as_of if only is None else None)
     if not client_ids:
@@ -237,37 +237,37 @@ def find_due(
                 continue
             values = {"invoice_count": 1}
         rides = r.invoice_action == InvoiceAction.NEXT_INVOICE and chosen is None
-        line = Line(ItemType.BILLABLE, r.id, r.description, Decimal(r.amount), bool(r.taxed), r.due_date,
-                    r.payment_method, rides_next_invoice=rides)
+        line = PlannedItem(ItemType.BILLABLE, r.id, r.description, Decimal(r.amount), bool(r.taxed), r.due_date,
+                           r.payment_method, rides_next_invoice=rides)
         candidates.append(_Candidate(r.client_id, line, ThingUpdate(ItemType.BILLABLE, r.id, values)))
 
     # --- drop what is already billed ----------------------------------------------------------
-    claims = _claims_of(session, [c.line for c in candidates], due.billed_on)
+    billed = _billed_periods_of(session, [c.line for c in candidates], due.billed_on)
     for c in candidates:
         key = (c.line.item_type, c.line.item_id, c.line.due_date)
-        status = claims.periods.get(key)
+        status = billed.periods.get(key)
         if status is not None and status != InvoiceStatus.CANCELLED:
             continue  # already billed for this due date
-        if claims.that_day.get(c.line.key, key[2]) != key[2]:
+        if billed.that_day.get(c.line.key, key[2]) != key[2]:
             # One period per thing per billing day, however often the day is run: only the
-            # period claimed that day (by an invoice since Cancelled) may be billed again.
+            # period billed that day (by an invoice since Cancelled) may be billed again.
             continue
         if status == InvoiceStatus.CANCELLED:
-            due.stale_claims.add(key)
+            due.cancelled_periods.add(key)
         due.add(c.client_id, c.line, c.update)
     return due
 
 
 @dataclass(slots=True)
-class _Claims:
-    #: Status of the invoice holding each (type, id, due date) claim found.
+class _BilledPeriods:
+    #: Status of the invoice holding each (type, id, due date) billed period found.
     periods: dict[tuple[str, int, date], str] = field(default_factory=dict)
-    #: The due date each thing was claimed for on the billing day (by any invoice).
+    #: The due date each thing was billed for on the billing day (by any invoice).
     that_day: dict[tuple[str, int], date] = field(default_factory=dict)
 
 
-def _claims_of(session: Session, lines: Sequence[Line], billed_on: date | None) -> _Claims:
-    """The claims on each line's (type, id, due date) and, with ``billed_on``, the claims its
+def _billed_periods_of(session: Session, lines: Sequence[PlannedItem], billed_on: date | None) -> _BilledPeriods:
+    """The billed periods on each item's (type, id, due date) and, with ``billed_on``, the one its
     thing took on that billing day, with the status of the invoice holding each.
 
     One statement per thing type, of exact index look-ups (the primary key, and the unique
@@ -275,12 +275,12 @@ def _claims_of(session: Session, lines: Sequence[Line], billed_on: date | None) 
     the indexes through a LATERAL subquery: its reference to the key forces a nested loop of
     index look-ups, whatever the statistics say (a billing run keeps outdating them: planned
     as a plain join against a table the planner believes empty, the look-up became a hash join
-    over every claim of the type, slower with each batch). Elsewhere over the key prefix.
+    over every billed period of the type, slower with each batch). Elsewhere over the key prefix.
     """
-    found = _Claims()
+    found = _BilledPeriods()
     if not lines:
         return found
-    by_type: dict[str, list[Line]] = {}
+    by_type: dict[str, list[PlannedItem]] = {}
     for ln in lines:
         by_type.setdefault(ln.item_type, []).append(ln)
     rows: list[tuple[str, int, date, date | None, str]] = []
@@ -288,7 +288,7 @@ def _claims_of(session: Session, lines: Sequence[Line], billed_on: date | None) 
         probe = ("SELECT b.due_date, b.billed_on, b.invoice_id FROM billed_periods b"
                  " WHERE b.item_type = %(type)s AND b.item_id = k.item_id AND b.due_date = k.due_date")
         if billed_on is not None:
-            # Second look-up, same statement: the claim the thing took on the billing day.
+            # Second look-up, same statement: the period the thing took on the billing day.
             probe += (" UNION ALL SELECT b.due_date, b.billed_on, b.invoice_id FROM billed_periods b"
                       " WHERE b.item_type = %(type)s AND b.item_id = k.item_id AND b.billed_on = %(day)s")
         # Binary array parameters (%b): ids and dates travel without text formatting.

@@ -33,7 +33,7 @@ class ClientInfo:
 
 
 @dataclass(slots=True)  # hot path: plain slots are ~5x faster to build than frozen
-class Line:
+class PlannedItem:
     """One line to invoice. ``item_type``/``item_id``/``due_date`` identify the billed period."""
 
     item_type: str
@@ -62,7 +62,7 @@ class InvoicePlan:
     date_created: date
     date_due: date
     payment_method: str
-    lines: tuple[Line, ...]
+    items: tuple[PlannedItem, ...]
     totals: Totals
     kind: str = InvoiceKind.STANDARD
     status: str = InvoiceStatus.UNPAID
@@ -75,7 +75,7 @@ class InvoicePlan:
 
     @property
     def billed_periods(self) -> list[tuple[str, int, date]]:
-        return [(ln.item_type, ln.item_id, ln.due_date) for ln in self.lines
+        return [(ln.item_type, ln.item_id, ln.due_date) for ln in self.items
                 if ln.item_type in _THINGS and ln.item_id is not None and ln.due_date is not None]
 
 
@@ -90,12 +90,12 @@ class TaxContext:
     compound: bool
 
 
-def totals_for(lines: Iterable[Line], tax: TaxContext, minor_units: int) -> Totals:
+def totals_for(lines: Iterable[PlannedItem], tax: TaxContext, minor_units: int) -> Totals:
     return compute_totals(((ln.amount, ln.taxed) for ln in lines), tax.rate1, tax.rate2,
                           inclusive=tax.inclusive, compound=tax.compound, minor_units=minor_units)
 
 
-def group_lines(lines: Sequence[Line], *, separate: bool) -> list[list[Line]]:
+def group_lines(lines: Sequence[PlannedItem], *, separate: bool) -> list[list[PlannedItem]]:
     """Group one client's due lines into invoices (SPEC §4).
 
     One invoice per (due date, payment method), or one per thing when ``separate``. Addons and
@@ -115,7 +115,7 @@ def group_lines(lines: Sequence[Line], *, separate: bool) -> list[list[Line]]:
              for ln in lines]
     by_key = {ln.key: ln for ln in lines}
 
-    def group_key(line: Line) -> tuple:
+    def group_key(line: PlannedItem) -> tuple:
         parent = by_key.get(line.attach_to) if line.attach_to else None
         if parent is not None and parent.due_date == line.due_date and parent is not line:
             return group_key(parent)
@@ -123,7 +123,7 @@ def group_lines(lines: Sequence[Line], *, separate: bool) -> list[list[Line]]:
             return (line.due_date, line.item_type, line.item_id)
         return (line.due_date, line.payment_method)
 
-    groups: dict[tuple, list[Line]] = {}
+    groups: dict[tuple, list[PlannedItem]] = {}
     for line in lines:
         groups.setdefault(group_key(line), []).append(line)
     ordered = [groups[k] for k in sorted(groups, key=lambda k: tuple(str(p) for p in k))]
@@ -134,7 +134,7 @@ def group_lines(lines: Sequence[Line], *, separate: bool) -> list[list[Line]]:
 
 def plan_invoices(
     client: ClientInfo,
-    lines: Sequence[Line],
+    lines: Sequence[PlannedItem],
     *,
     as_of: date,
     tax: TaxContext,
@@ -154,7 +154,7 @@ def plan_invoices(
             # The invoice pays like its parent things, not like an addon that joined them.
             payment_method=next((ln.payment_method for ln in group if ln.attach_to is None),
                                 group[0].payment_method),
-            lines=tuple(group),
+            items=tuple(group),
             totals=totals_for(group, tax, client.minor_units),
         ))
     return apply_credit_to_plans(plans, client.credit_balance, as_of) if auto_apply_credit else \

@@ -1,4 +1,4 @@
-"""Writing invoices: numbers, rows, items, billed-period claims, credit spent.
+"""Writing invoices: numbers, rows, items, billed periods, credit spent.
 
 Lock order everywhere in billingworker: client rows (by id) -> invoice rows -> the invoice
 number sequence. Keeping one order means two jobs can wait for each other but never deadlock.
@@ -83,65 +83,65 @@ def allocate_invoice_numbers(session: Session, count: int) -> int:
 
 
 @dataclass
-class StoredInvoice:
+class WrittenInvoice:
     id: int
     plan: InvoicePlan
-    #: Given by ``finish_invoices`` (NULL for a Draft).
+    #: Given by ``write_invoice_rows`` (NULL for a Draft).
     number: int | None = None
 
 
-def store_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: str,
-                   released_claims: Sequence[tuple[str, int, date]] = ()) -> list[StoredInvoice]:
-    """``insert_invoice_lines`` then ``finish_invoices``: for callers with nothing to do in between."""
-    stored = insert_invoice_lines(session, plans, released_claims=released_claims)
-    finish_invoices(session, stored, source=source)
+def write_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: str,
+                   cancelled_periods: Sequence[tuple[str, int, date]] = ()) -> list[WrittenInvoice]:
+    """``write_items_and_periods`` then ``write_invoice_rows``: for callers with nothing to do in between."""
+    stored = write_items_and_periods(session, plans, cancelled_periods=cancelled_periods)
+    write_invoice_rows(session, stored, source=source)
     return stored
 
 
-def insert_invoice_lines(session: Session, plans: Sequence[InvoicePlan], *,
-                         released_claims: Sequence[tuple[str, int, date]] = (),
-                         billed_on: date | None = None) -> list[StoredInvoice]:
-    """Reserve the invoices' ids and insert their items and billed-period claims.
+def write_items_and_periods(session: Session, plans: Sequence[InvoicePlan], *,
+                            cancelled_periods: Sequence[tuple[str, int, date]] = (),
+                            billed_on: date | None = None) -> list[WrittenInvoice]:
+    """Reserve the invoices' ids and insert their items and billed periods.
 
-    The invoice rows themselves are written by ``finish_invoices``, which must run before the
-    commit (the items' foreign key is checked at commit). ``released_claims`` are claims held by
-    Cancelled invoices that these plans take over. A claim held by any other invoice makes the
+    The invoice rows themselves are written by ``write_invoice_rows``, which must run before the
+    commit (the items' foreign key is checked at commit). ``cancelled_periods`` are billed periods held
+    by Cancelled invoices that these plans take over. A period held by any other invoice makes the
     insert fail (primary key): the caller rolls back and nothing is billed twice.
 
     ``billed_on`` (the due-invoice generation's day; None for other paths) is recorded on every
-    claim: a thing already claimed on that billing day makes the insert fail too (unique index).
+    billed period: a thing already billed on that billing day makes the insert fail too (unique index).
     """
     if not plans:
         return []
-    if released_claims:
+    if cancelled_periods:
         session.execute(
             BilledPeriod.__table__.delete().where(
                 BilledPeriod.item_type == bindparam("t"), BilledPeriod.item_id == bindparam("i"),
                 BilledPeriod.due_date == bindparam("d"),
                 BilledPeriod.invoice_id.in_(select(Invoice.id).where(Invoice.status == InvoiceStatus.CANCELLED)),
             ),
-            [{"t": t, "i": i, "d": d} for t, i, d in released_claims],
+            [{"t": t, "i": i, "d": d} for t, i, d in cancelled_periods],
         )
     ids = reserve_ids(session, Invoice.__table__, len(plans))
-    stored = [StoredInvoice(i, p) for i, p in zip(ids, plans, strict=True)]
-    items, claims = [], []
+    stored = [WrittenInvoice(i, p) for i, p in zip(ids, plans, strict=True)]
+    items, periods = [], []
     for s in stored:
-        for ln in s.plan.lines:
+        for ln in s.plan.items:
             items.append({
                 "invoice_id": s.id, "client_id": s.plan.client_id, "item_type": ln.item_type,
                 "item_id": ln.item_id, "description": ln.description, "amount": ln.amount,
                 "taxed": ln.taxed, "due_date": ln.due_date, "period_end": ln.period_end,
             })
-        claims.extend({"item_type": t, "item_id": i, "due_date": d, "invoice_id": s.id, "billed_on": billed_on}
-                      for t, i, d in s.plan.billed_periods)
+        periods.extend({"item_type": t, "item_id": i, "due_date": d, "invoice_id": s.id, "billed_on": billed_on}
+                       for t, i, d in s.plan.billed_periods)
     insert_rows(session, InvoiceItem.__table__, items)
-    insert_rows(session, BilledPeriod.__table__, claims)
+    insert_rows(session, BilledPeriod.__table__, periods)
     return stored
 
 
-def is_claim_clash(exc: IntegrityError) -> bool:
-    """Whether ``exc`` is a ``billed_periods`` guard refusing a claim: another invoice holds the
-    period, or the thing was already claimed on that billing day. To a billing run that means
+def is_billed_period_clash(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a ``billed_periods`` guard refusing a billed period: another invoice holds
+    the period, or the thing was already billed on that billing day. To a billing run that means
     "already billed" (by a worker it raced with, or another application), not an error."""
     diag = getattr(exc.orig, "diag", None)  # psycopg: the server names the table
     if getattr(diag, "table_name", None):
@@ -153,7 +153,7 @@ def is_claim_clash(exc: IntegrityError) -> bool:
     return BilledPeriod.__tablename__ in message and ("unique" in lowered or "duplicate" in lowered)
 
 
-def finish_invoices(session: Session, stored: Sequence[StoredInvoice], *, source: str) -> None:
+def write_invoice_rows(session: Session, stored: Sequence[WrittenInvoice], *, source: str) -> None:
     """Number and write the invoice rows, and take the credit they spend; the last writes before
     the commit.
 

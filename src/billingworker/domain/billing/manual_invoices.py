@@ -27,8 +27,8 @@ from ..money import round_money
 from ..settings import BillingSettings, load_settings
 from .due_invoices import GenerationResult, tax_context, write_plans
 from .due_things import THING_TABLES, find_due
-from .invoice_plan import ClientInfo, InvoicePlan, Line, TaxContext, plan_invoices, totals_for
-from .invoice_store import lock_clients, store_invoices
+from .invoice_plan import ClientInfo, InvoicePlan, PlannedItem, TaxContext, plan_invoices, totals_for
+from .invoice_store import lock_clients, write_invoices
 from .tax import TaxRules
 
 SELECTABLE_TYPES = (ItemType.SERVICE, ItemType.ADDON, ItemType.DOMAIN, ItemType.BILLABLE)
@@ -55,7 +55,7 @@ class SelectedResult:
 
 
 def invoice_selected_items(session: Session, client_id: int, items: Sequence[tuple[str, int]], *,
-                           as_of: date, send_email: bool = True) -> SelectedResult:
+                           as_of: date, queue_email: bool = True) -> SelectedResult:
     """Invoice the next renewal of each selected thing now (SPEC §4), grouped by (due date,
     payment method) whatever the client's separate-invoices flag. A thing already invoiced for
     its next due date (or otherwise not invoiceable) is refused with a reason; the others proceed.
@@ -67,7 +67,7 @@ def invoice_selected_items(session: Session, client_id: int, items: Sequence[tup
     settings = load_settings(session)
     wanted = list(dict.fromkeys((t, int(i)) for t, i in items))
     due = find_due(session, [client_id], as_of, settings, only=wanted)
-    lines = due.lines.get(client_id, [])
+    lines = due.items.get(client_id, [])
     found = {ln.key for ln in lines}
     result = SelectedResult()
     for key in wanted:
@@ -78,7 +78,7 @@ def invoice_selected_items(session: Session, client_id: int, items: Sequence[tup
         plans = plan_invoices(client, lines, as_of=as_of, tax=tax_context(rules, client, settings),
                               separate=False, auto_apply_credit=settings.auto_apply_credit)
         gen = GenerationResult(as_of)
-        write_plans(session, plans, due, gen, send_email=send_email)
+        write_plans(session, plans, due, gen, queue_email=queue_email)
         result.invoice_ids, result.email_ids = gen.invoice_ids, gen.email_ids
     return result
 
@@ -94,13 +94,13 @@ def _why_not(session: Session, client_id: int, key: tuple[str, int], settings: B
     if not recurs(thing.billing_cycle):
         return f"{item_type} {item_id} is billed {thing.billing_cycle} and is never invoiced again"
     driving = thing.next_invoice_date if settings.continuous_invoice_generation else thing.next_due_date
-    claim = session.execute(
+    holder = session.execute(
         select(Invoice.number, Invoice.id, Invoice.status).join(BilledPeriod, BilledPeriod.invoice_id == Invoice.id)
         .where(BilledPeriod.item_type == item_type, BilledPeriod.item_id == item_id,
                BilledPeriod.due_date == driving, Invoice.status != InvoiceStatus.CANCELLED)).first()
-    if claim is not None:
+    if holder is not None:
         return (f"{item_type} {item_id} is already invoiced for its next due date {driving} "
-                f"on invoice #{claim.number or claim.id} ({claim.status})")
+                f"on invoice #{holder.number or holder.id} ({holder.status})")
     if item_type == ItemType.SERVICE and session.execute(
             select(CancelRequest.id).where(CancelRequest.service_id == item_id)).first():
         return f"service {item_id} has a pending cancellation request"
@@ -113,9 +113,9 @@ def create_draft_invoice(session: Session, client_id: int, *, as_of: date) -> in
     """An empty Draft invoice (no number until it is issued, no email). Returns its id."""
     client = locked_client(session, client_id)
     plan = InvoicePlan(client_id=client.id, currency_id=client.currency_id, date_created=as_of, date_due=as_of,
-                       payment_method="", lines=(), totals=totals_for((), _NO_TAX, client.minor_units),
+                       payment_method="", items=(), totals=totals_for((), _NO_TAX, client.minor_units),
                        status=InvoiceStatus.DRAFT)
-    [stored] = store_invoices(session, [plan], source="job:create_invoice")
+    [stored] = write_invoices(session, [plan], source="job:create_invoice")
     return stored.id
 
 
@@ -128,7 +128,7 @@ class AddFundsResult:
 
 
 def create_add_funds_invoice(session: Session, client_id: int, amount: Decimal, *, as_of: date,
-                             send_email: bool = True) -> AddFundsResult:
+                             queue_email: bool = True) -> AddFundsResult:
     """One "Add Funds" line of ``amount`` within the add-funds limits (SPEC §2, §4).
 
     Its payment credits the balance (see payments.settle_paid_invoices). Locks the client row.
@@ -145,13 +145,13 @@ def create_add_funds_invoice(session: Session, client_id: int, amount: Decimal, 
             "amount", str(amount),
             f"would take the credit balance ({client.credit_balance}) above the add-funds maximum balance of "
             f"{settings.add_funds_maximum_balance}")
-    line = Line(ItemType.ADD_FUNDS, None, "Add Funds", amount, False, None)
+    line = PlannedItem(ItemType.ADD_FUNDS, None, "Add Funds", amount, False, None)
     plan = InvoicePlan(client_id=client.id, currency_id=client.currency_id, date_created=as_of, date_due=as_of,
-                       payment_method="", lines=(line,), totals=totals_for([line], _NO_TAX, client.minor_units),
+                       payment_method="", items=(line,), totals=totals_for([line], _NO_TAX, client.minor_units),
                        kind=InvoiceKind.ADD_FUNDS)
-    [stored] = store_invoices(session, [plan], source="job:create_add_funds_invoice")
+    [stored] = write_invoices(session, [plan], source="job:create_add_funds_invoice")
     email_ids = queue_emails(session, [QueuedEmail("add_funds_invoice", client.id, {"invoice_id": stored.id},
-                                                   f"add_funds_invoice:{stored.id}")]) if send_email else []
+                                                   f"add_funds_invoice:{stored.id}")]) if queue_email else []
     return AddFundsResult(stored.id, stored.number, amount, tuple(email_ids))
 
 

@@ -38,7 +38,7 @@ class ProrataThing:
 
 
 @dataclass(frozen=True)
-class ProrataLine:
+class ProrataItem:
     item_type: str
     item_id: int
     description: str
@@ -69,7 +69,7 @@ def prorata_amount(recurring_amount: Decimal, billing_cycle: str, days: int, min
     return round_money(Decimal(recurring_amount) * days / length, minor_units)
 
 
-def prorata_line(thing: ProrataThing, minor_units: int = 2) -> ProrataLine | None:
+def prorata_item(thing: ProrataThing, minor_units: int = 2) -> ProrataItem | None:
     """The line for one thing, or None when there is nothing to prorate (no current due date,
     the date did not move, a Free / One Time cycle, or an amount that rounds to zero)."""
     if thing.current_due_date is None:
@@ -82,14 +82,14 @@ def prorata_line(thing: ProrataThing, minor_units: int = 2) -> ProrataLine | Non
     end = end - timedelta(days=1)
     verb = "Prorata" if days > 0 else "Prorata Refund"
     description = f"{verb}: {thing.label} ({start.isoformat()} - {end.isoformat()}, {abs(days)} days)"
-    return ProrataLine(thing.item_type, thing.item_id, description, amount, days, thing.taxed, start, end)
+    return ProrataItem(thing.item_type, thing.item_id, description, amount, days, thing.taxed, start, end)
 
 
-def prorata_lines(things: Iterable[ProrataThing], minor_units: int = 2) -> list[ProrataLine]:
+def prorata_items(things: Iterable[ProrataThing], minor_units: int = 2) -> list[ProrataItem]:
     """One line per thing that has something to prorate, in the order given."""
-    return [line for line in (prorata_line(t, minor_units) for t in things) if line is not None]
+    return [line for line in (prorata_item(t, minor_units) for t in things) if line is not None]
 
 
-def prorata_total(lines: Sequence[ProrataLine]) -> Decimal:
+def prorata_total(lines: Sequence[ProrataItem]) -> Decimal:
     """The sum of the lines (before tax): invoiced only when positive (SPEC §9)."""
     return sum((line.amount for line in lines), ZERO)

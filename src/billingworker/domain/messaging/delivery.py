@@ -67,7 +67,7 @@ class DeliveryResult:
     to: tuple[str, ...] = ()
     cc: tuple[str, ...] = ()
     log_id: int | None = None
-    #: Why a row was parked (``failed``) or given back (``retry``).
+    #: Why a row was marked ``failed`` or given back (``retry``).
     error: str = ""
 
 
@@ -85,7 +85,7 @@ class BatchDelivery:
 
     @property
     def failed(self) -> tuple[tuple[int, str], ...]:
-        """Rows that can never be rendered (parked ``failed``), with the reason."""
+        """Rows that can never be rendered (marked ``failed``), with the reason."""
         return tuple((r.email_id, r.error) for r in self.results if r.status == "failed")
 
 
@@ -118,9 +118,9 @@ def deliver_emails(session: Session, email_ids: Sequence[int], mailer: Mailer, *
     Call it with no transaction of the caller's open (what is pending is committed with the
     claim). Returns one result per id, in id order: ``sent``; ``already_sent``; ``skipped`` (no
     longer wanted: a reminder whose invoice was paid, a reset link replaced...); ``missing``;
-    ``in_flight`` (another worker holds a live claim); ``failed`` (can never be rendered: parked,
+    ``in_flight`` (another worker holds a live claim); ``failed`` (can never be rendered: marked so,
     the relay no longer offers it); ``retry`` (the transport refused it: left ``queued`` with one
-    more attempt). A row parked ``failed`` is sent when named: naming it is a deliberate re-send.
+    more attempt). A row marked ``failed`` is sent when named: naming it is a deliberate re-send.
     """
     if now.tzinfo is None:
         raise ValidationError("now", now, "must be timezone-aware")
@@ -201,7 +201,7 @@ def _claim(session: Session, ids: list[int], *, sender: str, now: datetime, clai
 
     # A reminder whose invoice was paid (or cancelled) after it was queued (SPEC §5), the notice
     # of an invoice cancelled meanwhile, a reset link replaced or expired: still_wanted.py. A row
-    # parked as failed is a deliberate re-send and is not second-guessed.
+    # marked failed is a deliberate re-send and is not second-guessed.
     unwanted = unwanted_emails(session, [(row.id, row.template, _context(row)) for row in open_rows
                                          if row.status != OutboxStatus.FAILED], now=now)
     cache = RenderCache.preload(session, [row for row in open_rows if row.id not in unwanted])
@@ -216,7 +216,7 @@ def _claim(session: Session, ids: list[int], *, sender: str, now: datetime, clai
             rendered = render_outbox_email(session, row, cache)
             message = build_message(rendered, sender=sender, message_id=message_id, date=now)
         except ValidationError as exc:
-            # Can never be rendered (its invoice is gone, no address...): park it.
+            # Can never be rendered (its invoice is gone, no address...): mark it failed.
             reason = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
             row.attempts = (row.attempts or 0) + 1
             row.last_error = reason
@@ -301,8 +301,8 @@ def record_delivery_failure(session: Session, email_id: int, error: str, *,
                             give_up: bool = False) -> int | None:
     """Count a failed delivery of ``email_id``: ``attempts`` + 1 and ``last_error`` = ``error``.
 
-    For an error outside the transport (the database...); the caller commits. ``give_up`` parks
-    the row as ``failed`` (the relay no longer picks it up). Locks the row; a row sent meanwhile
+    For an error outside the transport (the database...); the caller commits. ``give_up`` marks
+    the row ``failed`` (the relay no longer picks it up). Locks the row; a row sent meanwhile
     is left alone. Returns the attempts so far, or None when the row is gone.
     """
     outbox = session.execute(select(OutboxEmail).where(OutboxEmail.id == email_id).with_for_update()
@@ -319,8 +319,8 @@ def record_delivery_failure(session: Session, email_id: int, error: str, *,
     return outbox.attempts
 
 
-def give_up(session: Session, email_id: int) -> None:
-    """Park a row that is still ``queued`` as ``failed`` (its retries are spent); the caller commits."""
+def mark_failed(session: Session, email_id: int) -> None:
+    """Mark a row that is still ``queued`` ``failed`` (its retries are spent); the caller commits."""
     session.execute(update(OutboxEmail.__table__).where(
         OutboxEmail.id == email_id, OutboxEmail.status == OutboxStatus.QUEUED).values(status=OutboxStatus.FAILED))
 
@@ -335,7 +335,7 @@ def pending_email_ids(session: Session, *, now: datetime, older_than: timedelta,
     died). ``client_ids`` (first, last) narrows it to a range of clients and ignores the age of
     the row (not the time since it was last relayed).
     With ``mark_relayed`` the rows returned get ``relayed_at = now`` (the caller commits), so
-    that a row is re-offered at most once per ``older_than``. Rows parked ``failed`` are never pending.
+    that a row is re-offered at most once per ``older_than``. Rows marked ``failed`` are never pending.
     """
     if now.tzinfo is None:
         raise ValidationError("now", now, "must be timezone-aware")

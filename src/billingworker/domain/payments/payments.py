@@ -74,7 +74,7 @@ def apply_payment(
     fees: Decimal = ZERO,
     as_of: date,
     now: datetime,
-    send_email: bool = True,
+    queue_email: bool = True,
 ) -> PaymentResult:
     """Record a payment of ``amount`` on ``invoice_id``; the caller commits.
 
@@ -82,12 +82,12 @@ def apply_payment(
     returns ``outcome="duplicate"`` and changes nothing.
     """
     [result] = apply_payments(session, [PaymentRequest(invoice_id, amount, gateway, transaction_id, fees)],
-                              as_of=as_of, now=now, send_email=send_email)
+                              as_of=as_of, now=now, queue_email=queue_email)
     return result
 
 
 def apply_payments(session: Session, requests: Sequence[PaymentRequest], *, as_of: date, now: datetime,
-                   send_email: bool = True) -> list[PaymentResult]:
+                   queue_email: bool = True) -> list[PaymentResult]:
     """Record several payments in the caller's transaction, in order; one result per request.
 
     The same rules as ``apply_payment``, set-wise (a card-capture batch records a hundred
@@ -175,7 +175,7 @@ def apply_payments(session: Session, requests: Sequence[PaymentRequest], *, as_o
     if newly_paid:
         settle_paid_invoices(session, sorted(set(newly_paid)))
 
-    emails = [o for o in outcomes if o["outcome"] == "recorded"] if send_email else []
+    emails = [o for o in outcomes if o["outcome"] == "recorded"] if queue_email else []
     email_ids = dict(zip((id(o) for o in emails), queue_emails(session, [QueuedEmail(
         "payment_confirmation", invoices[o["request"].invoice_id].client_id,
         {"invoice_id": o["request"].invoice_id, "transaction_id": o["txn_row"]},

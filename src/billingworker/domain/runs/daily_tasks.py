@@ -28,7 +28,7 @@ def generate_task(session: Session, client_ids: Sequence[int], as_of: date, *, d
         invoices_created=len(plans) if dry_run else result.invoices_created,
         amount=sum((p.totals.total for p in plans), ZERO), email_ids=result.email_ids,
         failures=result.failures, succeeded_clients=set(client_ids) - failed,
-        preview=[{"client_id": p.client_id, "due": p.date_due.isoformat(), "lines": len(p.lines),
+        preview=[{"client_id": p.client_id, "due": p.date_due.isoformat(), "lines": len(p.items),
                   "total": str(p.totals.total), "status": p.status} for p in plans] if dry_run else [],
     )
 

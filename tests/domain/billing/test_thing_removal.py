@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from billingworker.adapters.server_module import RECORDING_MODULE
 from billingworker.domain.billing.due_invoices import generate_for_clients
-from billingworker.domain.billing.item_removal import delete_selected_items
+from billingworker.domain.billing.thing_removal import delete_selected_items
 from billingworker.domain.errors import ValidationError
 from billingworker.domain.models import (
     Addon,

@@ -4,7 +4,7 @@ Records only: no server-module command runs (the account on the server stays as 
 admin who wants it gone sends ``terminate`` first). What hangs off a thing goes with it: a
 deleted service takes its addons and its cancellation requests. The invoices that billed the
 things keep their lines (``invoice_items`` has no foreign key to them: billing history stays),
-and ``module_commands`` keeps what ran. The things' ``billed_periods`` claims are removed: they
+and ``module_commands`` keeps what ran. The things' billed periods (``billed_periods``) are removed: they
 guard a thing against being billed twice, and there is no thing left to guard.
 """
 
@@ -27,7 +27,7 @@ from .invoice_store import lock_clients
 REMOVABLE_TYPES: tuple[str, ...] = (ItemType.SERVICE, ItemType.ADDON, ItemType.DOMAIN, ItemType.BILLABLE)
 
 
-def selected_items(items: Any) -> list[tuple[str, int]]:
+def selected_things(items: Any) -> list[tuple[str, int]]:
     """The selection as ``(type, id)`` pairs, in the order given: each item may be a pair or the
     jobs' ``{"type": ..., "id": ...}`` object (so a caller of the domain function can pass what
     the job takes). A malformed item is a ``ValidationError`` naming its index."""
@@ -77,7 +77,7 @@ def delete_selected_items(session: Session, client_id: int, items: Sequence[Any]
     listed in ``already_gone``, so a second run deletes nothing and succeeds.
     """
     # Checked in the order given (so that "items[n]" names the sender's n-th item), done once each.
-    requested = selected_items(items)
+    requested = selected_things(items)
     wanted = list(dict.fromkeys(requested))
     for n, (item_type, _) in enumerate(requested):
         if item_type not in REMOVABLE_TYPES:
@@ -124,4 +124,4 @@ def delete_selected_items(session: Session, client_id: int, items: Sequence[Any]
     return result
 
 
-__all__ = ["REMOVABLE_TYPES", "RemovalResult", "delete_selected_items", "selected_items"]
+__all__ = ["REMOVABLE_TYPES", "RemovalResult", "delete_selected_items", "selected_things"]
