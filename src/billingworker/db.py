@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import get_config
+from .store.arrays import among as among  # moved to store/; the old name still answers
 
 #: How long a SQLite writer waits for the lock before giving up, in seconds.
 SQLITE_BUSY_TIMEOUT = 30
@@ -97,17 +98,3 @@ def for_update(stmt):
     """``stmt`` taking a row lock and reading the row as it is now (not as the session cached it)."""
     return stmt.with_for_update().execution_options(populate_existing=True)
 
-
-def among(session: Session, column, values):
-    """``column IN values`` as ONE array parameter on PostgreSQL (``= ANY(:values)``).
-
-    A batch passes thousands of ids; rendering each as its own bind parameter costs more than
-    the query itself. SQLite has no arrays and gets the ordinary IN list.
-    """
-    values = list(values)
-    if is_postgres(session):
-        from sqlalchemy import any_, bindparam
-        from sqlalchemy.dialects.postgresql import ARRAY
-
-        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
-    return column.in_(values)

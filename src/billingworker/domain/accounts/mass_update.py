@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ...db import among, for_update
+from ...db import for_update
+from ...store.arrays import among
 from ..billing.due_invoices import tax_context
 from ..billing.invoice_plan import (
     ClientInfo,

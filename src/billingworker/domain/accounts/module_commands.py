@@ -22,11 +22,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from ...db import among, for_update, is_postgres
+from ...db import for_update
+from ...store.arrays import among
+from ...store.conflicts import insert_ignoring_conflicts
 from ..errors import NotFound, ValidationError
 from ..models import Addon, Domain, ItemType, ModuleCommand, ModuleCommandStatus, Product, Service, ThingStatus
 from ..ports import MODULE_COMMANDS, ModuleCommandRequest, ModuleResult, ServerModule
@@ -139,8 +139,7 @@ def queue_module_commands(session: Session, commands: Sequence[NewCommand], *, n
                      "sealed_params": sealer.seal(c.params) if secret and sealer else None,
                      "request_key": c.request_key, "status": ModuleCommandStatus.QUEUED, "attempts": 0, "result": "",
                      "created_at": _utc(now)})
-    insert = pg_insert if is_postgres(session) else sqlite_insert
-    session.execute(insert(ModuleCommand).on_conflict_do_nothing(index_elements=["request_key"]), rows)
+    session.execute(insert_ignoring_conflicts(session, ModuleCommand, index_elements=["request_key"]), rows)
     keys = [c.request_key for c in commands]
     found = {r.request_key: r for r in session.execute(
         select(ModuleCommand.id, ModuleCommand.request_key, ModuleCommand.item_type, ModuleCommand.item_id,

@@ -40,13 +40,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ...clock import as_utc
 from ...config import get_config
-from ...db import for_update, is_postgres
+from ...db import for_update
+from ...store.locks import transaction_lock
 from ..errors import NotFound, ValidationError
 from ..messaging.emails import RenderedEmail, load_context, render
 from ..messaging.outbox import QueuedEmail, queue_emails
@@ -149,8 +150,7 @@ def _installation_limit_reached(session: Session, settings: BillingSettings, now
     up front, ``BEGIN IMMEDIATE``.) The lock is taken before any user row lock, always.
     """
     limit = installation_limit(settings)
-    if is_postgres(session):
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INSTALLATION_LIMIT_LOCK})
+    transaction_lock(session, INSTALLATION_LIMIT_LOCK)
     made = session.scalar(select(func.count()).select_from(PasswordResetToken).where(
         PasswordResetToken.created_at > now - RATE_WINDOW))
     return made >= limit

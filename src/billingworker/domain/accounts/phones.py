@@ -21,7 +21,7 @@ from phonenumbers import NumberParseException, ValidationResult
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ...db import among
+from ...store.arrays import among
 from ..errors import ValidationError
 from ..failures import ClientFailure
 from ..models import Client, Contact

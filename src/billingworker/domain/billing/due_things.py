@@ -26,7 +26,8 @@ from decimal import Decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ...db import among, is_postgres
+from ...store.arrays import among
+from ...store.billed_periods import billed_periods_of
 from ..cycles import CYCLE_MONTHS, advance_period, anchor_day, next_due_date
 from ..models import (
     Addon,
@@ -283,37 +284,8 @@ def _billed_periods_of(session: Session, lines: Sequence[PlannedItem], billed_on
     by_type: dict[str, list[PlannedItem]] = {}
     for ln in lines:
         by_type.setdefault(ln.item_type, []).append(ln)
-    rows: list[tuple[str, int, date, date | None, str]] = []
-    if is_postgres(session):
-        probe = ("SELECT b.due_date, b.billed_on, b.invoice_id FROM billed_periods b"
-                 " WHERE b.item_type = %(type)s AND b.item_id = k.item_id AND b.due_date = k.due_date")
-        if billed_on is not None:
-            # Second look-up, same statement: the period the thing took on the billing day.
-            probe += (" UNION ALL SELECT b.due_date, b.billed_on, b.invoice_id FROM billed_periods b"
-                      " WHERE b.item_type = %(type)s AND b.item_id = k.item_id AND b.billed_on = %(day)s")
-        # Binary array parameters (%b): ids and dates travel without text formatting.
-        sql = ("SELECT k.item_id, bp.due_date, bp.billed_on, i.status"
-               " FROM unnest(%(ids)b::integer[], %(dates)b::date[]) AS k(item_id, due_date)"
-               f" CROSS JOIN LATERAL ({probe}) AS bp"
-               " JOIN invoices i ON i.id = bp.invoice_id")
-        conn = session.connection()
-        for item_type, group in by_type.items():
-            result = conn.exec_driver_sql(sql, {"type": str(item_type), "ids": [ln.item_id for ln in group],
-                                                "dates": [ln.due_date for ln in group], "day": billed_on})
-            rows.extend((item_type, *row) for row in result)
-    else:
-        columns = (BilledPeriod.item_id, BilledPeriod.due_date, BilledPeriod.billed_on, Invoice.status)
-        for item_type, group in by_type.items():
-            ids = sorted({ln.item_id for ln in group})
-            stmt = (select(*columns).join(Invoice, Invoice.id == BilledPeriod.invoice_id)
-                    .where(BilledPeriod.item_type == item_type, BilledPeriod.item_id.in_(ids),
-                           BilledPeriod.due_date >= min(ln.due_date for ln in group)))
-            if billed_on is not None:
-                stmt = stmt.union_all(
-                    select(*columns).join(Invoice, Invoice.id == BilledPeriod.invoice_id)
-                    .where(BilledPeriod.item_type == item_type, BilledPeriod.item_id.in_(ids),
-                           BilledPeriod.billed_on == billed_on))
-            rows.extend((item_type, *row) for row in session.execute(stmt))
+    keys_by_type = {item_type: [(ln.item_id, ln.due_date) for ln in group] for item_type, group in by_type.items()}
+    rows = billed_periods_of(session, BilledPeriod.__table__, Invoice.__table__, keys_by_type, billed_on)
     for item_type, item_id, due_date, day, status in rows:
         found.periods[(item_type, item_id, due_date)] = status
         if billed_on is not None and day == billed_on:

@@ -12,13 +12,12 @@ from datetime import date
 from decimal import Decimal
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ...db import among, is_postgres
+from ...store.arrays import among
 from ...store.bulk import insert_rows, reserve_ids, update_rows
+from ...store.conflicts import insert_ignoring_conflicts, is_unique_clash_on
 from ..models import (
     BilledPeriod,
     Client,
@@ -76,8 +75,8 @@ def allocate_invoice_numbers(session: Session, count: int) -> int:
             .values(last_number=InvoiceSequence.last_number + count).returning(InvoiceSequence.last_number))
     last = session.execute(stmt).scalar()
     if last is None:
-        ins = (pg_insert if is_postgres(session) else sqlite_insert)(InvoiceSequence)
-        session.execute(ins.values(name=INVOICE_SEQUENCE, last_number=0).on_conflict_do_nothing())
+        ins = insert_ignoring_conflicts(session, InvoiceSequence)
+        session.execute(ins.values(name=INVOICE_SEQUENCE, last_number=0))
         last = session.execute(stmt).scalar_one()
     return last - count + 1
 
@@ -143,14 +142,7 @@ def is_billed_period_clash(exc: IntegrityError) -> bool:
     """Whether ``exc`` is a ``billed_periods`` guard refusing a billed period: another invoice holds
     the period, or the thing was already billed on that billing day. To a billing run that means
     "already billed" (by a worker it raced with, or another application), not an error."""
-    diag = getattr(exc.orig, "diag", None)  # psycopg: the server names the table
-    if getattr(diag, "table_name", None):
-        return diag.table_name == BilledPeriod.__tablename__ and getattr(exc.orig, "sqlstate", None) == "23505"
-    message = str(exc.orig)
-    # SQLite: "UNIQUE constraint failed: billed_periods.item_type, ..."; MySQL: "Duplicate entry
-    # ... for key 'billed_periods.PRIMARY'" (our index names all start with the table's name).
-    lowered = message.lower()
-    return BilledPeriod.__tablename__ in message and ("unique" in lowered or "duplicate" in lowered)
+    return is_unique_clash_on(exc, BilledPeriod.__tablename__)
 
 
 def write_invoice_rows(session: Session, stored: Sequence[WrittenInvoice], *, source: str) -> None:

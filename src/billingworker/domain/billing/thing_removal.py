@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ...db import among, for_update
+from ...db import for_update
+from ...store.arrays import among
 from ..errors import NotFound, ValidationError
 from ..models import Addon, BilledPeriod, CancelRequest, ItemType
 from .due_things import THING_TABLES

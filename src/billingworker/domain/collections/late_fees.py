@@ -22,7 +22,7 @@ from sqlalchemy import exists, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ...db import among
+from ...store.arrays import among
 from ...store.bulk import insert_rows, reserve_ids, update_rows
 from ..billing.invoice_store import lock_clients
 from ..billing.tax import HUNDRED, Rate, Totals, compute_totals

@@ -18,7 +18,7 @@ from sqlalchemy import and_, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ...db import among
+from ...store.arrays import among
 from ..billing.invoice_store import lock_clients
 from ..failures import ClientFailure
 from ..messaging.outbox import QueuedEmail, queue_emails

@@ -32,9 +32,10 @@ from email.message import Message
 from email.utils import parseaddr
 from typing import Literal
 
-from sqlalchemy import and_, insert, or_, select, text, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from ...store.outbox_marks import begin_fast_marks, end_fast_marks, mark_sent_and_log
 from ..errors import ValidationError
 from ..models import EmailLog, OutboxEmail, OutboxStatus
 from ..ports import Mailer, send_each
@@ -241,19 +242,10 @@ class _Marks:
     emails are then sent again, with the same Message-ID). Elsewhere: a transaction per mark.
     """
 
-    _PG_MARK = text(
-        "WITH marked AS (UPDATE email_outbox SET status = 'sent', sent_at = :now"
-        " WHERE id = :outbox_id AND status = 'sending' RETURNING id)"
-        " INSERT INTO email_log (client_id, outbox_id, template, subject, body_text, body_html, to_address, cc,"
-        " sent_at) SELECT :client_id, id, :template, :subject, :body_text, :body_html, :to_address, :cc, :now"
-        " FROM marked RETURNING id")
-
     def __init__(self, bind) -> None:
         self.conn = bind.connect()
-        self.postgres = self.conn.dialect.name == "postgresql"
-        if self.postgres:
-            self.conn.execution_options(isolation_level="AUTOCOMMIT")
-            self.conn.exec_driver_sql("SET synchronous_commit = off")
+        # PostgreSQL: autocommit, one statement per mark (store/outbox_marks.py).
+        self.fast = begin_fast_marks(self.conn)
 
     def sent(self, item: _Claimed, now: datetime) -> int | None:
         """Mark a claimed row ``sent`` and write its log row; None if it was no longer ``sending``
@@ -264,8 +256,8 @@ class _Marks:
                   "client_id": rendered.client_id if rendered.client_id is not None else item.client_id,
                   "subject": subject[:MAX_SUBJECT_LENGTH], "body_text": body_text, "body_html": body_html,
                   "to_address": ", ".join(rendered.to), "cc": ", ".join(rendered.cc)}
-        if self.postgres:
-            return self.conn.execute(self._PG_MARK, values).scalar()
+        if self.fast:
+            return mark_sent_and_log(self.conn, values)
         with self.conn.begin():
             done = self.conn.execute(update(OutboxEmail.__table__).where(
                 OutboxEmail.id == item.row_id, OutboxEmail.status == OutboxStatus.SENDING).values(
@@ -284,15 +276,15 @@ class _Marks:
             if released:
                 if self.conn.in_transaction():
                     self.conn.rollback()
-                with self.conn.begin() if not self.postgres else _nothing():
+                with self.conn.begin() if not self.fast else _nothing():
                     for row_id, reason in released:
                         values: dict = {"status": OutboxStatus.QUEUED}
                         if reason:
                             values |= {"attempts": OutboxEmail.attempts + 1, "last_error": reason}
                         self.conn.execute(update(OutboxEmail.__table__).where(
                             OutboxEmail.id == row_id, OutboxEmail.status == OutboxStatus.SENDING).values(**values))
-            if self.postgres:
-                self.conn.exec_driver_sql("RESET synchronous_commit")
+            if self.fast:
+                end_fast_marks(self.conn)
         finally:
             self.conn.close()
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ...clock import as_utc
-from ...db import among
+from ...store.arrays import among
 from ..models import Client, ClientStatus, Invoice, InvoiceStatus, PasswordResetToken
 from ..models.collections import REMINDER_TEMPLATES
 

@@ -46,7 +46,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from ...db import among, for_update, is_postgres
+from ...db import for_update
+from ...store.arrays import among
+from ...store.conflicts import insert_ignoring_conflicts
 from ..billing.invoice_store import lock_clients
 from ..errors import ValidationError
 from ..failures import ClientFailure
@@ -323,16 +325,12 @@ def _insert_pending(session: Session, attempts: Sequence[tuple[_Attempt, int]], 
     An invoice missing from the answer already has a pending or succeeded row, or an attempt
     today, made by a path that does not lock the client (another application): already done.
     """
-    if is_postgres(session):
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
     rows = [{"invoice_id": a.invoice_id, "client_id": a.client_id, "pay_method_id": pay_method_id,
              "attempt_on": as_of, "gateway": a.gateway, "amount": a.amount, "status": CaptureStatus.PENDING}
             for a, pay_method_id in attempts]
     ids: dict[int, int] = {}
     for start in range(0, len(rows), INSERT_CHUNK):
-        stmt = (dialect_insert(PaymentCapture).values(rows[start:start + INSERT_CHUNK]).on_conflict_do_nothing()
+        stmt = (insert_ignoring_conflicts(session, PaymentCapture).values(rows[start:start + INSERT_CHUNK])
                 .returning(PaymentCapture.id, PaymentCapture.invoice_id))
         ids.update({invoice_id: capture_id for capture_id, invoice_id in session.execute(stmt)})
     return ids

@@ -16,7 +16,8 @@ from decimal import Decimal
 from sqlalchemy import exists, select, tuple_
 from sqlalchemy.orm import Session
 
-from ...db import among, for_update
+from ...db import for_update
+from ...store.arrays import among
 from ...store.bulk import insert_rows_returning_ids, update_rows
 from ..billing.due_things import THING_TABLES
 from ..cycles import next_due_date

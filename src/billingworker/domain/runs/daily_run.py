@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ...db import among
+from ...store.arrays import among
 from ..failures import ClientFailure, record_failures
 from ..models import Client, ClientStatus, DailyRun, DailyRunBatch, DailyRunTask
 from ..settings import parse_run_time

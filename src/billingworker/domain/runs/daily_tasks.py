@@ -9,7 +9,7 @@ from datetime import date
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ...db import among
+from ...store.arrays import among
 from ..billing.due_invoices import generate_for_clients
 from ..billing.invoice_store import lock_clients
 from ..models import Client, ClientStatus, Invoice, InvoiceKind, InvoiceStatus
