@@ -482,3 +482,18 @@ def test_requeue_set_values_json_cannot_read_are_refused_without_a_traceback(red
     assert digits.exit_code == 2 and "invoice_id: Exceeds the limit (4300 digits)" in digits.output
     assert nested.exit_code == 2 and "invoice_id: the JSON value is nested too deep" in nested.output
     assert redis_client.zcard(XQ) == 1 and redis_client.llen(Q) == 0
+
+
+def test_newest_death_is_the_last_letter_to_die_read_without_the_bodies(redis_broker, redis_client):
+    # Given an empty dead-letter queue, then two letters that died one after the other
+    store = DeadLetters(redis_client)
+    assert store.newest_death_ms("billing") == 0
+    kill(redis_broker, message())
+    kill(redis_broker, message())
+
+    # When the console asks when the last one died (what "purge all" may act on)
+    newest = store.newest_death_ms("billing")
+
+    # Then it is the death of the last letter of the list, and the emails queue has none
+    assert newest == store.list("billing")[-1].died_at_ms > 0
+    assert store.newest_death_ms("emails") == 0

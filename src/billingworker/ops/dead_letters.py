@@ -166,6 +166,12 @@ class DeadLetters:
     def count(self, queue: str) -> int:
         return self.client.zcard(self._keys(queue)[0])
 
+    def newest_death_ms(self, queue: str) -> int:
+        """When the last dead letter of ``queue`` died (ms; 0 when there is none): one ZRANGE,
+        no message body read."""
+        newest = self.client.zrange(self._keys(queue)[0], -1, -1, withscores=True)
+        return int(newest[0][1]) if newest else 0
+
     def find(self, ident: str, queues: tuple[str, ...]) -> DeadLetter:
         """The dead letter whose redis id, else whose message id, is ``ident``, in ``queues``."""
         for queue in queues:

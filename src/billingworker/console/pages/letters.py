@@ -53,7 +53,7 @@ def _read_dead(request: Request) -> dict[str, Any]:
         totals = {q: store.count(q) for q in QUEUES}
         # The newest death the page knows of: "requeue all" and "purge all" act on the letters up
         # to it, never on one that died after the page was shown (the operator has not seen it).
-        newest = {q: (store.list(q)[-1].died_at_ms if totals[q] > len(letters[q]) else
+        newest = {q: (store.newest_death_ms(q) if totals[q] > len(letters[q]) else
                       max((letter.died_at_ms for letter in letters[q]), default=0)) for q in QUEUES}
     failures = _failures(request, [letter.message_id for ls in letters.values() for letter in ls])
     rows = {}

@@ -269,15 +269,8 @@ class _BilledPeriods:
 
 def _billed_periods_of(session: Session, lines: Sequence[PlannedItem], billed_on: date | None) -> _BilledPeriods:
     """The billed periods on each item's (type, id, due date) and, with ``billed_on``, the one its
-    thing took on that billing day, with the status of the invoice holding each.
-
-    One statement per thing type, of exact index look-ups (the primary key, and the unique
-    (type, id, billed_on) index). On PostgreSQL the keys travel as arrays and each one probes
-    the indexes through a LATERAL subquery: its reference to the key forces a nested loop of
-    index look-ups, whatever the statistics say (a billing run keeps outdating them: planned
-    as a plain join against a table the planner believes empty, the look-up became a hash join
-    over every billed period of the type, slower with each batch). Elsewhere over the key prefix.
-    """
+    thing took on that billing day, with the status of the invoice holding each: one statement
+    per thing type, of exact index look-ups (``store.billed_periods.billed_periods_of`` says how)."""
     found = _BilledPeriods()
     if not lines:
         return found
