@@ -3,7 +3,7 @@
 Recreates and seeds a PostgreSQL database (``bench.seed``, 50,000 clients and 200,000 services
 by default), makes the day interesting for every task (late fees on, ~20 % of the clients
 paying by stored card with auto capture, some of them declined, overdue invoices billed on
-earlier days), starts ``--workers`` real ``dramatiq billingworker.actors`` processes on a
+earlier days), starts ``--workers`` real ``dramatiq billingworker.worker`` processes on a
 dedicated Redis database, enqueues ``run_daily_automation(as_of=...)`` and waits until the run
 is finished AND both queues (``billing``, ``emails``) are empty. It prints the wall time per
 task and overall, messages per second, CPU seconds per process group and the peak RSS of every
@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the ``bench`` package imp
 import redis  # noqa: E402
 from dramatiq import Message  # noqa: E402
 from dramatiq.brokers.redis import RedisBroker  # noqa: E402
-from sqlalchemy import Engine, text  # noqa: E402
+from sqlalchemy import Engine, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from billingworker.db import create_db_engine, normalise_url, session_factory  # noqa: E402
@@ -307,7 +307,7 @@ def dramatiq_command() -> list[str]:
 
 @dataclass
 class WorkerProcess:
-    """One ``dramatiq billingworker.actors`` command: its master and the processes it forked."""
+    """One ``dramatiq billingworker.worker`` command: its master and the processes it forked."""
 
     name: str
     proc: subprocess.Popen
@@ -379,7 +379,7 @@ class WorkerProcess:
 def start_worker(name: str, workdir: Path, env: dict[str, str], processes: int, threads: int) -> WorkerProcess:
     log_path = workdir / f"worker-{name}.log"
     log_file = log_path.open("wb")
-    modules = ["billingworker.actors"]
+    modules = ["billingworker.worker"]
     proc = subprocess.Popen(
         [*dramatiq_command(), *modules, "--processes", str(processes), "--threads", str(threads),
          "--queues", *QUEUES],
@@ -592,7 +592,7 @@ def run_day(url: str, args: argparse.Namespace, *, label: str, clients: int, ser
         _collect(engine, day, started_wall)
         day.jobs = parse_logs(day.workers)
         day.eml_files = sum(1 for e in os.scandir(mail_dir) if e.name.endswith(".eml")) if mail_dir.is_dir() else 0
-        day.checks = check_day(engine, day)
+        day.checks = check_day(engine, day, args.as_of)
     finally:
         engine.dispose()
     return day
@@ -706,11 +706,21 @@ def parse_logs(workers: list[WorkerProcess]) -> JobFigures:
 
 # --------------------------------------------------------------------------- checks
 
-def check_day(engine: Engine, day: DayFigures) -> list[Check]:
-    """The generation checks of bench.generate_due_invoices, plus the daily run's own."""
+def check_day(engine: Engine, day: DayFigures, as_of: date) -> list[Check]:
+    """The books' checks (``billingworker reconcile``, through bench.generate_due_invoices), the
+    reconciliation the run recorded when it finished, and the daily run's own checks."""
     from bench.generate_due_invoices import Check, verify
+    from billingworker.domain.models import DailyRun
+    from billingworker.domain.reports.reconciliation import recorded_reconciliation
 
-    checks = verify(engine)
+    checks = verify(engine, as_of)
+    with session_factory(engine)() as session:
+        run_id = session.execute(select(DailyRun.id).where(DailyRun.run_date == as_of,
+                                                           DailyRun.dry_run.is_(False))).scalar()
+        recorded = recorded_reconciliation(session, run_id) if run_id is not None else None
+    checks.append(Check("the run recorded its reconciliation, books clean", recorded is not None and recorded.clean,
+                        "none recorded" if recorded is None else
+                        f"findings per check: {({k: v['findings'] for k, v in recorded.counts.items()})}"))
     with engine.connect() as conn:
         def scalar(sql: str) -> Any:
             return conn.execute(text(sql)).scalar_one()

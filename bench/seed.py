@@ -1,15 +1,17 @@
-"""Fill an empty, migrated PostgreSQL database with a realistic book of clients, fast.
+"""Fill an empty, migrated PostgreSQL or MySQL/MariaDB database with a realistic book of clients, fast.
 
-Rows go in through psycopg 3 ``COPY ... FROM STDIN`` on the engine's raw connection, in one
-transaction: 50,000 clients and 200,000 services take seconds, where ORM inserts would take
-minutes. The data is deterministic for a given ``seed``: two runs build the same book.
+Rows go in through psycopg 3 ``COPY ... FROM STDIN`` (MySQL/MariaDB: multi-row INSERTs through
+PyMySQL's ``executemany``) on the engine's raw connection, in one transaction: 50,000 clients
+and 200,000 services take seconds, where ORM inserts would take minutes. The data is
+deterministic for a given ``seed``: two runs build the same book.
 
 What the book holds (SPEC §1, §2, §7):
 
 - 2 currencies (USD, EUR, both with 2 minor units); tax rules for GB, DE, FR, NL (level 1), a
   US state (TX), Canada (GST, level 1) and Quebec (QST, level 2, compound via the
   ``tax_l2_compound`` setting); every other setting keeps its default.
-- clients: Active, countries mixed, ~5 % tax exempt, ~3 % separate invoices, ~10 % with credit.
+- clients: Active, countries mixed, ~5 % tax exempt, ~3 % separate invoices, ~10 % with credit
+  (each balance with its opening credit-history line).
 - services: ~4 per client; ~75 % Monthly, 20 % Annually, 5 % Quarterly / Semi-Annually /
   Biennially, plus a few One Time / Free ones that must never be invoiced; mostly Active;
   ``next_due_date`` uniform over [as_of - 15 days, as_of + 45 days] and
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -202,6 +205,41 @@ def _services_per_client(rng: random.Random, clients: int, services: int) -> lis
     return counts
 
 
+#: MySQL/MariaDB: rows per executemany (PyMySQL packs them into statements of up to ~1 MB).
+MYSQL_ROWS_PER_INSERT = 5000
+
+
+class _MySQLCopy:
+    """``copy.write_row(row)`` as on psycopg's COPY, as multi-row INSERTs."""
+
+    def __init__(self, cur, table: str, columns: str) -> None:
+        names = [c.strip() for c in columns.split(",")]
+        self.cur, self.rows = cur, []
+        self.statement = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})"
+
+    def write_row(self, row) -> None:
+        self.rows.append(tuple(row))
+        if len(self.rows) >= MYSQL_ROWS_PER_INSERT:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.cur.executemany(self.statement, self.rows)
+            self.rows = []
+
+
+@contextmanager
+def _copy(cur, mysql: bool, table: str, columns: str):
+    """COPY ``table`` (``columns``) FROM STDIN, or its MySQL form."""
+    if not mysql:
+        with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            yield copy
+        return
+    copy = _MySQLCopy(cur, table, columns)
+    yield copy
+    copy.flush()
+
+
 def seed(engine: Engine, *, clients: int = 50_000, services: int = 200_000, as_of: date, seed: int = 42,
          progress: bool = True) -> SeedSummary:
     """Fill the EMPTY, migrated PostgreSQL database behind ``engine`` (one transaction).
@@ -210,8 +248,9 @@ def seed(engine: Engine, *, clients: int = 50_000, services: int = 200_000, as_o
     them, so the application's own inserts continue after the seeded rows. Raises ``SeedError``
     if the database is not PostgreSQL or already holds clients or things.
     """
-    if engine.dialect.name != "postgresql":
-        raise SeedError(f"seeding uses COPY and needs PostgreSQL, not {engine.dialect.name}")
+    mysql = engine.dialect.name in ("mysql", "mariadb")
+    if engine.dialect.name != "postgresql" and not mysql:
+        raise SeedError(f"seeding needs PostgreSQL or MySQL/MariaDB, not {engine.dialect.name}")
     if clients < 1 or services < 0:
         raise SeedError(f"need clients >= 1 and services >= 0 (got {clients}, {services})")
     rng = random.Random(seed)
@@ -234,21 +273,21 @@ def seed(engine: Engine, *, clients: int = 50_000, services: int = 200_000, as_o
             if cur.fetchone()[0]:
                 raise SeedError("seed() needs an empty database: it already holds clients, things or invoices")
             # The bench data is disposable: don't wait for the WAL flush on commit.
-            cur.execute("SET LOCAL synchronous_commit = off")
+            if not mysql:
+                cur.execute("SET LOCAL synchronous_commit = off")
             say(f"seeding {clients:,} clients / {services:,} services (as of {as_of}, seed {seed})")
 
             # Reference data.
-            with cur.copy("COPY currencies (id, code, prefix, suffix, minor_units, rate, is_default) "
-                          "FROM STDIN") as copy:
+            with _copy(cur, mysql, "currencies", "id, code, prefix, suffix, minor_units, rate, is_default") as copy:
                 for row in CURRENCIES:
                     copy.write_row(row)
-            with cur.copy("COPY tax_rules (id, level, name, country, state, rate) FROM STDIN") as copy:
+            with _copy(cur, mysql, "tax_rules", "id, level, name, country, state, rate") as copy:
                 for row in TAX_RULES:
                     copy.write_row(row)
-            with cur.copy("COPY settings (name, value) FROM STDIN") as copy:
+            with _copy(cur, mysql, "settings", "name, value") as copy:
                 for row in SETTINGS:
                     copy.write_row(row)
-            with cur.copy("COPY products (id, name, group_name, module) FROM STDIN") as copy:
+            with _copy(cur, mysql, "products", "id, name, group_name, module") as copy:
                 for row in PRODUCTS:
                     copy.write_row(row)
 
@@ -257,7 +296,7 @@ def seed(engine: Engine, *, clients: int = 50_000, services: int = 200_000, as_o
             signups: list[str] = [""] * (clients + 1)
             credit_cents = 0
             tick = _Progress("clients", clients, progress)
-            with cur.copy(f"COPY clients ({CLIENT_COLUMNS}) FROM STDIN") as copy:
+            with _copy(cur, mysql, "clients", CLIENT_COLUMNS) as copy:
                 for cid in range(1, clients + 1):
                     country, states, currency, _ = _pick(rng, COUNTRIES, 100)
                     state = states[rng.randrange(len(states))]
@@ -278,6 +317,10 @@ def seed(engine: Engine, *, clients: int = 50_000, services: int = 200_000, as_o
                     ))
                     tick.tick()
             tick.done()
+            # A balance has its history (SPEC §1; the reconciliation checks they agree).
+            cur.execute("INSERT INTO credit_history (client_id, date, description, amount, balance_after, source) "
+                        "SELECT id, signup_date, 'Opening balance', credit_balance, credit_balance, 'bench' "
+                        "FROM clients WHERE credit_balance > 0")
 
             # Services, streamed; addons, domains, billable items and cancellation requests are
             # decided alongside (they need the parent's due date) and copied afterwards.
@@ -288,7 +331,7 @@ def seed(engine: Engine, *, clients: int = 50_000, services: int = 200_000, as_o
             cancels: list[tuple] = []
             sid = 0
             tick = _Progress("services", services, progress)
-            with cur.copy(f"COPY services ({SERVICE_COLUMNS}) FROM STDIN") as copy:
+            with _copy(cur, mysql, "services", SERVICE_COLUMNS) as copy:
                 for cid in range(1, clients + 1):
                     gateway = gateways[cid]
                     client_dues: list[int] = []
@@ -348,13 +391,13 @@ def seed(engine: Engine, *, clients: int = 50_000, services: int = 200_000, as_o
                 ("cancel_requests", "id, service_id, type, reason", cancels),
             ):
                 tick = _Progress(table, len(rows), progress)
-                with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                with _copy(cur, mysql, table, columns) as copy:
                     for row in rows:
                         copy.write_row(row)
                         tick.tick()
                 tick.done()
 
-            for table in SERIAL_TABLES:
+            for table in () if mysql else SERIAL_TABLES:  # MySQL: AUTO_INCREMENT follows explicit ids
                 cur.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                     f"COALESCE((SELECT max(id) FROM {table}), 1), (SELECT count(*) > 0 FROM {table}))"
@@ -363,7 +406,12 @@ def seed(engine: Engine, *, clients: int = 50_000, services: int = 200_000, as_o
         # Fresh statistics, so the benchmark's queries are planned for the real row counts.
         analyze_started = time.perf_counter()
         with conn.cursor() as cur:
-            cur.execute("ANALYZE")
+            if mysql:
+                cur.execute("ANALYZE TABLE " + ", ".join(("clients", "services", "addons", "domains",
+                                                          "billable_items", "cancel_requests")))
+                cur.fetchall()
+            else:
+                cur.execute("ANALYZE")
         conn.commit()
         say(f"  {'analyze':<16} {time.perf_counter() - analyze_started:>10.1f} s")
     except BaseException:

@@ -1,7 +1,8 @@
-"""Shared fixtures: real SQLite and real PostgreSQL databases, migrated by Alembic.
+"""Shared fixtures: real SQLite, PostgreSQL and MariaDB databases, migrated by Alembic.
 
-Domain tests take the ``engine`` fixture, which runs each test once per database. PostgreSQL
-must answer: a missing server fails the run (CI must never pass by skipping).
+Domain tests take the ``engine`` fixture, which runs each test once per database named in
+``TEST_DATABASES`` (default ``sqlite,postgresql,mariadb``; name fewer for a quicker run).
+A named server must answer: a missing server fails the run (CI must never pass by skipping).
 """
 
 from __future__ import annotations
@@ -21,14 +22,35 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
+from billingworker.bootstrap import bootstrap
 from billingworker.db import create_db_engine, session_factory
 from billingworker.domain.models import Base
 from billingworker.migrate import upgrade_engine
+
+# The process's broker (the in-process one above) with every job bound to it, as a worker's
+# ``billingworker.worker`` does; tests replace parts of the runtime with ``runtime.configure``.
+bootstrap()
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # One database per test run, so that two runs on one server (a developer and CI) never meet.
 PG_TEST_DB = os.environ.get("TEST_PG_DATABASE", f"billingworker_test_{os.getpid()}")
 PG_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_TEST_DB
+
+
+MYSQL_ADMIN_URL = os.environ.get("TEST_MYSQL_ADMIN_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+MYSQL_TEST_DB = os.environ.get("TEST_MYSQL_DATABASE", f"billingworker_test_{os.getpid()}")
+MYSQL_URL = MYSQL_ADMIN_URL.rsplit("/", 1)[0] + "/" + MYSQL_TEST_DB
+
+#: The databases the ``engine`` fixture runs each test on.
+TEST_DATABASES = [name.strip() for name in os.environ.get("TEST_DATABASES", "sqlite,postgresql,mariadb").split(",")
+                  if name.strip()]
+_ENGINE_FIXTURES = {"sqlite": "sqlite_engine", "postgresql": "pg_engine", "mariadb": "mariadb_engine"}
+#: Tests that need MariaDB whatever they run on: not collected until TEST_DATABASES names it.
+collect_ignore = [] if "mariadb" in TEST_DATABASES else ["integration/test_mariadb_worker.py"]
+_unknown = set(TEST_DATABASES) - set(_ENGINE_FIXTURES)
+if _unknown:
+    raise RuntimeError(f"TEST_DATABASES names unknown databases {sorted(_unknown)}: "
+                       f"choose from {sorted(_ENGINE_FIXTURES)}")
 
 
 def _create_pg_database() -> None:
@@ -53,6 +75,33 @@ def pg_url() -> str:
     upgrade_engine(engine)
     engine.dispose()
     return PG_URL
+
+
+_mysql_created: list[str] = []
+
+
+def _create_mysql_database() -> None:
+    _mysql_created.append(MYSQL_TEST_DB)
+    admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{MYSQL_TEST_DB}`"))
+            # The server's defaults on purpose (as in a shared database): the tables carry their own.
+            conn.execute(text(f"CREATE DATABASE `{MYSQL_TEST_DB}`"))
+    except Exception as exc:  # noqa: BLE001 - re-raised with the fix
+        raise RuntimeError(
+            f"MariaDB at {MYSQL_ADMIN_URL} does not answer ({exc}). Start it: service mariadb start") from exc
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    _create_mysql_database()
+    engine = create_db_engine(MYSQL_URL)
+    upgrade_engine(engine)
+    engine.dispose()
+    return MYSQL_URL
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +130,15 @@ def wipe(engine: Engine) -> None:
             # A session a test forgot to close would make TRUNCATE wait forever: fail instead.
             conn.execute(text("SET LOCAL lock_timeout = '20s'"))
             conn.execute(text("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE"))
+        elif engine.dialect.name in ("mysql", "mariadb"):
+            # A session a test forgot to close would make DELETE / ALTER wait: fail instead.
+            conn.execute(text("SET SESSION innodb_lock_wait_timeout = 20, lock_wait_timeout = 20"))
+            for name in [*tables, "billingworker_sequences"]:  # the last: MySQL-only, see store/bulk.py
+                conn.execute(text(f"DELETE FROM {name}"))
+            # Ids start again at 1, as after PostgreSQL's RESTART IDENTITY (InnoDB moves a value
+            # below the largest id up to it, so this only resets tables that are now empty).
+            for name in tables:
+                conn.execute(text(f"ALTER TABLE {name} AUTO_INCREMENT = 1"))
         else:
             for name in tables:
                 conn.execute(text(f"DELETE FROM {name}"))
@@ -100,11 +158,17 @@ def sqlite_engine(sqlite_url) -> Iterator[Engine]:
     yield engine
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
+def mariadb_engine(mariadb_url) -> Iterator[Engine]:
+    engine = _engine(mariadb_url)
+    wipe(engine)
+    yield engine
+
+
+@pytest.fixture(params=TEST_DATABASES)
 def engine(request) -> Iterator[Engine]:
-    """Each test that takes this runs on SQLite and on PostgreSQL."""
-    fixture = "sqlite_engine" if request.param == "sqlite" else "pg_engine"
-    yield request.getfixturevalue(fixture)
+    """Each test that takes this runs on every database of ``TEST_DATABASES``."""
+    yield request.getfixturevalue(_ENGINE_FIXTURES[request.param])
 
 
 @pytest.fixture
@@ -137,9 +201,52 @@ def pg_session(pg_engine) -> Iterator[Session]:
         s.close()
 
 
+#: The server databases of TEST_DATABASES: where concurrency tests (real row locks) run.
+SERVER_DATABASES = [name for name in TEST_DATABASES if name != "sqlite"] or ["postgresql"]
+
+
+@pytest.fixture(params=SERVER_DATABASES)
+def server_engine(request) -> Iterator[Engine]:
+    """PostgreSQL and/or MariaDB (per TEST_DATABASES): for tests of two sessions racing."""
+    yield request.getfixturevalue(_ENGINE_FIXTURES[request.param])
+
+
+@pytest.fixture
+def server_session(server_engine) -> Iterator[Session]:
+    """A session on ``server_engine``, closed after the test."""
+    s = session_factory(server_engine)()
+    try:
+        yield s
+    finally:
+        s.rollback()
+        s.close()
+
+
+@pytest.fixture
+def mariadb_session(mariadb_engine) -> Iterator[Session]:
+    """A MariaDB-only session (concurrency tests), closed after the test."""
+    s = session_factory(mariadb_engine)()
+    try:
+        yield s
+    finally:
+        s.rollback()
+        s.close()
+
+
 def pytest_sessionfinish(session, exitstatus):
     for engine in _engines.values():
         engine.dispose()
+    if "TEST_MYSQL_DATABASE" not in os.environ and _mysql_created:
+        admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                # A connection a test left in a transaction would make DROP wait forever: give up instead.
+                conn.execute(text("SET SESSION lock_wait_timeout = 10"))
+                conn.execute(text(f"DROP DATABASE IF EXISTS `{MYSQL_TEST_DB}`"))
+        except Exception:  # noqa: BLE001 - a server that went away has nothing to clean
+            pass
+        finally:
+            admin.dispose()
     if "TEST_PG_DATABASE" not in os.environ:
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         try:

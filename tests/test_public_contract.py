@@ -50,13 +50,15 @@ REQUIRED: Any = _Required()
 INTERNAL_ACTORS: dict[str, tuple[str, tuple[tuple[str, Any], ...]]] = {
     "generate_due_invoices_batch": ("billing", (("client_ids", REQUIRED), ("as_of", REQUIRED), ("send_email", True))),
     "run_task_batch": ("billing", (("task", REQUIRED), ("first_client_id", REQUIRED),
-                                   ("last_client_id", REQUIRED), ("as_of", REQUIRED))),
+                                   ("last_client_id", REQUIRED), ("as_of", REQUIRED), ("send_email", True))),
     "normalize_phone_numbers_batch": ("billing", (("client_ids", REQUIRED),)),
     "deliver_emails": ("emails", (("email_ids", REQUIRED),)),
     "advance_daily_run": ("billing", (("run_id", REQUIRED),)),
     "run_daily_batch": ("billing", (("run_id", REQUIRED), ("task", REQUIRED), ("batch_no", REQUIRED),
                                     ("first_client_id", REQUIRED), ("last_client_id", REQUIRED))),
     "relay_module_commands": ("billing", (("limit", 1000), ("older_than_seconds", None))),
+    # Sent by Dramatiq's Retries (deliver_email's on_retry_exhausted), with the spent message.
+    "give_up_email_delivery": ("emails", (("message_data", REQUIRED), ("retry_info", None))),
     # Never accepted from a sender (message_guard enqueues it itself); its arguments are not
     # documented, only pinned here.
     "refuse_undecodable_message": ("billing", (("actor", REQUIRED), ("field", REQUIRED), ("value", REQUIRED),

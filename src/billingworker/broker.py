@@ -11,19 +11,19 @@ cannot run (undecodable, an unknown job, an option of the wrong type) is dead-le
 
 from __future__ import annotations
 
-import os
-
 import dramatiq
 from dramatiq.broker import Broker
 from dramatiq.middleware import AgeLimit, CurrentMessage
 
-from .config import get_config
+from .config import Config, get_config
 from .message_guard import GuardedEncoder, GuardedRabbitmqBroker, GuardedRedisBroker, GuardedStubBroker
 from .message_options import TrustedOptions
 from .queue_names import QUEUES
 
 
-def make_broker(url: str) -> Broker:
+def make_broker(url: str, config: Config | None = None) -> Broker:
+    """The broker for ``url`` with our middleware; its tunables come from ``config`` (default: the environment's)."""
+    config = config or get_config()
     # The guarded consumers need the encoder that never raises (message_guard).
     if not isinstance(dramatiq.get_encoder(), GuardedEncoder):
         dramatiq.set_encoder(GuardedEncoder())
@@ -34,10 +34,10 @@ def make_broker(url: str) -> Broker:
         # Heartbeat timeout in milliseconds (Dramatiq: 60000); maintenance chance in broker calls
         # per million (Dramatiq: 1000; 1000000 = on every call).
         options = {}
-        if os.environ.get("BROKER_HEARTBEAT_TIMEOUT_MS"):
-            options["heartbeat_timeout"] = int(os.environ["BROKER_HEARTBEAT_TIMEOUT_MS"])
-        if os.environ.get("BROKER_MAINTENANCE_CHANCE"):
-            options["maintenance_chance"] = int(os.environ["BROKER_MAINTENANCE_CHANCE"])
+        if config.broker_heartbeat_timeout_ms:
+            options["heartbeat_timeout"] = config.broker_heartbeat_timeout_ms
+        if config.broker_maintenance_chance:
+            options["maintenance_chance"] = config.broker_maintenance_chance
         broker = GuardedRedisBroker(url=url, **options)
     elif url.startswith(("amqp://", "amqps://")):
         broker = GuardedRabbitmqBroker(url=url)
@@ -65,15 +65,8 @@ def make_broker(url: str) -> Broker:
         # gauges on the same port (docs/operations.md). Off when unset, as in the tests.
         from .ops.metrics import worker_metrics
 
-        if (metrics := worker_metrics()) is not None:
+        if config.prometheus_port is not None and (metrics := worker_metrics()) is not None:
             broker.add_middleware(metrics)
     for queue in QUEUES:
         broker.declare_queue(queue)
-    return broker
-
-
-def setup_broker(url: str | None = None) -> Broker:
-    """Create the broker for ``url`` (default BROKER_URL) and make it Dramatiq's global broker."""
-    broker = make_broker(url or get_config().broker_url)
-    dramatiq.set_broker(broker)
     return broker

@@ -85,7 +85,7 @@ def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: 
     sent. Rules that need the database (an amount in the client's currency, a client that
     exists) are the job's: such a message is sent, and refused by the job (`failures`).
     """
-    from .actors import broker
+    from .bootstrap import current_app
     from .ops.enqueue_check import DAILY_RUN_JOB, MessageRefused, check_message, find_job, parse_assignments
     from .ops.tables import InputRefused
 
@@ -108,7 +108,7 @@ def enqueue(actor: str, arguments: tuple[str, ...], as_of: str | None, dry_run: 
         elif as_of is not None or dry_run:
             option = "--as-of" if as_of is not None else "--dry-run"
             raise MessageRefused(option, f"{option} is for daily-run only; give {actor} its arguments as NAME=VALUE")
-        target = find_job(broker, actor)
+        target = find_job(current_app().broker, actor)
         check_message(target, kwargs)
     except MessageRefused as exc:
         raise InputRefused(f"{exc}; nothing was enqueued") from None
@@ -130,14 +130,15 @@ def scheduler(tick: float, stall_seconds: int, relay_every: int, relay_after: in
     import signal
     import threading
 
-    from . import runtime as rt
     from .ops.samples import record_sample
     from .scheduler import Scheduler
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    current = rt.runtime()
+    from .bootstrap import current_app
+
+    current = current_app().runtime  # the jobs it sends bound to the broker of BROKER_URL
     broker_url = get_config().broker_url
     Scheduler(current.engine, current.clock, stall_seconds=stall_seconds, relay_every_seconds=relay_every,
               relay_after_seconds=relay_after, claim_timeout=current.email_claim_timeout,

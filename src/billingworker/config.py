@@ -63,6 +63,14 @@ class Config:
     payment_gateways: frozenset[str] = frozenset()
     #: SERVER_MODULES: the optional server modules switched on (``{"test"}`` or nothing).
     server_modules: frozenset[str] = frozenset()
+    #: BROKER_HEARTBEAT_TIMEOUT_MS: how soon (ms) the messages of a dead Redis worker go to another
+    #: one (None: Dramatiq's 60000).
+    broker_heartbeat_timeout_ms: int | None = None
+    #: BROKER_MAINTENANCE_CHANCE: Redis maintenance chance per million broker calls (None: Dramatiq's 1000).
+    broker_maintenance_chance: int | None = None
+    #: PROMETHEUS_PORT: the workers' metrics port (None: no metrics); PROMETHEUS_HOST: where it listens.
+    prometheus_port: int | None = None
+    prometheus_host: str = "0.0.0.0"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -81,6 +89,10 @@ class Config:
             secret_key_fallback_values=_key_list(env.get("SECRET_KEY_FALLBACKS", "")),
             payment_gateways=payment_gateways(env),
             server_modules=server_modules(env),
+            broker_heartbeat_timeout_ms=_optional_positive_int(env, "BROKER_HEARTBEAT_TIMEOUT_MS"),
+            broker_maintenance_chance=_optional_positive_int(env, "BROKER_MAINTENANCE_CHANCE"),
+            prometheus_port=_port(env, "PROMETHEUS_PORT"),
+            prometheus_host=env.get("PROMETHEUS_HOST", "").strip() or "0.0.0.0",
         )
 
     def secret_key(self) -> bytes:
@@ -242,6 +254,20 @@ def _positive_int(env, name: str, default: int) -> int:
         return default
     if not text.isdigit() or int(text) <= 0:
         raise ValueError(f"{name}: {text!r} is not a positive whole number")
+    return int(text)
+
+
+def _optional_positive_int(env, name: str) -> int | None:
+    return _positive_int(env, name, 0) or None
+
+
+def _port(env, name: str) -> int | None:
+    """A TCP port number, or None (off) when unset or empty."""
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{name}: {text!r} is not a port number")
     return int(text)
 
 

@@ -3,6 +3,16 @@
 SQLite is the embedded default. To make it behave like PostgreSQL under two writers, every
 transaction there starts with ``BEGIN IMMEDIATE`` (the writer lock is taken up front, so a
 second writer waits for it instead of failing half-way) and foreign keys are switched on.
+
+MySQL/MariaDB (``mysql://`` or ``mariadb://``, through PyMySQL) is set up per connection to
+behave like PostgreSQL where the guarantees depend on it: ``utf8mb4`` (any script, emoji
+included), the session time zone UTC, strict ``sql_mode`` (a value that does not fit is an
+error, never silently truncated or zeroed) and READ COMMITTED: like PostgreSQL's default, every
+statement sees what was committed before it (after waiting for a row lock, the rows read next
+are the ones the other transaction committed, not a snapshot from before the wait), and InnoDB
+takes no gap locks for plain locking reads, so ``FOR UPDATE`` locks exactly the rows it names.
+The unique keys stay the final guard (InnoDB still locks the key it checks for duplicates).
+See docs/schema.md, "MySQL/MariaDB".
 """
 
 from __future__ import annotations
@@ -17,19 +27,38 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import get_config
+from .store import mysql_ddl as _mysql_ddl  # noqa: F401 - registers the MySQL/MariaDB table options
 from .store.arrays import among as among  # moved to store/; the old name still answers
 
 #: How long a SQLite writer waits for the lock before giving up, in seconds.
 SQLITE_BUSY_TIMEOUT = 30
 
+#: MySQL/MariaDB: refuse what does not fit instead of truncating it, and no zero dates.
+MYSQL_SQL_MODE = ("STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
+                  "NO_ENGINE_SUBSTITUTION")
+#: Run on every new MySQL/MariaDB connection (see the module's docstring).
+MYSQL_INIT_COMMAND = f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}'"
+#: Per connection, on MySQL/MariaDB (PostgreSQL's default; see the module's docstring).
+MYSQL_ISOLATION_LEVEL = "READ COMMITTED"
+#: Connections older than this (seconds) are replaced: below the server's ``wait_timeout``.
+MYSQL_POOL_RECYCLE = 3600
+
 
 def normalise_url(url: str) -> str:
-    """``postgresql://`` means psycopg 3 here (the bare scheme would pick psycopg2)."""
+    """``postgresql://`` means psycopg 3 here (the bare scheme would pick psycopg2); ``mysql://``
+    and ``mariadb://`` mean PyMySQL (the bare scheme would pick mysqlclient, a C extension)."""
     if url.startswith("postgres://"):
         url = "postgresql://" + url.removeprefix("postgres://")
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    for scheme in ("mysql", "mariadb"):
+        if url.startswith(f"{scheme}://"):
+            url = f"{scheme}+pymysql://" + url.removeprefix(f"{scheme}://")
     return url
+
+
+def is_mysql_url(url: str) -> bool:
+    return url.startswith(("mysql", "mariadb"))
 
 
 def create_db_engine(url: str, **kwargs) -> Engine:
@@ -42,6 +71,12 @@ def create_db_engine(url: str, **kwargs) -> Engine:
         _make_sqlite_transactional(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if is_mysql_url(url):
+        kwargs.setdefault("pool_recycle", MYSQL_POOL_RECYCLE)
+        kwargs.setdefault("isolation_level", MYSQL_ISOLATION_LEVEL)
+        connect_args = {"charset": "utf8mb4", "init_command": MYSQL_INIT_COMMAND,
+                        **kwargs.pop("connect_args", {})}
+        return create_engine(url, connect_args=connect_args, **kwargs)
     return create_engine(url, **kwargs)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +19,7 @@ import click
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from .config import get_config
 from .domain.models import (
     Addon,
     BillableItem,
@@ -160,26 +161,26 @@ def run_demo(paths: DemoPaths, *, workers: int = 4, echo=click.echo) -> dict:
     for old in paths.mail.glob("*.eml"):
         old.unlink()
     url = f"sqlite:///{paths.database}"
-    # The actors bind to the broker named by BROKER_URL when first imported: the in-process one.
-    os.environ["BROKER_URL"] = "stub://"
-    os.environ["DATABASE_URL"] = url
-    os.environ["MAIL_URL"] = f"file://{paths.mail}"
-    # The demo may use the test doubles (a gateway that approves without charging, a module that
-    # runs nothing); they exist only when switched on, and only the demo and tests do that.
+    # The demo runs the jobs here (the in-process broker) on its own database and mail folder. It
+    # may use the test doubles (a gateway that approves without charging, a module that runs
+    # nothing); they exist only when switched on, and only the demo and tests do that.
+    config = replace(get_config(), broker_url="stub://", database_url=url, mail_url=f"file://{paths.mail}",
+                     payment_gateways=frozenset({"test"}), server_modules=frozenset({"test"}), fan_out_batch_size=5)
+    # The adapters' registries read these two switches at each look-up (adapters/gateway.py).
     os.environ["PAYMENT_GATEWAYS"] = "test"
     os.environ["SERVER_MODULES"] = "test"
 
     from dramatiq import Worker
 
-    from . import runtime as rt
-    from .actors import broker, generate_due_invoices
-    from .adapters.mailer import FolderMailer
-    from .db import create_db_engine, session_factory
+    from .actors import generate_due_invoices
+    from .bootstrap import bootstrap
+    from .db import session_factory
     from .migrate import upgrade_engine
 
-    engine = create_db_engine(url)
+    app = bootstrap(config)
+    broker, runtime = app.broker, app.runtime
+    engine = runtime.engine
     upgrade_engine(engine)
-    runtime = rt.configure(engine=engine, mailer=FolderMailer(paths.mail), batch_size=5)
     today = runtime.clock.today()
     with session_factory(engine)() as session:
         seed_demo(session, today)

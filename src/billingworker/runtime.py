@@ -1,6 +1,8 @@
-"""The composition root: which database, clock, mail transport and payment gateways the actors use.
+"""What the jobs run with: which database, clock, mail transport and payment gateways.
 
-Built lazily from the environment; the demo and the tests replace parts with ``configure``.
+``bootstrap.bootstrap`` builds it from the process's ``Config`` (with the broker); a script that
+did not bootstrap gets one built from the environment on first use. The demo and the tests
+replace parts with ``configure``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from sqlalchemy import Engine
 from .adapters.gateway import gateway_for
 from .adapters.mailer import mailer_from_url
 from .clock import Clock, SystemClock
-from .config import get_config
+from .config import Config, get_config
 from .db import get_engine
 from .domain.ports import Mailer, PaymentGateway
 
@@ -38,14 +40,24 @@ class Runtime:
 _current: Runtime | None = None
 
 
+def runtime_from(cfg: Config) -> Runtime:
+    return Runtime(engine=get_engine(cfg.database_url), clock=SystemClock(cfg.time_zone),
+                   mailer=mailer_from_url(cfg.mail_url), mail_from=cfg.mail_from,
+                   batch_size=cfg.fan_out_batch_size, exports_dir=cfg.exports_dir,
+                   email_claim_timeout=timedelta(seconds=cfg.email_claim_timeout_seconds))
+
+
+def install(current: Runtime) -> Runtime:
+    """Make ``current`` the runtime of this process (``bootstrap``)."""
+    global _current
+    _current = current
+    return current
+
+
 def runtime() -> Runtime:
     global _current
     if _current is None:
-        cfg = get_config()
-        _current = Runtime(engine=get_engine(cfg.database_url), clock=SystemClock(cfg.time_zone),
-                           mailer=mailer_from_url(cfg.mail_url), mail_from=cfg.mail_from,
-                           batch_size=cfg.fan_out_batch_size, exports_dir=cfg.exports_dir,
-                           email_claim_timeout=timedelta(seconds=cfg.email_claim_timeout_seconds))
+        _current = runtime_from(get_config())
     return _current
 
 

@@ -63,3 +63,19 @@ def drain(fail_fast: bool = False) -> None:
 
 def dead_letters():
     return list(broker.dead_letters)
+
+
+def hold_messages(monkeypatch, actor_name: str) -> list[dict]:
+    """Keep back every message for ``actor_name`` (as a lost message would be) from now on,
+    whoever sends it (``.send`` or a unit of work's commit): the list receives their kwargs."""
+    held: list[dict] = []
+    real_enqueue = broker.enqueue
+
+    def enqueue(message, *, delay=None):
+        if message.actor_name == actor_name:
+            held.append(dict(message.kwargs))
+            return message
+        return real_enqueue(message, delay=delay)
+
+    monkeypatch.setattr(broker, "enqueue", enqueue)
+    return held

@@ -31,7 +31,7 @@ from billingworker.domain.models import (
     User,
 )
 from tests import factories as f
-from tests.domain.messaging.test_message_budget import ATTACK_IDS, ATTACKS
+from tests.factories import ATTACK_IDS, ATTACKS
 
 from .conftest import NOW, dead_letters, drain
 
@@ -295,7 +295,7 @@ def test_running_out_of_memory_while_rendering_is_a_refusal_not_a_retry(session,
 def test_no_transaction_is_held_while_a_message_renders(engine, session, worker, mailer, monkeypatch):
     """The render is paused, as a slow one within its budget would be: meanwhile another writer
     gets SQLite's lock at once (a 1 s busy timeout, else "database is locked"), and on
-    PostgreSQL no connection is left idle in a transaction."""
+    PostgreSQL and MariaDB no connection is left idle in a transaction."""
     c = f.client(session, company_name="Engines")
     session.commit()
     rendering, written = threading.Event(), threading.Event()
@@ -319,13 +319,23 @@ def test_no_transaction_is_held_while_a_message_renders(engine, session, worker,
                 other.execute("COMMIT")
             finally:
                 other.close()
-        else:
+        elif engine.dialect.name == "postgresql":
             with engine.connect() as conn:
                 conn.execute(text("SET lock_timeout = '1s'"))
                 conn.execute(update(Client).where(Client.id == c.id).values(company_name="Written meanwhile"))
                 idle_in_transaction = conn.scalar(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"))
+                conn.commit()
+            assert idle_in_transaction == 0
+        else:  # MySQL/MariaDB: an open transaction on a connection that is doing nothing
+            with engine.connect() as conn:
+                conn.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
+                conn.execute(update(Client).where(Client.id == c.id).values(company_name="Written meanwhile"))
+                idle_in_transaction = conn.scalar(text(
+                    "SELECT count(*) FROM information_schema.innodb_trx t JOIN information_schema.processlist p"
+                    " ON p.id = t.trx_mysql_thread_id WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()"
+                    " AND p.command = 'Sleep'"))
                 conn.commit()
             assert idle_in_transaction == 0
     finally:

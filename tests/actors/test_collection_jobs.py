@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from billingworker.actors import apply_late_fees, capture_due_payments, deliver_email, send_overdue_reminders
 from billingworker.domain.billing.due_invoices import generate_for_clients
-from billingworker.domain.collections.reminders import send_reminders_for_clients
+from billingworker.domain.collections.reminders import send_overdue_reminders_for_clients
 from billingworker.domain.models import InvoiceLateFee, InvoiceReminder, JobFailure, OutboxEmail, PaymentCapture
 from billingworker.domain.payments.payments import apply_payment
 from billingworker.domain.settings import save_settings
@@ -29,7 +29,7 @@ def overdue_client(session, **kw):
 
 def test_a_reminder_for_an_invoice_paid_before_delivery_is_not_sent(session, worker, mailer):
     c, invoice_id = overdue_client(session)
-    queued = send_reminders_for_clients(session, [c.id], date(2025, 12, 22))
+    queued = send_overdue_reminders_for_clients(session, [c.id], date(2025, 12, 22))
     session.commit()
     [email_id] = queued.email_ids
     apply_payment(session, invoice_id, Decimal("20.00"), gateway="bank", transaction_id="t1", as_of=date(2025, 12, 22),

@@ -12,7 +12,6 @@ from sqlalchemy import func, inspect, select
 from billingworker.actors import broker, run_daily_automation
 from billingworker.clock import FixedClock
 from billingworker.domain.models import (
-    Base,
     Client,
     DailyRun,
     DailyRunTask,
@@ -22,38 +21,15 @@ from billingworker.domain.models import (
     JobFailure,
     PaymentCapture,
 )
-from billingworker.domain.runs.task_registry import TASK_NAMES
+from billingworker.domain.runs.tasks import TASK_NAMES
 from billingworker.domain.settings import save_settings
 from billingworker.scheduler import Scheduler
 from tests import factories as f
+from tests.factories import RUN_DAY as DAY
+from tests.factories import seed_day
+from tests.factories import table_counts_at_rest as book
 
 from .conftest import drain
-
-DAY = date(2026, 1, 10)
-
-
-def book(session):
-    """Row counts of every table: the dry run must leave them all as they were."""
-    session.rollback()
-    counts = {t.name: session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
-    session.rollback()  # SQLite: do not keep the writer lock while the workers run
-    return counts
-
-
-def seed_day(session):
-    save_settings(session, late_fee_days=3, late_fee_amount="5.00", late_fee_type="fixed")
-    # a client with things due soon
-    a = f.client(session)
-    f.service(session, a, next_due_date=date(2026, 1, 15), amount=Decimal("10.00"))
-    # a client with an invoice 5 days overdue: a late fee and the first overdue notice
-    b = f.client(session)
-    f.service(session, b, next_due_date=date(2025, 12, 20), amount=Decimal("20.00"))
-    # a client paying by card, invoice due today
-    c = f.client(session, auto_cc_processing=True)
-    f.card(session, c)
-    f.service(session, c, next_due_date=date(2026, 1, 10), amount=Decimal("30.00"), payment_method="testgateway")
-    session.commit()
-    return a, b, c
 
 
 def test_the_daily_run_does_every_task_once_per_day(session, worker, clock, mailer):
@@ -96,9 +72,9 @@ def test_the_daily_run_does_every_task_once_per_day(session, worker, clock, mail
 def test_a_dry_run_writes_nothing_and_predicts_the_real_run(session, worker):
     a, b, c = seed_day(session)
     before = book(session)
-    from billingworker.actors.daily import dry_run_day
+    from billingworker.actors.day_preview import preview_day
 
-    report = dry_run_day(DAY)
+    report = preview_day(DAY)
     assert book(session) == before
     assert report["generate_due_invoices"].invoices_created == 3
     assert {line["client_id"] for line in report["capture_due_payments"].preview} <= {c.id}
@@ -209,20 +185,20 @@ def test_the_scheduler_uses_the_installation_time_zone(session, engine, worker):
     assert any("2026-01-10" in line for line in lines)
 
 
-def test_two_schedulers_at_once_fire_one_run(pg_engine, pg_session):
+def test_two_schedulers_at_once_fire_one_run(server_engine, server_session):
     from billingworker import runtime as rt
 
-    save_settings(pg_session, daily_run_time="09:00")
-    pg_session.commit()
+    save_settings(server_session, daily_run_time="09:00")
+    server_session.commit()
     clock = FixedClock(datetime(2026, 1, 10, 9, 5, tzinfo=UTC))
-    rt.configure(engine=pg_engine, clock=clock, batch_size=10)
+    rt.configure(engine=server_engine, clock=clock, batch_size=10)
     broker.flush_all()
     barrier = threading.Barrier(4)
     results = []
 
     def tick():
         barrier.wait()
-        results.append(Scheduler(pg_engine, clock).tick())
+        results.append(Scheduler(server_engine, clock).tick())
 
     threads = [threading.Thread(target=tick) for _ in range(4)]
     for t in threads:
@@ -232,7 +208,7 @@ def test_two_schedulers_at_once_fire_one_run(pg_engine, pg_session):
     broker.flush_all()
     rt.reset()
     assert sum(any("started" in line for line in r) for r in results) == 1
-    assert pg_session.scalar(select(func.count()).select_from(DailyRun)) == 1
+    assert server_session.scalar(select(func.count()).select_from(DailyRun)) == 1
 
 
 def test_run_rows_exist_for_every_task(session):

@@ -6,11 +6,11 @@ import pytest
 from sqlalchemy import func, select
 
 from billingworker.actors import broker, deliver_emails
-from billingworker.actors.emails import send_emails
+from billingworker.actors.emails import enqueue_delivery
 from billingworker.domain.models import EmailLog, OutboxEmail, OutboxStatus
 from tests import factories
 from tests.actors.conftest import dead_letters, drain
-from tests.domain.messaging.test_delivery import invoice_email
+from tests.factories import invoice_email
 
 
 def test_many_emails_go_as_batches_and_each_once(session, worker, mailer, monkeypatch):
@@ -22,8 +22,8 @@ def test_many_emails_go_as_batches_and_each_once(session, worker, mailer, monkey
     monkeypatch.setattr(broker, "enqueue", _spy(broker.enqueue, sent_messages))
 
     # When a job hands them over (twice, as a redelivered job would)
-    send_emails(ids)
-    send_emails(ids)
+    enqueue_delivery(ids)
+    enqueue_delivery(ids)
     drain()
 
     # Then they travelled in batches of at most two, and each email went once

@@ -15,18 +15,18 @@ from billingworker.actors import (
     send_overdue_reminders,
 )
 from billingworker.domain.models import DailyRun, DailyRunBatch, Invoice, InvoiceLateFee, JobFailure
+from tests.factories import RUN_DAY as DAY
+from tests.factories import seed_day
 
-from .conftest import dead_letters, drain
-from .test_daily_run import DAY, seed_day
+from .conftest import dead_letters, drain, hold_messages
 
 
 def test_a_forged_batch_is_refused_and_the_real_one_still_bills(session, worker, monkeypatch):
     # Given a run whose first task has started, its real batch message not yet delivered
     seed_day(session)
     rt.configure(batch_size=10)  # one batch for the three clients
-    held: list[dict] = []
+    held = hold_messages(monkeypatch, "run_daily_batch")
     real_send = run_daily_batch.send
-    monkeypatch.setattr(run_daily_batch, "send", lambda **kwargs: held.append(kwargs))
     run_daily_automation.send(as_of=DAY.isoformat())
     drain()
     [real] = held

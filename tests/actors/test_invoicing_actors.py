@@ -70,6 +70,40 @@ def test_fan_out_over_all_clients_in_batches(session, worker, mailer):
     assert count(session, Invoice) == 5 and len(mailer.sent) == 5
 
 
+def test_the_fan_out_skips_parked_clients_but_a_named_one_is_invoiced(session, worker, mailer):
+    from datetime import UTC, datetime
+
+    # Given three clients with a thing due, one of them parked by earlier failing runs
+    clients = [f.client(session) for _ in range(3)]
+    for c in clients:
+        f.service(session, c, next_due_date=date(2026, 1, 12))
+    clients[1].parked_at, clients[1].parked_reason = datetime(2026, 1, 9, tzinfo=UTC), "currency_id: missing"
+    session.commit()
+    # When every client is invoiced (the fan-out, as the daily run does)
+    generate_due_invoices.send()
+    drain()
+    # Then the parked client waits for `unpark`
+    assert sorted(session.scalars(select(Invoice.client_id))) == [clients[0].id, clients[2].id]
+    session.rollback()
+    # And named, it is invoiced
+    generate_due_invoices.send(client_id=clients[1].id)
+    drain()
+    assert count(session, Invoice) == 3
+
+
+def test_the_fan_out_keeps_send_email_false(session, worker, mailer):
+    # Given two clients with a thing due
+    for _ in range(2):
+        f.service(session, f.client(session), next_due_date=date(2026, 1, 12))
+    session.commit()
+    # When every client is invoiced without emails
+    generate_due_invoices.send(send_email=False)
+    drain()
+    # Then the batches invoiced them and queued no email
+    assert count(session, Invoice) == 2
+    assert count(session, OutboxEmail) == 0 and mailer.sent == []
+
+
 def test_one_broken_client_never_stops_the_fan_out(session, worker):
     good = [f.client(session) for _ in range(3)]
     broken = f.client(session)

@@ -3,7 +3,7 @@
 Each test gets a migrated, empty PostgreSQL database (``pg_engine``), an empty Redis database
 (``TEST_REDIS_URL``, default db 0 of a redis-server the test run starts for itself) and as many
 workers as it starts with ``start_worker``:
-``dramatiq billingworker.actors`` subprocesses, configured only through the environment, as
+``dramatiq billingworker.worker`` subprocesses, configured only through the environment, as
 in production. The test process talks to Redis through its own ``RedisBroker``; it never
 touches the global (stub) broker of the in-process tests.
 
@@ -206,7 +206,7 @@ class WorkerProcess:
 @pytest.fixture
 def start_worker(request, pg_url, pg_engine, redis_client, mail_dir,
                  tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``dramatiq billingworker.actors`` (``processes`` x 4 threads) on both queues; waits
+    """Start ``dramatiq billingworker.worker`` (``processes`` x 4 threads) on both queues; waits
     until it is ready. Every worker started is stopped with SIGTERM at teardown."""
     workers: list[WorkerProcess] = []
     request.node.stash[_WORKERS] = workers
@@ -229,7 +229,7 @@ def start_worker(request, pg_url, pg_engine, redis_client, mail_dir,
             **(env or {}),
         }
         proc = subprocess.Popen(
-            [*dramatiq_command(), "billingworker.actors", "--processes", str(processes), "--threads", str(threads),
+            [*dramatiq_command(), "billingworker.worker", "--processes", str(processes), "--threads", str(threads),
              "--queues", *QUEUES],
             cwd=tmp_path, env=worker_env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -11,7 +11,7 @@ from dramatiq import Message
 
 from billingworker.db import session_factory
 from tests import factories as f
-from tests.domain.messaging.test_delivery import invoice_email
+from tests.factories import invoice_email
 from tests.redis_server import free_port
 
 from .conftest import NAMESPACE, pending_messages, scalar, wait_for

@@ -89,14 +89,14 @@ def test_fan_out_bills_each_due_service_once_in_batches_and_emails_each_invoice(
     assert {r.item_id for r in rows(pg_engine, "SELECT item_id FROM billed_periods")} == due_ids
     assert set().union(*(recipients(p) for p in eml_files(mail_dir))) == {c.email for c in clients}
     # FAN_OUT_BATCH_SIZE=3 reached the worker: 10 billable clients -> 4 batch messages
-    assert worker.jobs_done("generate_due_invoices_batch") == 4
+    assert worker.jobs_done("run_task_batch") == 4
     assert count(pg_engine, "job_failures") == 0 and dead_letters(redis_client) == []
 
     # When the same trigger is delivered again, and a second run for the same day is sent
     as_of = invoices[0].date_created.isoformat()
     broker.enqueue(trigger)
     broker.enqueue(message("generate_due_invoices", as_of=as_of))
-    wait_for(lambda: worker.jobs_done("generate_due_invoices_batch") == 12, "both runs' batches to finish")
+    wait_for(lambda: worker.jobs_done("run_task_batch") == 12, "both runs' batches to finish")
     wait_until_idle(redis_client)
 
     # Then nothing changes: no invoice, number, claim or email more

@@ -56,7 +56,7 @@ def test_dry_run_shows_counts_amounts_per_currency_lines_and_failing_clients(eng
     assert f"Dry run of {demo}: nothing was written" in out
     generate = next(line for line in out.splitlines() if line.startswith("generate_due_invoices "))
     # 10 clients billed, 11 invoices (one client has separate invoices), one failure; amounts never added across
-    assert generate.split()[1:8] == ["10", "11", "0", "0", "0", "0", "1"]
+    assert generate.split()[1:8] == ["10", "11", "0", "0", "0", "11", "1"]  # the emails it would queue too
     assert "EUR 336.26, GBP 67.77, USD 156.77" in generate
     # the preview as a table: client, invoice, description, amount, currency
     ada = next(line for line in out.splitlines() if " 1 Ada Lovelace " in line)
@@ -189,3 +189,40 @@ def test_resume_finishes_an_interrupted_run_in_the_foreground(engine, demo, monk
     assert invoices(engine) == 11
     done = cli(engine, "daily-run", "--resume", str(run_id))
     assert done.exit_code == 1 and f"run #{run_id} is succeeded: there is nothing to resume" in done.output
+
+
+def test_the_dry_run_table_chains_the_tasks_and_shows_what_each_line_costs(engine):
+    from decimal import Decimal
+
+    from billingworker.domain.billing.due_invoices import generate_for_clients
+    from billingworker.domain.settings import save_settings
+    from tests import factories as f
+
+    # Given an invoice 20 days overdue (a 5.00 late fee is due), and a card client whose invoice
+    # is created today and due today (created and captured by the same run)
+    rt.reset()
+    today = SystemClock().today()
+    with session_factory(engine)() as session:
+        save_settings(session, late_fee_days=3, late_fee_amount="5.00", late_fee_type="fixed")
+        late = f.client(session, first_name="Grace", last_name="Hopper")
+        f.service(session, late, next_due_date=today - timedelta(days=20), amount=Decimal("20.00"))
+        card = f.client(session, first_name="Alan", last_name="Turing", auto_cc_processing=True)
+        f.card(session, card)
+        f.service(session, card, next_due_date=today, amount=Decimal("30.00"), payment_method="testgateway")
+        session.commit()
+        generate_for_clients(session, [late.id], today - timedelta(days=30))
+        session.commit()
+
+    # When the day is previewed
+    result = cli(engine, "daily-run", "--dry-run")
+
+    # Then the capture of the invoice the same run creates is in it, and the fee line costs the fee
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    capture = next(line for line in lines if line.startswith("capture_due_payments ") and "Alan Turing" in line)
+    assert "new" in capture and "card capture: succeeded" in capture and "30.00" in capture
+    fee = next(line for line in lines if line.startswith("apply_late_fees ") and "Grace Hopper" in line)
+    assert fee.split()[-2:] == ["5.00", "USD"]
+    assert next(line for line in lines if line.startswith("apply_late_fees ")).rstrip().endswith("USD 5.00")
+    assert invoices(engine) == 1 and runs(engine) == []
+    rt.reset()

@@ -113,13 +113,13 @@ def worker_env(pg_engine, tmp_path) -> dict[str, str]:
 
 @pytest.fixture
 def dramatiq_worker(worker_env, tmp_path) -> Iterator[Callable[[], subprocess.Popen]]:
-    """Start ``dramatiq billingworker.actors`` (1 process, 2 threads) on demand; stopped at teardown."""
+    """Start ``dramatiq billingworker.worker`` (1 process, 2 threads) on demand; stopped at teardown."""
     started: list[tuple[subprocess.Popen, Path]] = []
 
     def start() -> subprocess.Popen:
         log_path = tmp_path / "worker.log"
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([*_script("dramatiq"), "billingworker.actors", "--processes", "1", "--threads",
+            proc = subprocess.Popen([*_script("dramatiq"), "billingworker.worker", "--processes", "1", "--threads",
                                      "2", "--queues", "billing", "emails"], cwd=tmp_path, env=worker_env,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         started.append((proc, log_path))

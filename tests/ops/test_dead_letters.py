@@ -407,8 +407,7 @@ def test_a_corrected_positional_message_is_requeued_by_name_and_a_real_worker_ru
     from billingworker.actors import broker
     from billingworker.adapters.mailer import MemoryMailer
     from billingworker.clock import FixedClock
-
-    from .test_outbox import a_client, outbox_row, status_of
+    from tests.factories import a_client, outbox_row, status_of
 
     email = outbox_row(engine, a_client(engine), status="queued", error="")
     msg = Message(queue_name="emails", actor_name="deliver_email", args=(email + 1000,), kwargs={}, options={})

@@ -22,6 +22,7 @@ import sys
 import textwrap
 import time
 from collections import defaultdict
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from billingworker.db import unit_of_work
 from billingworker.domain.models import DailyRun, Setting
+from billingworker.domain.reports.reconciliation import reconcile, record_reconciliation
 
 from .conftest import REDIS_URL, add_parked_client, add_run, cli, db_url, kill, message
 
@@ -136,10 +138,12 @@ def exported(engine, redis_broker, tmp_path) -> Exposition:
     kill(redis_broker, message())
     redis_broker.enqueue(message(age_s=30))
     redis_broker.enqueue(message("deliver_email", "emails"), delay=60_000)
-    add_run(engine, status="failed", failures=1, invoices=3)
+    run_id = add_run(engine, status="failed", failures=1, invoices=3)
     add_parked_client(engine)
     with unit_of_work(engine) as session:
         session.add(Setting(name="daily_run_time", value='"09:00"'))
+        # The reconciliation the run recorded when it finished (billingworker_books_clean...)
+        record_reconciliation(session, run_id, reconcile(session, date(2026, 1, 10)))
         session.commit()
     text = ops_exposition(engine)
     assert "billingworker_daily_run_due_succeeded" in text, text

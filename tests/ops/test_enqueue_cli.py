@@ -91,10 +91,12 @@ def _probe_broker() -> StubBroker:
     ("gateway=stripe-connect", "gateway: 'stripe-connect...' is longer than 5 characters"),
 ])
 def test_enqueue_runs_the_rules_the_job_declares(monkeypatch, argument, said):
-    import billingworker.actors
+    from dataclasses import replace
+
+    from billingworker import bootstrap
 
     probe = _probe_broker()
-    monkeypatch.setattr(billingworker.actors, "broker", probe)
+    monkeypatch.setattr(bootstrap, "_app", replace(bootstrap.current_app(), broker=probe))
     arguments = {"invoice_id": "invoice_id=7", "amount": "amount=10.00"}
     arguments[argument.split("=")[0]] = argument
 

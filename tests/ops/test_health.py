@@ -145,7 +145,7 @@ def test_zero_consuming_workers_is_unhealthy_even_after_enqueues(redis_broker, r
     # Then
     assert result.exit_code == 1, result.output
     assert ("FAIL  workers: no consuming worker seen in the last 120 s (none recorded: start `dramatiq "
-            "billingworker.actors`)") in result.output
+            "billingworker.worker`)") in result.output
     assert "ok    daily_run:" in result.output
 
 

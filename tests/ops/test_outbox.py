@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, select, text
@@ -14,41 +14,16 @@ from sqlalchemy.orm import Session
 
 from billingworker.actors import broker
 from billingworker.adapters.mailer import MemoryMailer
-from billingworker.db import session_factory, unit_of_work
+from billingworker.db import session_factory
 from billingworker.domain.messaging.delivery import deliver_emails
 from billingworker.domain.messaging.outbox_resend import resend_emails
 from billingworker.domain.models import OutboxEmail
 from billingworker.ops.outbox import resend
-from tests import factories as f
+from tests.factories import a_client, outbox_row, status_of
 
 from .conftest import cli
 
 NOW = datetime.now(UTC)
-
-
-def outbox_row(engine: Engine, client_id: int | None, *, status: str, error: str = "", template: str = "client_signup",
-               age: timedelta = timedelta(hours=1)) -> int:
-    # Relative to the call, not to the import: a long test run must not age the rows.
-    now = datetime.now(UTC)
-    with unit_of_work(engine) as session:
-        row = OutboxEmail(client_id=client_id, template=template, context="{}", status=status,
-                          attempts=3 if error else 0, last_error=error, created_at=now - age,
-                          claimed_at=now - age / 2 if error else None)
-        session.add(row)
-        session.commit()
-        return row.id
-
-
-def a_client(engine: Engine, email: str = "ada@example.com") -> int:
-    with Session(engine, expire_on_commit=False) as session:
-        client = f.client(session, email=email)
-        session.commit()
-        return client.id
-
-
-def status_of(engine: Engine, email_id: int) -> str:
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT status FROM email_outbox WHERE id = :i"), {"i": email_id}).scalar_one()
 
 
 @pytest.fixture

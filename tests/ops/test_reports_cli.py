@@ -12,7 +12,10 @@ from sqlalchemy.orm import Session
 
 from billingworker.domain.models import EmailLog
 from tests import factories as f
-from tests.domain.reports.test_statements import at, credit, invoice, txn
+from tests.factories import statement_at as at
+from tests.factories import statement_credit as credit
+from tests.factories import statement_invoice as invoice
+from tests.factories import statement_txn as txn
 
 from .conftest import cli
 

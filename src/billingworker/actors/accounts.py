@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ..db import unit_of_work
 from ..domain.accounts.password_reset import request_password_reset
 from ..runtime import runtime
 from .arguments import argument_rules, parse_bool, parse_optional_id, parse_text
 from .base import job, receipt_key
-from .emails import send_emails
+from .emails import delivery_messages
+from .unit_of_work import UnitOfWork
 
 
 @job()
@@ -25,10 +25,10 @@ def send_password_reset_email(user_id=None, email=None, requested_by="client", s
     security_checked = parse_bool("security_checked", security_checked)
     key = receipt_key("send_password_reset_email", request_id)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        done = request_password_reset(session, user_id=user_id, email=email, requested_by=requested_by,
+    with UnitOfWork(rt.engine) as work:
+        done = request_password_reset(work.session, user_id=user_id, email=email, requested_by=requested_by,
                                       security_checked=security_checked, request_key=key, now=rt.clock.now())
-        session.commit()
-    send_emails(list(done.email_ids))
+        work.send_after_commit(*delivery_messages(done.email_ids))
+        work.commit()
     return {"outcome": done.outcome, "user_id": done.user_id, "token_id": done.token_id,
             "expires_at": done.expires_at.isoformat() if done.expires_at else None}

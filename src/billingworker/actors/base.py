@@ -18,7 +18,6 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from ..db import unit_of_work
 from ..domain.errors import Conflict, ValidationError
 from ..domain.failures import ClientFailure, record_failures, stored_reason
 from ..domain.receipts import run_once
@@ -26,6 +25,8 @@ from ..message_guard import REFUSE_ACTOR, BadMessage
 from ..queue_names import BILLING_QUEUE
 from ..runtime import runtime
 from .arguments import check_characters, parse_id
+from .binding import UNBOUND
+from .unit_of_work import UnitOfWork
 
 log = logging.getLogger("billingworker.jobs")
 
@@ -74,12 +75,15 @@ def once_per_message(session: Any, actor: str, work: Callable[[], dict[str, Any]
     return result
 
 
-def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, priority: int = 0) -> Callable:
+def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, priority: int = 0,
+        on_retry_exhausted: str | None = None) -> Callable:
     """Declare a public job: ``@job()`` over a function whose name is the actor name.
 
     ``priority`` orders the messages a worker has already fetched (lower runs first): the email
     jobs take EMAIL_PRIORITY so that, while a daily run fans out, its billing batches go before
-    the emails they queued instead of sharing the CPU with them.
+    the emails they queued instead of sharing the CPU with them. ``on_retry_exhausted`` names
+    the job Dramatiq's Retries sends (the failed message and its retry counts) once the last
+    retry failed; a message cannot choose its own (``message_options.TrustedOptions``).
     """
 
     def decorate(fn: Callable[..., Any]) -> dramatiq.Actor:
@@ -117,14 +121,15 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, prio
             log.info("job %s message %s done in %.3fs: %s", name, message_id, time.perf_counter() - started,
                      result, extra=fields("ok"))
 
-        return dramatiq.actor(run, actor_name=name, queue_name=queue_name, priority=priority, max_retries=max_retries,
-                              min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS, time_limit=TIME_LIMIT_MS,
-                              throws=(ValidationError, Conflict))
+        return dramatiq.actor(run, broker=UNBOUND, actor_name=name, queue_name=queue_name, priority=priority,
+                              max_retries=max_retries, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS,
+                              time_limit=TIME_LIMIT_MS, throws=(ValidationError, Conflict),
+                              **({"on_retry_exhausted": on_retry_exhausted} if on_retry_exhausted else {}))
 
     return decorate
 
 
-@dramatiq.actor(actor_name=REFUSE_ACTOR, queue_name=BILLING_QUEUE, max_retries=0, throws=(BadMessage,))
+@dramatiq.actor(broker=UNBOUND, actor_name=REFUSE_ACTOR, queue_name=BILLING_QUEUE, max_retries=0, throws=(BadMessage,))
 def refuse_undecodable_message(actor: str, field: str, value: Any, rule: str) -> None:
     """Internal: the guarded consumers (``message_guard``) turn a message the worker cannot run
     into this one, which keeps the broker's handle on the raw message. It records the refusal
@@ -174,13 +179,13 @@ def _record_refusal(actor: str, message_id: str, kwargs: dict, exc: ValidationEr
     message put in it (a field name, a value) is escaped and cut to fit the columns."""
     client_id = _log_client_id(kwargs) if isinstance(kwargs.get("client_id"), int) else None
     try:
-        with unit_of_work(runtime().engine) as session:
+        with UnitOfWork(runtime().engine) as work:
             failure = (ClientFailure(client_id, _printable(exc.field, MAX_FIELD_LENGTH), exc.value,
                                      _printable(exc.rule, MAX_RULE_LENGTH, keep_lines=True))
                        if isinstance(exc, ValidationError) else ClientFailure(client_id, "", None, str(exc)))
-            record_failures(session, [failure], actor=actor,
+            record_failures(work.session, [failure], actor=actor,
                             message_id=message_id, now=runtime().clock.now(), error=type(exc).__name__)
-            session.commit()
+            work.commit()
     except Exception:  # noqa: BLE001 - the refusal itself must still reach the dead-letter queue
         log.exception("could not record the refusal of %s message %s", actor, message_id)
 

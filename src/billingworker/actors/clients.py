@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..db import unit_of_work
 from ..domain.accounts import closing, deletion, exporting, merging
 from ..domain.models import Client
 from ..runtime import runtime
 from .arguments import argument_rules, parse_bool, parse_id
 from .base import job, once_per_message, receipt_key
+from .unit_of_work import UnitOfWork
 
 log = logging.getLogger("billingworker.jobs")
 
@@ -25,9 +25,9 @@ def close_client(client_id):
     """Close the client (status Closed, Unpaid invoices and live things Cancelled); idempotent."""
     client_id = parse_id("client_id", client_id)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        result = closing.close_client(session, client_id, as_of=rt.clock.today())
-        session.commit()
+    with UnitOfWork(rt.engine) as work:
+        result = closing.close_client(work.session, client_id, as_of=rt.clock.today())
+        work.commit()
     return result.as_dict()
 
 
@@ -38,15 +38,15 @@ def delete_client(client_id, delete_users=False):
     client_id = parse_id("client_id", client_id)
     delete_users = parse_bool("delete_users", delete_users)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
+    with UnitOfWork(rt.engine) as work:
         # The message's receipt, besides the domain's own "already deleted" answer: on SQLite a
         # new client can be given a deleted client's id, and a redelivered message must never
         # delete that one.
-        result = once_per_message(session, "delete_client", lambda: deletion.delete_client(
-            session, client_id, delete_users=delete_users, now=rt.clock.now()).as_dict())
+        result = once_per_message(work.session, "delete_client", lambda: deletion.delete_client(
+            work.session, client_id, delete_users=delete_users, now=rt.clock.now()).as_dict())
         # A redelivery after SQLite gave the id to a new client: that client's files are not ours.
-        reused = session.get(Client, client_id) is not None
-        session.commit()
+        reused = work.session.get(Client, client_id) is not None
+        work.commit()
     if result["outcome"] != "not_found":
         # After the commit: a rollback must never have removed a file its row still names. A
         # redelivery after a crash here removes what is left (files are named after the client).
@@ -64,10 +64,10 @@ def merge_clients(source_client_id, target_client_id):
     source_client_id = parse_id("source_client_id", source_client_id)
     target_client_id = parse_id("target_client_id", target_client_id)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        result = once_per_message(session, "merge_clients", lambda: merging.merge_clients(
-            session, source_client_id, target_client_id, as_of=rt.clock.today(), now=rt.clock.now()).as_dict())
-        session.commit()
+    with UnitOfWork(rt.engine) as work:
+        result = once_per_message(work.session, "merge_clients", lambda: merging.merge_clients(
+            work.session, source_client_id, target_client_id, as_of=rt.clock.today(), now=rt.clock.now()).as_dict())
+        work.commit()
     return result
 
 
@@ -78,10 +78,10 @@ def export_client_data(client_id, request_id=None):
     client_id = parse_id("client_id", client_id)
     key = receipt_key("export_client_data", request_id)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        result = exporting.export_client_data(session, client_id, exports_dir=rt.exports_dir, request_key=key,
+    with UnitOfWork(rt.engine) as work:
+        result = exporting.export_client_data(work.session, client_id, exports_dir=rt.exports_dir, request_key=key,
                                               now=rt.clock.now())
-        session.commit()
+        work.commit()
     return result.as_dict()
 
 

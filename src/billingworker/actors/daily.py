@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
-
-from ..db import session_factory, unit_of_work
 from ..domain.errors import NotFound, ValidationError
-from ..domain.failures import record_failures
-from ..domain.models import Client, DailyRun
+from ..domain.models import DailyRun
 from ..domain.runs import daily_run
-from ..domain.runs.daily_tasks import eligible_clients
-from ..domain.runs.task_registry import SELF_COMMITTING, TASK_NAMES, task_function
+from ..domain.runs.tasks import TASK_NAMES, eligible_clients
 from ..domain.tasks import TaskResult
 from ..runtime import runtime
+from . import pipeline
 from .arguments import (
     argument_rules,
     check_characters,
@@ -36,7 +30,10 @@ from .arguments import (
     parse_optional_id,
 )
 from .base import current_message_id, job
-from .emails import relay_clients_outbox, send_emails
+from .batches import collection_day, collection_job
+from .day_preview import preview_day
+from .emails import delivery_messages, relay_clients_outbox
+from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +64,21 @@ def run_daily_automation(as_of=None, dry_run=False, trigger="job"):
         raise ValidationError("trigger", trigger, "must be a short string")
     check_characters("trigger", trigger)
     if dry_run:
-        report = dry_run_day(day)
+        report = preview_day(day)
         log.info("dry run of %s: %s", day, {t: r.preview[:20] for t, r in report.items()})
-        return {task: _counts(result) for task, result in report.items()}
+        return {task: pipeline.counts(result) for task, result in report.items()}
     return start_day(day, trigger=trigger)
 
 
 def start_day(day: date, *, trigger: str) -> dict:
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        run_id = daily_run.start_run(session, day, trigger=trigger, now=rt.clock.now())
-        session.commit()
+    with UnitOfWork(rt.engine) as work:
+        run_id = daily_run.start_run(work.session, day, trigger=trigger, now=rt.clock.now())
+        if run_id is not None:
+            work.send_after_commit(advance_daily_run.message(run_id=run_id))
+        work.commit()
     if run_id is None:
         return {"run_date": day.isoformat(), "started": False, "reason": "the day already has a run"}
-    advance_daily_run.send(run_id=run_id)
     return {"run_date": day.isoformat(), "started": True, "run_id": run_id}
 
 
@@ -95,38 +93,39 @@ def advance_daily_run(run_id):
     """Move a run to its next task and fan that task out; idempotent."""
     run_id = parse_id("run_id", run_id)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        run = session.get(DailyRun, run_id)
+    with UnitOfWork(rt.engine) as work:
+        run = work.session.get(DailyRun, run_id)
         if run is None:
             raise NotFound("run_id", run_id, "daily run")
+        session = work.session
         step = daily_run.next_step(session, run_id, now=rt.clock.now())
         idle = daily_run.task_idle_seconds(session, run_id, step.task, now=rt.clock.now()) if step.kind == "wait" else 0
         ranges: list[tuple[int, int]] = []
         if step.kind == "start_task":
             ranges = daily_run.batch_ranges(session, rt.batch_size)
             daily_run.set_batches(session, run_id, step.task, ranges)
-        session.commit()
+            work.send_after_commit(*(run_daily_batch.message(run_id=run_id, task=step.task, batch_no=n,
+                                                             first_client_id=first, last_client_id=last)
+                                     for n, (first, last) in enumerate(ranges)))
+            if not ranges:
+                work.send_after_commit(advance_daily_run.message(run_id=run_id))
+        work.commit()
     if step.kind == "wait" and step.task is not None and idle >= RESEND_IDLE_SECONDS:
         # The task is running but has not moved for a while: (re)send its missing batches (a
         # batch already counted is skipped by its job). This is how a run stalled by a killed
         # worker or a lost message is resumed; an advance that arrives while batches are being
         # counted re-sends nothing, so duplicates never multiply.
         resend_missing_batches(run_id, step.task)
-    elif step.kind == "start_task":
-        if not ranges:
-            advance_daily_run.send(run_id=run_id)
-        for n, (first, last) in enumerate(ranges):
-            run_daily_batch.send(run_id=run_id, task=step.task, batch_no=n, first_client_id=first,
-                                 last_client_id=last)
     return {"run_id": run_id, "step": step.kind, "task": step.task, "batches": len(ranges)}
 
 
 def resend_missing_batches(run_id: int, task: str) -> int:
     """Re-send the batches of a running task that are not counted yet (for stalled runs)."""
-    with unit_of_work(runtime().engine) as session:
-        missing = daily_run.missing_batches(session, run_id, task)
-    for n, first, last in missing:
-        run_daily_batch.send(run_id=run_id, task=task, batch_no=n, first_client_id=first, last_client_id=last)
+    with UnitOfWork(runtime().engine) as work:
+        missing = daily_run.missing_batches(work.session, run_id, task)
+        work.send_after_commit(*(run_daily_batch.message(run_id=run_id, task=task, batch_no=n, first_client_id=first,
+                                                         last_client_id=last) for n, first, last in missing))
+        work.commit()
     return len(missing)
 
 
@@ -140,189 +139,62 @@ def run_daily_batch(run_id, task, batch_no, first_client_id, last_client_id):
     batch_no = parse_count("batch_no", batch_no)
     first, last = parse_id("first_client_id", first_client_id), parse_id("last_client_id", last_client_id)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        run = session.get(DailyRun, run_id)
+    with UnitOfWork(rt.engine) as work:
+        run = work.session.get(DailyRun, run_id)
         if run is None:
             raise NotFound("run_id", run_id, "daily run")
         # Internal message, so untrusted: it must name a batch exactly as the run recorded it.
-        recorded = daily_run.recorded_batch(session, run_id, task, batch_no)
+        recorded = daily_run.recorded_batch(work.session, run_id, task, batch_no)
         if recorded != (first, last):
             raise ValidationError("batch_no", batch_no, f"is not a batch ({first}..{last}) of task {task} of run "
                                   f"{run_id}: the run recorded {recorded or 'no such batch'}")
-        if run.status != "running" or daily_run.batch_done(session, run_id, task, batch_no):
+        if run.status != "running" or daily_run.batch_done(work.session, run_id, task, batch_no):
             # Delivered again after its work was done (a redelivery, a resend after a broker
             # restart): the follow-ups it sent the first time may have been lost with the broker.
-            advance = run.status == "running" and daily_run.awaits_advance(session, run_id, task)
+            advance = run.status == "running" and daily_run.awaits_advance(work.session, run_id, task)
             done_already = True
         else:
             done_already = False
-            day, ids = run.run_date, eligible_clients(session, first, last)
+            day, ids = run.run_date, eligible_clients(work.session, first, last)
     if done_already:
         relayed = relay_clients_outbox(first, last)
         if advance:
             advance_daily_run.send(run_id=run_id)
         return {"skipped": True, "emails_relayed": relayed, "advanced": advance}
-    fn = task_function(task)
-    if task in SELF_COMMITTING:
-        result = fn(session_factory(rt.engine), ids, day, gateway_for=rt.gateway_for, now=rt.clock.now())
-        with unit_of_work(rt.engine) as session:
-            counted, complete = daily_run.record_batch(session, run_id, task, batch_no, result,
-                                                       message_id=current_message_id(), now=rt.clock.now())
-            session.commit()
-    else:
-        with unit_of_work(rt.engine) as session:
-            result = run_batch(fn, task, session, ids, day)
-            counted, complete = daily_run.record_batch(session, run_id, task, batch_no, result,
-                                                       message_id=current_message_id(), now=rt.clock.now())
-            if counted:
-                session.commit()
-    if counted:
-        send_emails(result.email_ids)
-    if complete:
-        advance_daily_run.send(run_id=run_id)
-    return {"task": task, "batch": batch_no, "counted": counted, **_counts(result)}
+    outcome: dict[str, bool] = {}
+
+    def count_the_batch(work: UnitOfWork, result: TaskResult) -> bool:
+        counted, complete = daily_run.record_batch(work.session, run_id, task, batch_no, result,
+                                                   message_id=current_message_id(), now=rt.clock.now())
+        outcome.update(counted=counted)
+        if counted:  # else a twin counted this batch first: its work is kept, this copy rolled back
+            work.send_after_commit(*delivery_messages(result.email_ids))
+        if complete:  # the batch that completed its task moves the run on
+            work.send_after_commit(advance_daily_run.message(run_id=run_id))
+        return counted
+
+    result = pipeline.run_task(task, ids, day, count_the_batch)
+    return {"task": task, "batch": batch_no, "counted": outcome["counted"], **pipeline.counts(result)}
 
 
-def run_batch(fn, task: str, session, ids: list[int], day: date, *, dry_run: bool = False) -> TaskResult:
-    """``fn`` over the batch; if it fails as a whole, client by client so that one client's bad
-    data costs that client, not the batch (SPEC: one bad client never stops the run)."""
-    try:
-        with session.begin_nested():
-            return fn(session, ids, day, dry_run=dry_run)
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise
-        whole = exc
-    except Exception as exc:  # noqa: BLE001 - isolate below, then record
-        whole = exc
-    log.warning("task %s failed for a batch of %d clients (%s); retrying client by client", task, len(ids), whole)
-    result = TaskResult(task=task)
-    for client_id in ids:
-        try:
-            with session.begin_nested():
-                result.merge(fn(session, [client_id], day, dry_run=dry_run))
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise
-            result.failures.append(daily_run.client_failure(client_id, exc))
-        except Exception as exc:  # noqa: BLE001 - recorded for the operator
-            result.failures.append(daily_run.client_failure(client_id, exc))
-    return result
-
-
-def dry_run_day(day: date, *, engine: Engine | None = None) -> dict[str, TaskResult]:
-    """What the day's run would do, task by task, through the tasks' own code with dry_run=True,
-    inside transactions that are rolled back: nothing is written, no gateway is called.
-    ``engine``: the database to preview (default the runtime's; the web console passes its own)."""
-    rt = runtime()
-    if engine is not None:
-        rt = replace(rt, engine=engine)
-    report = {task: TaskResult(task=task) for task in TASK_NAMES}
-    with unit_of_work(rt.engine) as session:
-        ranges = daily_run.batch_ranges(session, rt.batch_size)
-    for first, last in ranges:
-        with unit_of_work(rt.engine) as session:
-            ids = eligible_clients(session, first, last)
-            for task in TASK_NAMES:
-                if task not in SELF_COMMITTING:
-                    report[task].merge(run_batch(task_function(task), task, session, ids, day, dry_run=True))
-            session.rollback()
-        # Tasks that open their own sessions run once the batch's session is closed (on SQLite a
-        # second session would wait for the first one's writer lock).
-        for task in TASK_NAMES:
-            if task in SELF_COMMITTING:
-                report[task].merge(task_function(task)(session_factory(rt.engine), ids, day, gateway_for=rt.gateway_for,
-                                                       now=rt.clock.now(), dry_run=True))
-    return report
-
-
-def _counts(result: TaskResult) -> dict:
-    return {"clients": result.clients, "invoices": result.invoices_created, "fees": result.fees_added,
-            "captures": result.captures, "credit_applied": result.credit_applied, "emails": result.emails_queued,
-            "failures": len(result.failures), "amount": str(result.amount)}
-
-
-# --- the collection tasks as standalone jobs ----------------------------------------------------
-
-def collection_day(as_of) -> date:
-    """The day of a collection job (today when ``as_of`` is null): never more than a day ahead,
-    so that no message can charge a late fee, a reminder or a card before its time (a day of
-    margin for installations whose senders' clocks run in another zone)."""
-    today = runtime().clock.today()
-    day = parse_date("as_of", as_of) or today
-    if day > today + timedelta(days=1):
-        raise ValidationError("as_of", as_of, f"is more than a day after today ({today.isoformat()}): "
-                              "collections never run ahead of time")
-    return day
-
-
-def _task_job(task: str, client_id, as_of) -> dict:
-    client_id = parse_optional_id("client_id", client_id)
-    day = collection_day(as_of)
-    rt = runtime()
-    if client_id is None:
-        with unit_of_work(rt.engine) as session:
-            ranges = daily_run.batch_ranges(session, rt.batch_size)
-        for first, last in ranges:
-            run_task_batch.send(task=task, first_client_id=first, last_client_id=last, as_of=day.isoformat())
-        return {"batches": len(ranges), "as_of": day.isoformat()}
-    with unit_of_work(rt.engine) as session:
-        if session.get(Client, client_id) is None:
-            raise NotFound("client_id", client_id, "client")
-    return _run_task(task, [client_id], day)
-
-
-def _run_task(task: str, ids: list[int], day: date) -> dict:
-    rt = runtime()
-    fn = task_function(task)
-    if task in SELF_COMMITTING:
-        result = fn(session_factory(rt.engine), ids, day, gateway_for=rt.gateway_for, now=rt.clock.now())
-        with unit_of_work(rt.engine) as session:
-            record_failures(session, result.failures, actor=task, message_id=current_message_id(),
-                                 now=rt.clock.now(), error="Failed")
-            session.commit()
-    else:
-        with unit_of_work(rt.engine) as session:
-            result = run_batch(fn, task, session, ids, day)
-            record_failures(session, result.failures, actor=task, message_id=current_message_id(),
-                                 now=rt.clock.now(), error="Failed")
-            session.commit()
-    send_emails(result.email_ids)
-    return _counts(result)
-
-
-@job()
-@argument_rules(first_client_id=parse_id, last_client_id=parse_id, as_of=parse_date)
-def run_task_batch(task, first_client_id, last_client_id, as_of):
-    """One batch of a standalone collection job's fan-out (internal; see docs/jobs.md)."""
-    if task not in TASK_NAMES:
-        raise ValidationError("task", task, f"is not one of {', '.join(TASK_NAMES)}")
-    first, last = parse_id("first_client_id", first_client_id), parse_id("last_client_id", last_client_id)
-    if as_of is None:
-        raise ValidationError("as_of", as_of, "is required for a batch")
-    day = collection_day(as_of)
-    rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        ids = eligible_clients(session, first, last)
-    return _run_task(task, ids, day)
-
+# --- the collection tasks as standalone jobs (their batches: ``batches.run_task_batch``) -----------
 
 @job()
 @argument_rules(client_id=parse_optional_id, as_of=parse_date)
 def send_overdue_reminders(client_id=None, as_of=None):
     """The unpaid reminder and the overdue notices due today (SPEC §5), each once per invoice."""
-    return _task_job("send_overdue_reminders", client_id, as_of)
+    return collection_job("send_overdue_reminders", client_id, as_of)
 
 
 @job()
 @argument_rules(client_id=parse_optional_id, as_of=parse_date)
 def apply_late_fees(client_id=None, as_of=None):
     """At most one late fee per invoice, once it is late enough (SPEC §6)."""
-    return _task_job("apply_late_fees", client_id, as_of)
+    return collection_job("apply_late_fees", client_id, as_of)
 
 
 @job()
 @argument_rules(client_id=parse_optional_id, as_of=parse_date)
 def capture_due_payments(client_id=None, as_of=None):
     """Charge due invoices to stored cards of clients with auto CC processing (SPEC §8)."""
-    return _task_job("capture_due_payments", client_id, as_of)
+    return collection_job("capture_due_payments", client_id, as_of)

@@ -1,13 +1,18 @@
 """Email delivery jobs (docs/jobs.md): deliver one outbox email or a batch (one path: a single
-email is a batch of one), and relay what a crash or a lost message left in the outbox."""
+email is a batch of one), give up on an email whose retries are spent, and relay what a crash
+or a lost message left in the outbox."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
-from ..db import session_factory, unit_of_work
+from dramatiq import Message
+
+from ..db import session_factory
 from ..domain.errors import ValidationError
 from ..domain.messaging import delivery
 from ..domain.messaging.delivery import (
@@ -19,7 +24,9 @@ from ..domain.messaging.delivery import (
 from ..queue_names import EMAIL_QUEUE
 from ..runtime import runtime
 from .arguments import argument_rules, parse_id, parse_id_list, parse_optional_id
-from .base import EMAIL_PRIORITY, job, last_attempt
+from .base import EMAIL_PRIORITY, job
+from .binding import bound_broker
+from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,10 @@ log = logging.getLogger(__name__)
 RELAY_AFTER = timedelta(seconds=60)
 #: Rows the relay reads per transaction while it drains the outbox.
 RELAY_PAGE = 1000
+
+
+#: The internal job Dramatiq's Retries sends once ``deliver_email``'s last retry failed.
+GIVE_UP_JOB = "give_up_email_delivery"
 
 
 class EmailNotAccepted(Exception):  # noqa: N818 - reads as the outcome it reports
@@ -42,30 +53,61 @@ def _deliver(email_ids: list[int]) -> BatchDelivery:
                        claim_timeout=rt.email_claim_timeout)
 
 
-@job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY)
+@job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY, on_retry_exhausted=GIVE_UP_JOB)
 @argument_rules(email_id=parse_id)
 def deliver_email(email_id):
-    """Send one outbox email (a batch of one); a sent email is never resent."""
+    """Send one outbox email (a batch of one); a sent email is never resent.
+
+    Every failed attempt the database can record counts on the row (``attempts``); once the
+    last retry failed, Dramatiq sends ``give_up_email_delivery``, which marks the row failed.
+    """
     email_id = parse_id("email_id", email_id)
     rt = runtime()
     try:
         result = _deliver([email_id]).results[0]
-    except Exception as exc:
-        # Not the transport (the database...): count the attempt, let Dramatiq retry.
-        with unit_of_work(rt.engine) as session:
-            record_delivery_failure(session, email_id, f"{type(exc).__name__}: {exc}",
-                                    give_up=last_attempt(deliver_email))
-            session.commit()
+    except BaseException as exc:  # also the time limit (a BaseException), so that every try counts
+        # Not the transport (the database...): count the attempt, let Dramatiq retry. If the
+        # database cannot even count it, the row stays offered: the relay offers it again.
+        with UnitOfWork(rt.engine) as work:
+            record_delivery_failure(work.session, email_id, f"{type(exc).__name__}: {exc}")
+            work.commit()
         raise
     if result.status == "failed":
         raise ValidationError("email_id", email_id, f"cannot be delivered: {result.error}")
     if result.status == "retry":
-        if last_attempt(deliver_email):
-            with unit_of_work(rt.engine) as session:
-                delivery.mark_failed(session, email_id)  # the last retry: mark it failed, the relay stops offering it
-                session.commit()
         raise EmailNotAccepted(result.error)
     return {"email_id": email_id, "status": result.status}
+
+
+def _retried_email_id(message_data: Any) -> int:
+    """The ``email_id`` of the ``deliver_email`` message whose retries are spent."""
+    if not isinstance(message_data, dict) or message_data.get("actor_name") != "deliver_email":
+        raise ValidationError("message_data", message_data, "must be the deliver_email message whose retries are spent")
+    args, kwargs = message_data.get("args") or [], message_data.get("kwargs") or {}
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise ValidationError("message_data", message_data, "must carry args (a list) and kwargs (an object)")
+    return parse_id("message_data.email_id", kwargs["email_id"] if "email_id" in kwargs else (args or [None])[0])
+
+
+@job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY)
+def give_up_email_delivery(message_data, retry_info=None):
+    """Internal: sent by Dramatiq's Retries when ``deliver_email``'s last retry failed; marks the
+    email failed (the relay stops offering it; ``outbox resend`` offers it again).
+
+    Trusts nothing it is given: the row is marked failed only if it is still unsent and counts
+    at least as many failed attempts as ``deliver_email`` has tries (its ``max_retries`` + 1),
+    so a forged message cannot fail an email that is merely waiting for its next try.
+    """
+    email_id = _retried_email_id(message_data)
+    tries = deliver_email.options.get("max_retries", 0) + 1
+    rt = runtime()
+    with UnitOfWork(rt.engine) as work:
+        gave_up = delivery.mark_failed(work.session, email_id, attempts_at_least=tries, now=rt.clock.now(),
+                                       claim_timeout=rt.email_claim_timeout)
+        work.commit()
+    if gave_up:
+        log.warning("email %s: its %d tries failed; marked failed", email_id, tries)
+    return {"email_id": email_id, "failed": gave_up}
 
 
 @job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY)
@@ -78,7 +120,7 @@ def deliver_emails(email_ids):
     """
     email_ids = parse_id_list("email_ids", email_ids, max_length=EMAIL_BATCH_SIZE)
     batch = _deliver(email_ids)
-    for email_id in batch.retry_ids:
+    for email_id in batch.retry_ids:  # nothing to commit here: each mark was committed as it went
         deliver_email.send(email_id)
     for email_id, reason in batch.failed:
         log.warning("email %s cannot be delivered: %s", email_id, reason)
@@ -102,11 +144,11 @@ def relay_outbox(limit=None, older_than_seconds=None):
     relayed, after = 0, 0
     while limit is None or relayed < limit:
         page = RELAY_PAGE if limit is None else min(RELAY_PAGE, limit - relayed)
-        with unit_of_work(rt.engine) as session:
-            ids = pending_email_ids(session, now=rt.clock.now(), older_than=age,
+        with UnitOfWork(rt.engine) as work:
+            ids = pending_email_ids(work.session, now=rt.clock.now(), older_than=age,
                                     claim_timeout=rt.email_claim_timeout, after_id=after, limit=page)
-            session.commit()
-        send_in_batches(ids)
+            work.send_after_commit(*delivery_messages(ids))
+            work.commit()
         relayed += len(ids)
         if len(ids) < page:
             break
@@ -120,31 +162,30 @@ def relay_clients_outbox(first_client_id: int, last_client_id: int) -> int:
     rt = runtime()
     total, after = 0, 0
     while True:
-        with unit_of_work(rt.engine) as session:
-            ids = pending_email_ids(session, now=rt.clock.now(), older_than=RELAY_AFTER,
+        with UnitOfWork(rt.engine) as work:
+            ids = pending_email_ids(work.session, now=rt.clock.now(), older_than=RELAY_AFTER,
                                     claim_timeout=rt.email_claim_timeout,
                                     client_ids=(first_client_id, last_client_id), after_id=after, limit=RELAY_PAGE)
-            session.commit()
-        send_in_batches(ids)
+            work.send_after_commit(*delivery_messages(ids))
+            work.commit()
         total += len(ids)
         if len(ids) < RELAY_PAGE:
             return total
         after = ids[-1]
 
 
-def send_in_batches(email_ids: list[int]) -> None:
-    """Enqueue the delivery of outbox rows: one ``deliver_email`` for a lone email, else
-    ``deliver_emails`` messages of up to EMAIL_BATCH_SIZE. Call only after the commit."""
-    if not email_ids:
-        return
-    if len(email_ids) == 1:
-        deliver_email.send(email_ids[0])
-        return
-    for start in range(0, len(email_ids), EMAIL_BATCH_SIZE):
-        deliver_emails.send(list(email_ids[start:start + EMAIL_BATCH_SIZE]))
+def delivery_messages(email_ids: Sequence[int]) -> list[Message]:
+    """The messages that deliver outbox rows: one ``deliver_email`` for a lone email, else
+    ``deliver_emails`` messages of up to EMAIL_BATCH_SIZE. For ``UnitOfWork.send_after_commit``."""
+    ids = list(email_ids)
+    if len(ids) == 1:
+        return [deliver_email.message(ids[0])]
+    return [deliver_emails.message(ids[start:start + EMAIL_BATCH_SIZE])
+            for start in range(0, len(ids), EMAIL_BATCH_SIZE)]
 
 
-def send_emails(email_ids: list[int]) -> None:
-    """Enqueue delivery of outbox emails: only ever called after the transaction committed."""
-    if email_ids:
-        send_in_batches(list(email_ids))
+def enqueue_delivery(email_ids: Sequence[int]) -> None:
+    """Enqueue the delivery of outbox rows whose transaction has committed (an operator's resend)."""
+    broker = bound_broker()
+    for message in delivery_messages(email_ids):
+        broker.enqueue(message)

@@ -6,8 +6,7 @@ from __future__ import annotations
 from datetime import date
 from functools import partial
 
-from ..db import unit_of_work
-from ..domain.billing.due_invoices import client_batches, generate_for_clients
+from ..domain.billing.due_invoices import generate_for_clients
 from ..domain.billing.manual_invoices import (
     SELECTABLE_TYPES,
     create_draft_invoice,
@@ -36,7 +35,9 @@ from .arguments import (
     parse_optional_id,
 )
 from .base import current_message_id, job, receipt_key
-from .emails import send_emails
+from .batches import fan_out, run_for_clients
+from .emails import delivery_messages
+from .unit_of_work import UnitOfWork
 
 
 def _today(as_of: date | None) -> date:
@@ -46,28 +47,25 @@ def _today(as_of: date | None) -> date:
 @job()
 @argument_rules(client_id=parse_optional_id, as_of=parse_date, send_email=parse_bool)
 def generate_due_invoices(client_id=None, as_of=None, send_email=True):
-    """Invoice what is due for one client, or fan out over every client in batches."""
+    """Invoice what is due for one client (even a parked one: it is named), or fan out over every
+    client that is neither Closed nor parked, as the daily run does (``batches.fan_out``)."""
     client_id = parse_optional_id("client_id", client_id)
     day = _today(parse_date("as_of", as_of))
     send_email = parse_bool("send_email", send_email)
-    rt = runtime()
     if client_id is None:
-        # Fan out: the day is fixed now, so a batch retried after midnight bills the same day.
-        batches = 0
-        with unit_of_work(rt.engine) as session:
-            for ids in client_batches(session, rt.batch_size):
-                generate_due_invoices_batch.send(client_ids=ids, as_of=day.isoformat(), send_email=send_email)
-                batches += 1
-        return {"batches": batches, "as_of": day.isoformat()}
-    with unit_of_work(rt.engine) as session:
-        if session.get(Client, client_id) is None:
+        # send_email only when false: a worker of the release before, met during a rolling
+        # upgrade, takes run_task_batch without it.
+        return fan_out("generate_due_invoices", day, **({} if send_email else {"send_email": False}))
+    rt = runtime()
+    with UnitOfWork(rt.engine) as work:
+        if work.session.get(Client, client_id) is None:
             raise NotFound("client_id", client_id, "client")
-        result = generate_for_clients(session, [client_id], day, queue_email=send_email)
+        result = generate_for_clients(work.session, [client_id], day, queue_email=send_email)
         if result.failures:
             failure = result.failures[0]
             raise ValidationError(failure.field, failure.value, failure.reason)
-        session.commit()
-    send_emails(result.email_ids)
+        work.send_after_commit(*delivery_messages(result.email_ids))
+        work.commit()
     return {"invoices_created": result.invoices_created, "items": result.items_invoiced,
             "invoice_ids": result.invoice_ids, "as_of": day.isoformat()}
 
@@ -76,21 +74,14 @@ def generate_due_invoices(client_id=None, as_of=None, send_email=True):
 @argument_rules(client_ids=partial(parse_id_list, max_length=MAX_BATCH_CLIENTS), as_of=parse_date,
                 send_email=parse_bool)
 def generate_due_invoices_batch(client_ids, as_of, send_email=True):
-    """One batch of the fan-out (internal, but a stable contract: see docs/jobs.md)."""
+    """A batch of named clients (internal, but a stable contract: see docs/jobs.md; the fan-out
+    now sends ``run_task_batch``). The one pipeline: the daily run's generation task."""
     ids = parse_id_list("client_ids", client_ids, max_length=MAX_BATCH_CLIENTS)
     day = parse_date("as_of", as_of)
     if day is None:
         raise ValidationError("as_of", as_of, "is required for a batch")
-    send_email = parse_bool("send_email", send_email)
-    rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        result = generate_for_clients(session, ids, day, queue_email=send_email)
-        record_failures(session, result.failures, actor="generate_due_invoices", message_id=current_message_id(),
-                        now=rt.clock.now())
-        session.commit()
-    send_emails(result.email_ids)
-    return {"clients": result.clients_processed, "invoices_created": result.invoices_created,
-            "items": result.items_invoiced, "failures": len(result.failures)}
+    result = run_for_clients("generate_due_invoices", ids, day, queue_email=parse_bool("send_email", send_email))
+    return {"clients": result.clients, "invoices_created": result.invoices_created, "failures": len(result.failures)}
 
 
 @job()
@@ -102,13 +93,13 @@ def invoice_selected_items(client_id, items, as_of=None, send_email=True):
     day = _today(parse_date("as_of", as_of))
     send_email = parse_bool("send_email", send_email)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        result = invoice_items(session, client_id, wanted, as_of=day, queue_email=send_email)
-        record_failures(session, [_refusal(client_id, t, i, why) for t, i, why in result.refused],
+    with UnitOfWork(rt.engine) as work:
+        result = invoice_items(work.session, client_id, wanted, as_of=day, queue_email=send_email)
+        record_failures(work.session, [_refusal(client_id, t, i, why) for t, i, why in result.refused],
                         actor="invoice_selected_items", message_id=current_message_id(), now=rt.clock.now(),
                         error="Refused")
-        session.commit()
-    send_emails(result.email_ids)
+        work.send_after_commit(*delivery_messages(result.email_ids))
+        work.commit()
     return {"invoice_ids": result.invoice_ids,
             "refused": [{"type": t, "id": i, "reason": why} for t, i, why in result.refused]}
 
@@ -126,10 +117,10 @@ def create_invoice(client_id, request_id=None):
     client_id = parse_id("client_id", client_id)
     key = receipt_key("create_invoice", request_id)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        result, _ = run_once(session, key, "create_invoice", lambda: {
-            "invoice_id": create_draft_invoice(session, client_id, as_of=rt.clock.today())})
-        session.commit()
+    with UnitOfWork(rt.engine) as work:
+        result, _ = run_once(work.session, key, "create_invoice", lambda: {
+            "invoice_id": create_draft_invoice(work.session, client_id, as_of=rt.clock.today())})
+        work.commit()
     return result
 
 
@@ -140,18 +131,17 @@ def create_add_funds_invoice(client_id, amount, request_id=None):
     client_id = parse_id("client_id", client_id)
     key = receipt_key("create_add_funds_invoice", request_id)
     rt = runtime()
-    emails: list[int] = []
-    with unit_of_work(rt.engine) as session:
-        minor_units = session.query(Currency.minor_units).join(Client, Client.currency_id == Currency.id).filter(
+    with UnitOfWork(rt.engine) as work:
+        minor_units = work.session.query(Currency.minor_units).join(Client, Client.currency_id == Currency.id).filter(
             Client.id == client_id).scalar()
         value = parse_money("amount", amount, minor_units=minor_units if minor_units is not None else 2)
 
-        def work():
-            done = add_funds(session, client_id, value, as_of=rt.clock.today())
-            emails.extend(done.email_ids)
+        def invoice():
+            done = add_funds(work.session, client_id, value, as_of=rt.clock.today())
+            work.send_after_commit(*delivery_messages(done.email_ids))
             return {"invoice_id": done.invoice_id, "number": done.number, "amount": str(done.amount)}
 
-        result, _ = run_once(session, key, "create_add_funds_invoice", work)
-        session.commit()
-    send_emails(emails)
+        # A redelivery finds the receipt: the first answer again, nothing sent twice.
+        result, _ = run_once(work.session, key, "create_add_funds_invoice", invoice)
+        work.commit()
     return result

@@ -8,7 +8,6 @@ from functools import partial
 
 from sqlalchemy import exists, select
 
-from ..db import unit_of_work
 from ..domain.accounts.phones import client_id_batches, normalize_stored_phones
 from ..domain.errors import NotFound, ValidationError
 from ..domain.failures import record_failures
@@ -20,6 +19,7 @@ from ..domain.settings import load_settings
 from ..runtime import runtime
 from .arguments import MAX_BATCH_CLIENTS, argument_rules, parse_id, parse_id_list, parse_optional_id, parse_text
 from .base import current_message_id, job, receipt_key
+from .unit_of_work import UnitOfWork
 
 #: The width of ``credit_history.description``.
 MAX_DESCRIPTION_LENGTH = 500
@@ -34,18 +34,18 @@ def normalize_phone_numbers(client_id=None):
     rt = runtime()
     if client_id is None:
         batches = 0
-        with unit_of_work(rt.engine) as session:
-            if not load_settings(session).phone_number_formatting:
+        with UnitOfWork(rt.engine) as work:
+            if not load_settings(work.session).phone_number_formatting:
                 return {"formatting": False, "batches": 0}
-            for ids in client_id_batches(session, rt.batch_size):
+            for ids in client_id_batches(work.session, rt.batch_size):
                 normalize_phone_numbers_batch.send(client_ids=ids)
                 batches += 1
         return {"formatting": True, "batches": batches}
-    with unit_of_work(rt.engine) as session:
-        if session.get(Client, client_id) is None:
+    with UnitOfWork(rt.engine) as work:
+        if work.session.get(Client, client_id) is None:
             raise NotFound("client_id", client_id, "client")
-        result = _normalize(session, [client_id], rt)
-        session.commit()
+        result = _normalize(work.session, [client_id], rt)
+        work.commit()
     return result
 
 
@@ -55,9 +55,9 @@ def normalize_phone_numbers_batch(client_ids):
     """One batch of the fan-out (a stable contract: a caller may send it for chosen clients)."""
     ids = parse_id_list("client_ids", client_ids, max_length=MAX_BATCH_CLIENTS)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        result = _normalize(session, ids, rt)
-        session.commit()
+    with UnitOfWork(rt.engine) as work:
+        result = _normalize(work.session, ids, rt)
+        work.commit()
     return result
 
 
@@ -87,10 +87,10 @@ def adjust_credit(client_id, amount, description, request_id=None):
     description = parse_text("description", description, max_length=MAX_DESCRIPTION_LENGTH)
     key = receipt_key("adjust_credit", request_id)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        currency = session.execute(select(Currency).join(Client, Client.currency_id == Currency.id)
+    with UnitOfWork(rt.engine) as work:
+        currency = work.session.execute(select(Currency).join(Client, Client.currency_id == Currency.id)
                                    .where(Client.id == client_id)).scalar()
-        if currency is None and session.get(Client, client_id) is None:
+        if currency is None and work.session.get(Client, client_id) is None:
             raise NotFound("client_id", client_id, "client")
         minor_units = currency.minor_units if currency is not None else 2
         value = parse_money("amount", amount, minor_units=minor_units, allow_negative=True, allow_zero=True)
@@ -103,15 +103,15 @@ def adjust_credit(client_id, amount, description, request_id=None):
                 return str(round_money(v, minor_units))
             return format_money(v, currency.prefix, currency.suffix, minor_units)
 
-        def work() -> dict:
+        def change() -> dict:
             try:
-                change = change_credit(session, client_id, value, description, as_of=rt.clock.today(),
+                change = change_credit(work.session, client_id, value, description, as_of=rt.clock.today(),
                                        source="job:adjust_credit")
             except ValidationError as exc:
                 if exc.field != "amount":
                     raise
                 # change_credit read the balance under the client row lock: say it in the currency.
-                balance = Decimal(session.execute(select(Client.credit_balance)
+                balance = Decimal(work.session.execute(select(Client.credit_balance)
                                                   .where(Client.id == client_id)).scalar_one())
                 raise ValidationError("amount", amount, f"would take the credit balance below zero: removing "
                                       f"{money(-value)} from a balance of {money(balance)}") from None
@@ -119,6 +119,6 @@ def adjust_credit(client_id, amount, description, request_id=None):
                     "balance_after": str(round_money(change.balance_after, minor_units)),
                     "history_id": change.history_id}
 
-        result, _ = run_once(session, key, "adjust_credit", work)
-        session.commit()
+        result, _ = run_once(work.session, key, "adjust_credit", change)
+        work.commit()
     return result

@@ -7,8 +7,9 @@ import logging
 from datetime import timedelta
 from functools import partial
 
+from dramatiq import Message
+
 from ..adapters.server_module import module_for
-from ..db import unit_of_work
 from ..domain import accounts
 from ..domain.accounts.mass_update import MASS_UPDATE_TYPES
 from ..domain.accounts.module_commands import (
@@ -30,7 +31,8 @@ from ..domain.receipts import run_once
 from ..runtime import runtime
 from .arguments import argument_rules, check_characters, parse_bool, parse_count, parse_id, parse_items
 from .base import current_message_id, job, last_attempt, once_per_message, receipt_key
-from .emails import send_emails
+from .emails import delivery_messages
+from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,9 @@ log = logging.getLogger(__name__)
 RELAY_AFTER = timedelta(minutes=5)
 
 
-def _send_commands(commands: list[QueuedCommand]) -> None:
-    """Enqueue the module commands: only ever called after their rows committed."""
-    for command in commands:
-        run_module_command.send(**command.message())
+def command_messages(commands: list[QueuedCommand]) -> list[Message]:
+    """The messages that run queued module commands (for ``UnitOfWork.send_after_commit``)."""
+    return [run_module_command.message(**command.message()) for command in commands]
 
 
 @job()
@@ -60,24 +61,19 @@ def mass_update(client_id, items, changes, create_prorata_invoice=False, send_em
     send_email = parse_bool("send_email", send_email)
     key = receipt_key("mass_update", request_id)
     rt = runtime()
-    commands: list[QueuedCommand] = []
-    emails: list[int] = []
-    with unit_of_work(rt.engine) as session:
-        def work():
-            done = accounts.mass_update.mass_update(session, client_id, wanted, changes,
+    with UnitOfWork(rt.engine) as work:
+        def update():
+            done = accounts.mass_update.mass_update(work.session, client_id, wanted, changes,
                                                     create_prorata_invoice=create_prorata_invoice,
                                                     as_of=rt.clock.today(), now=rt.clock.now(), request_key=key,
                                                     queue_email=send_email)
-            commands.extend(done.commands)
-            emails.extend(done.email_ids)
+            work.send_after_commit(*delivery_messages(done.email_ids), *command_messages(done.commands))
             return done.summary()
 
-        result, _ = run_once(session, key, "mass_update", work)
-        session.commit()
-    # A redelivery did nothing (the receipt was there): nothing to send. Rows a crash left
-    # unsent go out through relay_module_commands / relay_outbox.
-    send_emails(emails)
-    _send_commands(commands)
+        # A redelivery finds the receipt and sends nothing: rows a crash left unsent go out
+        # through relay_module_commands / relay_outbox.
+        result, _ = run_once(work.session, key, "mass_update", update)
+        work.commit()
     return result
 
 
@@ -88,12 +84,12 @@ def delete_selected_items(client_id, items):
     client_id = parse_id("client_id", client_id)
     wanted = parse_items("items", items, REMOVABLE_TYPES)
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
+    with UnitOfWork(rt.engine) as work:
         # Once per message: on SQLite a new thing can be given a deleted thing's id, and a
         # redelivered message must never delete that one.
-        summary = once_per_message(session, "delete_selected_items",
-                                   lambda: thing_removal.delete_selected_items(session, client_id, wanted).summary())
-        session.commit()
+        summary = once_per_message(work.session, "delete_selected_items", lambda: thing_removal.delete_selected_items(
+            work.session, client_id, wanted).summary())
+        work.commit()
     return summary
 
 
@@ -114,34 +110,34 @@ def run_module_command(item_type, item_id, command, command_id=None, params=None
     if command_id is None:
         params = parse_module_params("params", params)
         key = receipt_key("run_module_command", request_id)
-        with unit_of_work(rt.engine) as session:
-            queued = record_module_command(session, item_type, item_id, command, params, request_key=key,
+        with UnitOfWork(rt.engine) as work:
+            queued = record_module_command(work.session, item_type, item_id, command, params, request_key=key,
                                            now=rt.clock.now())
-            session.commit()
+            work.commit()
         command_id = queued.command_id
     else:
         command_id = parse_id("command_id", command_id)
     try:
-        with unit_of_work(rt.engine) as session:
-            run = run_queued_command(session, command_id, module_for=module_for, now=rt.clock.now(),
+        with UnitOfWork(rt.engine) as work:
+            run = run_queued_command(work.session, command_id, module_for=module_for, now=rt.clock.now(),
                                      expect=(item_type, item_id, command), as_of=rt.clock.today())
             if run.outcome == "failed":
-                record_failures(session, [ClientFailure(run.client_id, "command_id", command_id,
+                record_failures(work.session, [ClientFailure(run.client_id, "command_id", command_id,
                                                         f"{command} of {item_type} {item_id} failed: {run.message}",
                                                         parks=False)],
                                 actor="run_module_command", message_id=current_message_id(), now=rt.clock.now(),
                                 error="ModuleCommandFailed")
-            session.commit()
+            work.commit()
     except ValidationError:
         raise  # bad input (unknown row, a message that does not match it): dead-lettered, nothing to count
     except Exception as exc:
         # The module raised (unreachable, timed out): count the attempt in its own transaction,
         # then let Dramatiq retry with backoff; after the last retry the row is failed.
-        with unit_of_work(rt.engine) as session:
-            record_module_error(session, command_id, f"{type(exc).__name__}: {exc}",
+        with UnitOfWork(rt.engine) as work:
+            record_module_error(work.session, command_id, f"{type(exc).__name__}: {exc}",
                                 give_up=last_attempt(run_module_command),
                                 now=rt.clock.now())
-            session.commit()
+            work.commit()
         raise
     return {"command_id": command_id, "outcome": run.outcome, "message": run.message}
 
@@ -155,8 +151,9 @@ def relay_module_commands(limit=1000, older_than_seconds=None):
     age = RELAY_AFTER if older_than_seconds is None else timedelta(
         seconds=parse_count("older_than_seconds", older_than_seconds))
     rt = runtime()
-    with unit_of_work(rt.engine) as session:
-        commands = queued_commands(session, pending_module_command_ids(
-            session, created_before=rt.clock.now() - age, limit=limit))
-    _send_commands(commands)
+    with UnitOfWork(rt.engine) as work:
+        commands = queued_commands(work.session, pending_module_command_ids(
+            work.session, created_before=rt.clock.now() - age, limit=limit))
+        work.send_after_commit(*command_messages(commands))
+        work.commit()
     return {"relayed": len(commands)}

@@ -1,4 +1,5 @@
-"""Payment gateways: one seam, ``PaymentGateway.capture(request)``, and a registry by name.
+"""Payment gateways: one seam, ``PaymentGateway.capture(request)`` and
+``PaymentGateway.delete_pay_method(request)``, and a registry by name.
 
 - ``TestGateway`` (``"testgateway"``): deterministic by card, in memory; the twin used by tests
   and the demo. Its process-wide instance is ``TEST_GATEWAY``. It approves without moving any
@@ -24,6 +25,17 @@ The contract every gateway keeps:
 - Card numbers are never logged, stored or put in a message; only the last four digits. Pass
   gateway messages through ``domain.redaction.redact_card_numbers`` if the gateway might echo one.
 
+What ``delete_pay_method`` (removing a stored card or bank account, SPEC §12) keeps:
+
+- **Deleting a token the gateway no longer knows answers ``deleted``**, not an error: so asking
+  twice for the same token (a redelivered ``remove_pay_method``, a retry after a timeout whose
+  deletion did happen) is harmless, and our record goes the second time. Map the gateway's "no
+  such customer / payment method" reply to ``deleted``.
+- A gateway that keeps the method on purpose (still used by a subscription, a mandate...)
+  answers ``PayMethodDeletionResult("refused", message)``: our record stays and shows the message.
+- ``GatewayUnavailable`` (nothing done) and any other exception (outcome unknown) are transient:
+  the job records the message and is retried; thanks to the first rule a retry is always safe.
+
 Adding a real gateway is one class and one line::
 
     class StripeGateway:
@@ -34,6 +46,10 @@ Adding a real gateway is one class and one line::
         def capture(self, request: CaptureRequest) -> CaptureResult:
             # POST /v1/payment_intents with Idempotency-Key: request.idempotency_key,
             # amount in minor units, confirm=true, payment_method=request.token ...
+            ...
+
+        def delete_pay_method(self, request: PayMethodDeletionRequest) -> PayMethodDeletionResult:
+            # POST /v1/payment_methods/{request.token}/detach; "resource_missing" -> deleted
             ...
 
     register_gateway("stripe", lambda: StripeGateway(os.environ["STRIPE_API_KEY"]))
@@ -57,6 +73,8 @@ from billingworker.domain.ports import (
     CaptureResult,
     GatewayUnavailable,
     PaymentGateway,
+    PayMethodDeletionRequest,
+    PayMethodDeletionResult,
 )
 
 
@@ -79,6 +97,7 @@ class TestGateway:
     transient failure, nothing charged, nothing remembered), anything else (``4242``...) succeeds.
     An idempotency key seen before returns its first answer without charging again. ``charges``
     lists the real charges; ``calls`` counts every call, replays included.
+    Deleting a stored pay method is decided by the token too (``delete_pay_method``).
     """
 
     __test__ = False  # not a pytest test class, whatever its name says
@@ -89,6 +108,9 @@ class TestGateway:
         self.declines: list[str] = []
         self.calls = 0
         self._answers: dict[str, CaptureResult] = {}
+        self.deletions: list[str] = []
+        self.deletion_calls = 0
+        self._deleted_tokens: set[str] = set()
         # Held for the whole capture: two calls with one key at the same moment charge once.
         self._lock = threading.Lock()
 
@@ -123,6 +145,30 @@ class TestGateway:
 
     def charges_for(self, idempotency_key: str) -> list[Charge]:
         return [c for c in self.charges if c.idempotency_key == idempotency_key]
+
+    def delete_pay_method(self, request: PayMethodDeletionRequest) -> PayMethodDeletionResult:
+        """Deterministic by token, so that a test (or a worker process) picks the answer with the
+        token it stores: a token containing ``refuse`` is refused ("in use by an active
+        subscription"); ``unavailable`` raises ``GatewayUnavailable`` (nothing done); ``timeout``
+        deletes it, then raises ``TimeoutError`` (the answer was lost: a retry finds it gone);
+        any other token is deleted. A token deleted before answers ``deleted`` again, as the
+        contract says. ``deletions`` lists each real deletion's idempotency key (never a token);
+        ``deletion_calls`` counts every call."""
+        with self._lock:
+            self.deletion_calls += 1
+            token = request.token
+            if "refuse" in token:
+                return PayMethodDeletionResult("refused", "testgateway: the payment method is in use by an active "
+                                                          "subscription")
+            if "unavailable" in token:
+                raise GatewayUnavailable("testgateway: temporarily unavailable (nothing deleted)")
+            if token in self._deleted_tokens:
+                return PayMethodDeletionResult("deleted", "testgateway: already deleted")
+            self._deleted_tokens.add(token)
+            self.deletions.append(request.idempotency_key)
+            if "timeout" in token:
+                raise TimeoutError("testgateway: no answer (the deletion was made)")
+            return PayMethodDeletionResult("deleted", "testgateway: deleted")
 
 
 #: The process-wide test gateway, so a replayed key is recognised across runs of one process.

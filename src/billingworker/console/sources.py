@@ -57,13 +57,13 @@ def retries(broker_url: str) -> Iterator[Retries]:
 # --- the dry run --------------------------------------------------------------------------------
 
 def dry_run_preview(engine: Engine, day: date) -> dict[str, Any]:
-    """The day's dry run (``actors.daily.dry_run_day``: the tasks' own code, rolled back), as
+    """The day's dry run (``actors.day_preview.preview_day``: the tasks' own code, chained, rolled back), as
     ``billingworker daily-run --dry-run --json`` shows it (``ops.daily_cli.dry_run_view``): per
     task its counts, amounts per currency, lines and failing clients."""
-    from ..actors.daily import dry_run_day
+    from ..actors.day_preview import preview_day
     from ..ops.daily_cli import dry_run_view
 
-    return dry_run_view(engine, day, dry_run_day(day, engine=engine))
+    return dry_run_view(engine, day, preview_day(day, engine=engine))
 
 
 def samples(broker_url: str, *, since: datetime) -> list[dict[str, Any]]:

@@ -84,11 +84,48 @@ class CaptureResult:
             raise ValidationError("status", self.status, f"must be one of {', '.join(CAPTURE_OUTCOMES)}")
 
 
+PayMethodDeletionOutcome = Literal["deleted", "refused"]
+PAY_METHOD_DELETION_OUTCOMES: tuple[str, ...] = ("deleted", "refused")
+
+
+@dataclass(frozen=True)
+class PayMethodDeletionRequest:
+    """Delete the card or bank account the gateway stores as ``token`` (SPEC §12).
+
+    ``idempotency_key`` (``remove-pay-method-<pay method id>``) is the same for every attempt;
+    ``token`` is left out of ``repr`` so that a logged request does not carry it.
+    """
+
+    idempotency_key: str
+    pay_method_id: int
+    token: str = field(repr=False)
+    #: RemoteCreditCard or RemoteBankAccount.
+    pay_method_type: str
+    last_four: str = ""
+
+
+@dataclass(frozen=True)
+class PayMethodDeletionResult:
+    #: deleted (also: the gateway no longer knows the token) | refused (it keeps it, and says why)
+    status: PayMethodDeletionOutcome
+    #: What the gateway said, for the operator and the admin panel.
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in PAY_METHOD_DELETION_OUTCOMES:
+            raise ValidationError("status", self.status, f"must be one of {', '.join(PAY_METHOD_DELETION_OUTCOMES)}")
+
+
 class PaymentGateway(Protocol):
     name: str
 
     def capture(self, request: CaptureRequest) -> CaptureResult:
         """Charge the card once per idempotency key; the contract is in ``adapters/gateway.py``."""
+        ...
+
+    def delete_pay_method(self, request: PayMethodDeletionRequest) -> PayMethodDeletionResult:
+        """Delete a stored card or bank account; deleting one already gone answers ``deleted``
+        (the contract is in ``adapters/gateway.py``)."""
         ...
 
 

@@ -39,6 +39,12 @@ class BillingSettings:
     late_fee_amount: Decimal = Decimal("0")
     late_fee_minimum: Decimal = Decimal("0")
     late_fee_taxed: bool = False
+    #: ``late_fee_type`` interest: the annual rate in percent (12 = 12 % a year), simple, actual/365.
+    late_fee_interest_rate: Decimal = Decimal("0")
+    #: none | amount | percentage: how ``late_fee_interest_cap`` limits the interest of one invoice.
+    late_fee_interest_cap_type: str = "none"
+    #: The most interest one invoice takes: an amount, or a percentage of its total before interest.
+    late_fee_interest_cap: Decimal = Decimal("0")
     card_capture_days_before_due: int = 0
     card_capture_retry_weeks: int = 0
     card_capture_attempt_once: bool = False
@@ -142,7 +148,13 @@ def load_settings(session: Session) -> BillingSettings:
 # --- writing: one set of rules for every writer (CLI, console, demo, tests) ----------------------
 
 #: The spellings of ``late_fee_type`` the late-fee task understands (case-insensitive).
-LATE_FEE_TYPES = ("percentage", "percent", "fixed", "fixed amount")
+LATE_FEE_TYPES = ("percentage", "percent", "fixed", "fixed amount", "interest")
+#: How ``late_fee_interest_cap`` caps the interest of one invoice.
+INTEREST_CAP_TYPES = ("none", "amount", "percentage")
+#: ``late_fee_interest_rate``: percent a year, at most this (and at most 4 decimal places).
+MAX_INTEREST_RATE = Decimal("100")
+#: ``late_fee_interest_cap`` as a percentage of the invoice total: at most this.
+MAX_INTEREST_CAP_PERCENT = Decimal("100")
 TAX_TYPES = ("exclusive", "inclusive")
 #: Whole-number settings are counts of days, hours or links: 0 .. this, unless their spec says less.
 MAX_WHOLE = 2**31 - 1
@@ -163,7 +175,7 @@ class SettingSpec:
     operator's text, and shown."""
 
     name: str
-    #: integer, optional integer, boolean, money, time, choice, text, statuses, days by cycle
+    #: integer, optional integer, boolean, money, percent, time, choice, text, statuses, days by cycle
     kind: str
     description: str
     choices: tuple[str, ...] = ()
@@ -200,11 +212,18 @@ SETTINGS: dict[str, SettingSpec] = {s.name: s for s in (
     _spec("second_overdue_reminder_days", "integer", "Second overdue notice; 0 = off."),
     _spec("third_overdue_reminder_days", "integer", "Third overdue notice; 0 = off."),
     _spec("late_fee_days", "integer", "Add the late fee this many days after the due date; 0 = off."),
-    _spec("late_fee_type", "choice", "percentage (of the invoice total) or fixed (late_fee_amount itself).",
+    _spec("late_fee_type", "choice", "percentage (of the invoice total), fixed (late_fee_amount itself) or "
+          "interest (late_fee_interest_rate a year on the overdue balance, one line per calendar month).",
           LATE_FEE_TYPES),
     _spec("late_fee_amount", "money", "The percentage (10 = 10 %) or the fixed amount; 0 = no late fees."),
     _spec("late_fee_minimum", "money", "A smaller late fee is raised to this."),
     _spec("late_fee_taxed", "boolean", "Whether the late fee line is taxed."),
+    _spec("late_fee_interest_rate", "percent",
+          "late_fee_type interest: annual rate in percent (12 = 12 % a year), simple, actual/365; 0 = none."),
+    _spec("late_fee_interest_cap_type", "choice",
+          "none, amount (late_fee_interest_cap itself) or percentage (of the invoice total before interest).",
+          INTEREST_CAP_TYPES),
+    _spec("late_fee_interest_cap", "money", "The most interest one invoice takes (amount, or percent up to 100)."),
     _spec("card_capture_days_before_due", "integer", "First card capture this many days before the due date."),
     _spec("card_capture_retry_weeks", "integer", "After a failed capture: 0 = retry daily; N = weekly for N weeks.",
           maximum=MAX_WEEKS),
@@ -271,6 +290,8 @@ def check_setting(name: str, value: Any) -> Any:
 
         parse_money(field_name, value, minor_units=2, allow_zero=True)
         return format(Decimal(str(value).strip()), "f")
+    if kind == "percent":
+        return _check_percent(field_name, value, MAX_INTEREST_RATE)
     if kind == "time":
         return parse_run_time(field_name, value)
     if kind == "choice":
@@ -307,6 +328,21 @@ def _check_whole(field_name: str, value: Any, maximum: int = MAX_WHOLE) -> int:
     return value
 
 
+def _check_percent(field_name: str, value: Any, maximum: Decimal) -> str:
+    """A rate in percent: a decimal string (or an int), 0 to ``maximum``, at most 4 decimal
+    places (never a float); stored as a string like money."""
+    rule = f"must be a percentage from 0 to {maximum} with at most 4 decimal places, such as 12.5"
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
+        raise ValidationError(field_name, value, rule + " (a decimal string, not a float)")
+    try:
+        rate = Decimal(str(value).strip())
+    except ArithmeticError:
+        raise ValidationError(field_name, value, rule) from None
+    if not rate.is_finite() or not 0 <= rate <= maximum or rate != rate.quantize(Decimal("0.0001")):
+        raise ValidationError(field_name, value, rule)
+    return format(rate, "f")
+
+
 def _shown(value: Any) -> Any:
     """A huge integer as an error quotes it (its digits would flood the screen)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
@@ -331,6 +367,14 @@ def check_together(current: BillingSettings, values: dict[str, Any]) -> None:
         named = low if low in values else high
         raise ValidationError(f"settings.{named}", str(values.get(named, merged[named])),
                               f"must keep {low} ({merged[low]}) at most {high} ({merged[high]})")
+    # An interest cap in percent of the invoice total: at most 100 (interest never doubles a bill).
+    cap_type = values.get("late_fee_interest_cap_type", current.late_fee_interest_cap_type)
+    cap = Decimal(str(values.get("late_fee_interest_cap", current.late_fee_interest_cap)))
+    if cap_type == "percentage" and cap > MAX_INTEREST_CAP_PERCENT:
+        named = "late_fee_interest_cap" if "late_fee_interest_cap" in values else "late_fee_interest_cap_type"
+        raise ValidationError(f"settings.{named}", str(values.get(named, cap)),
+                              f"a percentage cap (late_fee_interest_cap_type percentage) is at most "
+                              f"{MAX_INTEREST_CAP_PERCENT}; late_fee_interest_cap is {cap}")
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -370,7 +414,7 @@ def setting_from_text(name: str, text: str) -> Any:
         if kind == "statuses":
             return check_setting(name, [part for part in raw.split(",") if part.strip()])
         raise ValidationError(f"settings.{name}", text, 'must be a JSON object of cycle -> days, e.g. {"Annually": 30}')
-    if kind == "money":
+    if kind in ("money", "percent"):
         # A plain 5.00; '"5.00"' (the JSON form) is taken too.
         return check_setting(name, raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw)
     return check_setting(name, text if kind == "text" else raw)

@@ -4,9 +4,12 @@ from alembic import context
 
 from billingworker.db import create_db_engine
 from billingworker.domain.models import Base
+from billingworker.store.mysql_ddl import use_types_of
 
 config = context.config
 target_metadata = Base.metadata
+# MySQL/MariaDB spell partial unique indexes with generated columns typed like the models' columns.
+use_types_of(target_metadata)
 
 
 def run_migrations_online() -> None:

@@ -18,13 +18,15 @@ import click
 from ..config import get_config
 from .cli_support import utc_now
 from .dead_letters_cli import dead_letters
+from .mass_update_cli import mass_update
 from .outbox_cli import outbox
+from .reconcile_cli import reconcile
 from .retries_cli import retries
 
 
 def register(main: click.Group) -> None:
-    """Add the operator commands (status, dead-letters, retries, outbox, health, metrics) to ``main``."""
-    for command in (status, dead_letters, retries, health, metrics, outbox):
+    """Add the operator commands (status, dead-letters, retries, outbox, health, metrics, reconcile) to ``main``."""
+    for command in (status, dead_letters, retries, health, metrics, outbox, reconcile, mass_update):
         main.add_command(command)
 
 

@@ -9,7 +9,6 @@ scheduler resumes a run that has not moved for its ``--stall-seconds`` (60) on t
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -25,8 +24,9 @@ from .tables import Column, InputRefused, console, money_by_currency, print_json
 POLL_SECONDS = 0.3
 #: Preview lines shown per task in a dry run's table (``--json`` has them all).
 PREVIEW_LINES = 50
-#: The amount of a preview line, per task (issue 12 will give the lines their currency).
-AMOUNT_KEYS = ("total", "credit", "fee", "amount")
+#: The key of a preview line that holds its amount, first match wins: a late fee line also carries
+#: the invoice total after it, which is not what the fee costs.
+AMOUNT_KEYS = ("fee", "credit", "amount", "total")
 #: Exit status of an interrupted foreground run (as a shell reports Ctrl-C).
 INTERRUPTED = 130
 
@@ -46,17 +46,18 @@ def daily_run(as_of: str | None, dry_run: bool, as_json: bool, threads: int, res
     Interrupted (Ctrl-C) or failed, the run stays `running` with what it did: the scheduler
     resumes it on the workers, or `billingworker daily-run --resume RUN` finishes it here.
     """
-    # The actors bind to the broker of BROKER_URL when first imported: here the in-process one.
-    os.environ["BROKER_URL"] = "stub://"
     from .. import runtime as rt
+    from ..bootstrap import bootstrap_in_process
     from ..db import get_engine
+
+    bootstrap_in_process()  # the jobs run here, on the in-process broker
 
     current = rt.configure(engine=get_engine())
     day = run_day(as_of, today=current.clock.today(), dry_run=dry_run, zone=str(current.clock.zone))
     if dry_run:
-        from ..actors.daily import dry_run_day
+        from ..actors.day_preview import preview_day
 
-        report = dry_run_view(current.engine, day, dry_run_day(day))
+        report = dry_run_view(current.engine, day, preview_day(day))
         if as_json:
             print_json(report)
         else:
@@ -119,9 +120,11 @@ def pause(seconds: float) -> None:
 def _run_in_foreground(current, day: date, threads: int, resume_id: int | None) -> None:
     from dramatiq import Worker
 
-    from ..actors import advance_daily_run, broker
+    from ..actors import advance_daily_run
     from ..actors.daily import resend_missing_batches, start_day
+    from ..bootstrap import current_app
 
+    broker = current_app().broker
     worker = Worker(broker, worker_threads=threads)
     worker.start()
     run_id: int | None = None
@@ -248,7 +251,7 @@ def dry_run_view(engine, day: date, report: dict) -> dict[str, Any]:
             select(Client, Currency.code).outerjoin(Currency, Currency.id == Client.currency_id)
             .where(Client.id.in_(client_ids))).all()} if client_ids else {}
         invoices = dict(session.execute(
-            select(Invoice.id, Currency.code).join(Currency, Currency.id == Invoice.currency_id)
+            select(Invoice.id, Currency.code).outerjoin(Currency, Currency.id == Invoice.currency_id)
             .where(Invoice.id.in_(invoice_ids))).all()) if invoice_ids else {}
         minor_units = dict(session.execute(select(Currency.code, Currency.minor_units)).all())
     tasks = []
@@ -262,6 +265,8 @@ def dry_run_view(engine, day: date, report: dict) -> dict[str, Any]:
             amount = line.get(key) if key else None
             if amount is not None and currency in minor_units:
                 amount = str(round_money(Decimal(str(amount)), minor_units[currency]))
+            # An invoice the preview itself created (rolled back since) is "new", not a number.
+            invoice_id = invoice_id if invoice_id in invoices else None
             lines.append({"client_id": client_id, "client": name, "invoice_id": invoice_id,
                           "description": describe(task, line), "amount": amount, "currency": currency})
         amounts = totals_by_currency((line["currency"], line["amount"]) for line in lines if line["amount"] is not None)
@@ -284,6 +289,8 @@ def describe(task: str, line: dict) -> str:
         return f"new invoice due {line['due']}, {count} line{'' if count == 1 else 's'} ({line.get('status', '')})"
     if "credit" in line:
         return "credit applied"
+    if "fee" in line and "period" in line:
+        return f"interest for {line['period']} (invoice total then {line.get('total')})"
     if "fee" in line:
         return f"late fee (invoice total then {line.get('total')}, balance due {line.get('balance_due')})"
     if "stage" in line:

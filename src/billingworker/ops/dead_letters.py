@@ -278,13 +278,11 @@ class ArgumentsRefused(OpsError, ValueError):
 
 def _job(actor: str):
     """The declared actor named ``actor`` (``ArgumentsRefused`` naming the jobs if none)."""
-    import dramatiq
-
-    from .. import actors  # noqa: F401 - declares the jobs
+    from ..bootstrap import current_app
     from .enqueue_check import MessageRefused, find_job
 
     try:
-        return find_job(dramatiq.get_broker(), actor)
+        return find_job(current_app().broker, actor)
     except MessageRefused as exc:
         raise ArgumentsRefused(exc.field, str(exc)) from None
 

@@ -62,5 +62,5 @@ def seed_demo(database_url: str | None, clients: int, force: bool) -> None:
     finally:
         engine.dispose()
     click.echo(f"Seeded {clients} demo clients into {shown} (today is {today}).")
-    click.echo("Next: start a worker (`dramatiq billingworker.actors`), then `billingworker enqueue daily-run` "
+    click.echo("Next: start a worker (`dramatiq billingworker.worker`), then `billingworker enqueue daily-run` "
                "and watch it with `billingworker status --watch`.")

@@ -138,10 +138,10 @@ def check_workers(url: str, *, now: datetime, max_silence: float = DEFAULT_MAX_W
             workers = state.workers or 0
             idle = [q.queue for q in state.queues if not q.consumers]
             if not workers:
-                return Check("workers", False, "no consumer on the queues: start `dramatiq billingworker.actors`")
+                return Check("workers", False, "no consumer on the queues: start `dramatiq billingworker.worker`")
             if idle:
                 return Check("workers", False, f"no consumer on the {', '.join(idle)} queue(s) ({workers} on the "
-                                               "others): start `dramatiq billingworker.actors` for every queue")
+                                               "others): start `dramatiq billingworker.worker` for every queue")
             return Check("workers", True, f"{workers} consumer(s) on the queues")
         else:
             return Check("workers", True, "stub:// (in-process broker): the worker runs in the process")
@@ -153,14 +153,14 @@ def check_workers(url: str, *, now: datetime, max_silence: float = DEFAULT_MAX_W
         if idle:
             return Check("workers", False, f"no consuming worker of the {', '.join(idle)} queue(s) seen in the last "
                                            f"{max_silence:g} s ({len(live)} consume only the others: {names}); "
-                                           "start `dramatiq billingworker.actors` for every queue")
+                                           "start `dramatiq billingworker.worker` for every queue")
         return Check("workers", True, f"{len(live)} consuming worker(s) seen in the last {max_silence:g} s ({names})")
     if last:
         gone = last[0]
         return Check("workers", False, f"no consuming worker seen in the last {max_silence:g} s (the last one, "
                                        f"{gone.host} pid {gone.pid}, {gone.last_seen_seconds_ago:.0f} s ago)")
     return Check("workers", False, f"no consuming worker seen in the last {max_silence:g} s (none recorded: "
-                                   "start `dramatiq billingworker.actors`)")
+                                   "start `dramatiq billingworker.worker`)")
 
 
 def check_daily_run(engine: Engine, *, now: datetime, max_age_hours: float = DEFAULT_MAX_AGE_HOURS) -> Check:

@@ -25,9 +25,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from ..clock import as_utc
 from ..db import get_engine, unit_of_work
 from ..domain.models import DailyRun
-from ..domain.runs.daily_run import run_time, scheduled_day
+from ..domain.reports.reconciliation import recorded_reconciliation
+from ..domain.runs.daily_run import run_moment, run_time, scheduled_day
 from ..domain.settings import load_settings
 from ..queue_names import QUEUES
 from .queues import NAMESPACE, read_broker_state
@@ -63,9 +65,9 @@ def due_run(session: Session, now: datetime, time_zone: str) -> DueRun:
     zone = ZoneInfo(time_zone)
     at = run_time(load_settings(session).daily_run_time)
     day = scheduled_day(now.astimezone(zone), at)
-    # fold=0: on a DST change the earlier of two ambiguous wall-clock times, as the scheduler's
-    # comparison of local times fires at the first one.
-    due_at = datetime.combine(day, at, tzinfo=zone)
+    # The instant the scheduler fires it: on a DST change the first of two repeated wall-clock
+    # times, or the end of the hour that skips it (``run_moment``).
+    due_at = run_moment(day, at, zone)
     succeeded = session.execute(select(DailyRun.id).where(
         DailyRun.dry_run.is_(False), DailyRun.status == "succeeded", DailyRun.run_date >= day).limit(1)).first()
     return DueRun(day.isoformat(), due_at, succeeded is not None)
@@ -182,6 +184,7 @@ class OpsCollector:
             last = last_real_run(session)
             success = last_succeeded_run(session)
             parked = count_parked(session)
+            books = recorded_reconciliation(session)
         status = GaugeMetricFamily("billingworker_daily_run_last_status",
                                    "1 for the status of the last daily run (dry runs aside).", labels=["status"])
         counts = GaugeMetricFamily("billingworker_daily_run_last_count",
@@ -205,6 +208,20 @@ class OpsCollector:
                                 value=success.finished_at.timestamp() if success and success.finished_at else 0)
         yield GaugeMetricFamily("billingworker_parked_clients",
                                 "Clients the daily run skips until an operator unparks them.", value=parked)
+        if books is not None:
+            # The reconciliation recorded when the last daily run finished (docs/operations.md#reconciliation).
+            yield GaugeMetricFamily("billingworker_books_clean",
+                                    "1 if the reconciliation of the last daily run found the books clean, else 0.",
+                                    value=1 if books.clean else 0)
+            findings = GaugeMetricFamily("billingworker_reconciliation_findings",
+                                         "Findings (explained ones aside) per check of the last daily run's "
+                                         "reconciliation.", labels=["check"])
+            for check, counts in books.counts.items():
+                findings.add_metric([check], counts.get("findings", 0))
+            yield findings
+            yield GaugeMetricFamily("billingworker_reconciliation_timestamp_seconds",
+                                    "When the last daily run's reconciliation ran (Unix time).",
+                                    value=as_utc(books.checked_at).timestamp())
 
     def _schedule_families(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -247,13 +264,10 @@ def serve(registry: Any, port: int, host: str = "0.0.0.0") -> None:
 # --- inside the workers -------------------------------------------------------------------------
 
 def prometheus_port() -> int | None:
-    """``PROMETHEUS_PORT`` as a port number; None (off) when unset or empty."""
-    raw = os.environ.get("PROMETHEUS_PORT", "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ValueError(f"PROMETHEUS_PORT: {raw!r} is not a port number")
-    return int(raw)
+    """``PROMETHEUS_PORT`` as a port number; None (off) when unset or empty (read by ``Config``)."""
+    from ..config import get_config
+
+    return get_config().prometheus_port
 
 
 def worker_metrics():
@@ -297,5 +311,5 @@ def serve_worker_metrics() -> int:
     cfg = get_config()
     registry = make_registry(OpsCollector(cfg.broker_url, cfg.database_url, time_zone=cfg.time_zone))
     multiprocess.MultiProcessCollector(registry, path=DB_PATH)
-    serve(registry, prometheus_port() or 9191, os.environ.get("PROMETHEUS_HOST", "0.0.0.0"))
+    serve(registry, cfg.prometheus_port or 9191, cfg.prometheus_host)
     return 0

@@ -110,10 +110,12 @@ RELAY_NOTE = "the scheduler's relay delivers them within about two minutes once 
 
 
 def send_after_commit(email_ids: Sequence[int]) -> None:
-    """Enqueue the delivery of outbox rows, as the jobs do after their commit (``actors.base.send_emails``)."""
-    from ..actors.emails import send_emails
+    """Enqueue the delivery of outbox rows, as the jobs do after their commit (``UnitOfWork``)."""
+    from ..actors.emails import enqueue_delivery
+    from ..bootstrap import current_app
 
-    send_emails(list(email_ids))
+    current_app()  # the jobs bound to the broker of BROKER_URL
+    enqueue_delivery(email_ids)
 
 
 def resend(engine: Engine, *, now: datetime, email_ids: Sequence[int] = (), all_failed: bool = False,

@@ -98,6 +98,8 @@ def outbox_relay() -> None:
     """Re-enqueue every email whose delivery message was lost (queued a minute after it was written,
     or left `sending` by a dead worker)."""
     from ..actors import relay_outbox
+    from ..bootstrap import current_app
 
+    current_app()  # the jobs bound to the broker of BROKER_URL
     relay_outbox.send()  # a broker that does not answer: a clear error (``answering``)
     click.echo("relay_outbox enqueued")

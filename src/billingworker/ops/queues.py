@@ -10,7 +10,6 @@ heartbeat), which a read-only status command must not do.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -111,8 +110,9 @@ def read_broker_state(url: str, queues: tuple[str, ...] = QUEUES, *, namespace: 
 
 def heartbeat_timeout_ms() -> int:
     """The workers' heartbeat timeout: the same setting ``broker.make_broker`` gives Dramatiq."""
-    raw = os.environ.get("BROKER_HEARTBEAT_TIMEOUT_MS", "").strip()
-    return int(raw) if raw else HEARTBEAT_TIMEOUT_MS
+    from ..config import get_config
+
+    return get_config().broker_heartbeat_timeout_ms or HEARTBEAT_TIMEOUT_MS
 
 
 def read_redis_state(client: redis.Redis, queues: tuple[str, ...] = QUEUES, *, namespace: str = NAMESPACE,

@@ -55,11 +55,11 @@ def actor_max_retries(actor_name: str) -> int | None:
     name no job has (such a message is refused by the worker, never retried)."""
     import dramatiq
 
-    from .. import actors  # noqa: F401 - declares the jobs on the broker of BROKER_URL
     from ..actors.base import MAX_RETRIES
+    from ..bootstrap import current_app
 
     try:
-        actor = dramatiq.get_broker().get_actor(actor_name)
+        actor = current_app().broker.get_actor(actor_name)
     except dramatiq.errors.ActorNotFound:
         return None
     return actor.options.get("max_retries", MAX_RETRIES)

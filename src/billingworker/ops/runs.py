@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from ..domain.failures import MAX_REASON_LENGTH
 from ..domain.models import Client, DailyRun, DailyRunTask, JobFailure
 from ..domain.redaction import mask_text
+from ..store.ordering import nulls_last
 
 #: The counters of a daily run task (``daily_run_tasks``), in the order a screen shows them.
 TASK_COUNTS = ("clients", "invoices_created", "emails_queued", "fees_added", "captures", "credit_applied",
@@ -105,7 +106,8 @@ def last_real_run(session: Session) -> RunView | None:
 def last_succeeded_run(session: Session) -> RunView | None:
     """The most recent real run that succeeded, or None."""
     run = session.execute(select(DailyRun).where(DailyRun.dry_run.is_(False), DailyRun.status == "succeeded")
-                          .order_by(DailyRun.finished_at.desc().nulls_last(), DailyRun.id.desc()).limit(1)).scalar()
+                          .order_by(*nulls_last(session, DailyRun.finished_at, descending=True), DailyRun.id.desc())
+                          .limit(1)).scalar()
     return run_views(session, [run])[0] if run is not None else None
 
 

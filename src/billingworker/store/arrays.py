@@ -17,14 +17,14 @@ def _among_in_list(column, values: list):
     return column.in_(values)
 
 
-_AMONG = {"postgresql": _among_postgresql, "sqlite": _among_in_list}
+_AMONG = {"postgresql": _among_postgresql, "sqlite": _among_in_list, "mysql": _among_in_list}
 
 
 def among(session: Session, column, values):
     """``column IN values`` as ONE array parameter on PostgreSQL (``= ANY(:values)``).
 
     A batch passes thousands of ids; rendering each as its own bind parameter costs more than
-    the query itself. SQLite has no arrays and gets the ordinary IN list (as does any database
+    the query itself. SQLite and MySQL have no arrays and get the ordinary IN list (as does any database
     without an entry here: the IN list works everywhere).
     """
     return _AMONG.get(dialect_name(session), _among_in_list)(column, list(values))

@@ -56,7 +56,7 @@ def _sqlite(session: Session, billed_periods: Table, invoices: Table,
     return rows
 
 
-_BILLED_PERIODS_OF = {"postgresql": _postgresql, "sqlite": _sqlite}
+_BILLED_PERIODS_OF = {"postgresql": _postgresql, "sqlite": _sqlite, "mysql": _sqlite}
 
 
 def billed_periods_of(session: Session, billed_periods: Table, invoices: Table,
@@ -69,7 +69,8 @@ def billed_periods_of(session: Session, billed_periods: Table, invoices: Table,
     the indexes through a LATERAL subquery: its reference to the key forces a nested loop of
     index look-ups, whatever the statistics say (a billing run keeps outdating them: planned
     as a plain join against a table the planner believes empty, the look-up became a hash join
-    over every billed period of the type, slower with each batch). Elsewhere over the key prefix.
+    over every billed period of the type, slower with each batch). Elsewhere (SQLite, MySQL)
+    over the key prefix.
     """
     find = for_dialect(session, _BILLED_PERIODS_OF, "billed_periods_of")
     return find(session, billed_periods, invoices, keys_by_type, billed_on)

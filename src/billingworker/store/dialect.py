@@ -15,9 +15,21 @@ T = TypeVar("T")
 
 
 def dialect_name(session_or_bind) -> str:
-    """``"postgresql"``, ``"sqlite"``, ...: the dialect of a Session, Engine or Connection."""
+    """``"postgresql"``, ``"sqlite"``, ``"mysql"``: the dialect of a Session, Engine or Connection.
+
+    MariaDB is ``"mysql"`` here whichever URL scheme reached it (SQLAlchemy names it ``"mysql"``
+    through ``mysql+pymysql://`` and ``"mariadb"`` through ``mariadb+pymysql://``): one entry
+    per table serves both, and the few differences are asked of ``is_mariadb``.
+    """
     bind = session_or_bind.get_bind() if isinstance(session_or_bind, Session) else session_or_bind
-    return bind.dialect.name
+    name = bind.dialect.name
+    return "mysql" if name == "mariadb" else name
+
+
+def is_mariadb(session_or_bind) -> bool:
+    """Whether the MySQL-family server is MariaDB (which has ``INSERT ... RETURNING``; MySQL 8 does not)."""
+    bind = session_or_bind.get_bind() if isinstance(session_or_bind, Session) else session_or_bind
+    return bool(getattr(bind.dialect, "is_mariadb", False))
 
 
 def for_dialect(session_or_bind, implementations: Mapping[str, T], what: str) -> T:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from .dialect import for_dialect
+from .dialect import dialect_name, for_dialect, is_mariadb
 
 
 def _postgresql(session: Session, key: int) -> None:
@@ -18,10 +18,30 @@ def _sqlite(session: Session, key: int) -> None:
     return None
 
 
-_TRANSACTION_LOCK = {"postgresql": _postgresql, "sqlite": _sqlite}
+def _mysql(session: Session, key: int) -> None:
+    # GET_LOCK would hold the lock for the connection's life, not the transaction's: a row lock
+    # ends with the transaction, as pg_advisory_xact_lock does. The row (in the MySQL-only table
+    # billingworker_sequences, named "lock:<key>") is made on first use and never removed.
+    name = f"lock:{key}"
+    session.execute(text("INSERT INTO billingworker_sequences (name, last_value) VALUES (:name, 0)"
+                         " ON DUPLICATE KEY UPDATE name = name"), {"name": name})
+    session.execute(text("SELECT last_value FROM billingworker_sequences WHERE name = :name FOR UPDATE"),
+                    {"name": name})
+
+
+_TRANSACTION_LOCK = {"postgresql": _postgresql, "sqlite": _sqlite, "mysql": _mysql}
 
 
 def transaction_lock(session: Session, key: int) -> None:
     """Take the installation-wide lock ``key`` until the session's transaction ends: two
     transactions asking for the same key run that part in turn."""
     for_dialect(session, _TRANSACTION_LOCK, "transaction_lock")(session, key)
+
+
+def locks_only_the_named_table(session: Session) -> bool:
+    """Whether ``SELECT ... JOIN ... FOR UPDATE OF t`` locks the rows of ``t`` only. MariaDB has no
+    ``OF``: SQLAlchemy leaves it out and the rows of every joined table are locked too (the
+    currency row of every client, one row all billing transactions would queue for, and deadlock
+    on). There lock the rows by themselves first, then read the join without a lock (READ
+    COMMITTED: the read sees what the previous holder committed)."""
+    return not (dialect_name(session) == "mysql" and is_mariadb(session))

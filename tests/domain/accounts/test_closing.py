@@ -22,8 +22,8 @@ from billingworker.domain.models import (
     Service,
 )
 from tests import factories as f
-from tests.domain.billing.test_concurrency import race
 from tests.domain.client_records_factories import TODAY, client_with_every_record
+from tests.factories import race
 
 
 def state(session, client_id: int) -> dict:

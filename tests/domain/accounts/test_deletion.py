@@ -21,8 +21,8 @@ from billingworker.domain.models import (
     User,
 )
 from tests import factories as f
-from tests.domain.billing.test_concurrency import race
 from tests.domain.client_records_factories import NOW, client_with_every_record, rows_of_client
+from tests.factories import race
 
 
 def count(session, model, *where) -> int:

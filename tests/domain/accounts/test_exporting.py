@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from billingworker.domain.accounts.exporting import export_client_data, export_filename
 from billingworker.domain.errors import Conflict, NotFound
 from billingworker.domain.models import ClientExport
-from tests.domain.billing.test_concurrency import race
 from tests.domain.client_records_factories import NOW, client_with_every_record, secrets
+from tests.factories import race
 
 
 def export(session, client_id, tmp_path, key="export_client_data:message:m1"):

@@ -26,7 +26,7 @@ from billingworker.domain.models import (
 from billingworker.domain.receipts import run_once
 from billingworker.domain.settings import save_settings
 from tests import factories as f
-from tests.domain.billing.test_concurrency import race
+from tests.factories import race
 
 DAY = date(2026, 1, 10)
 NOW = datetime(2026, 1, 10, 9, tzinfo=UTC)

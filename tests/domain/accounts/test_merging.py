@@ -24,8 +24,8 @@ from billingworker.domain.models import (
     User,
 )
 from tests import factories as f
-from tests.domain.billing.test_concurrency import race
 from tests.domain.client_records_factories import NOW, TODAY, client_with_every_record, rows_of_client
+from tests.factories import race
 
 
 def merge(session, a, b):
@@ -144,23 +144,23 @@ def test_merging_twice_is_merging_once(session):
         merge(session, a.client_id, c.id)
 
 
-def test_two_workers_merging_at_once_merge_once(pg_engine, pg_session):
-    a = client_with_every_record(pg_session, tag="a")
-    b = client_with_every_record(pg_session, tag="b")
-    pg_session.commit()
+def test_two_workers_merging_at_once_merge_once(server_engine, server_session):
+    a = client_with_every_record(server_session, tag="a")
+    b = client_with_every_record(server_session, tag="b")
+    server_session.commit()
 
-    results = race(pg_engine, *[lambda s: merge(s, a.client_id, b.client_id)] * 3)
+    results = race(server_engine, *[lambda s: merge(s, a.client_id, b.client_id)] * 3)
 
     assert sorted(r.outcome for r in results) == ["already_merged", "already_merged", "merged"]
-    pg_session.rollback()
-    assert pg_session.get(Client, b.client_id).credit_balance == Decimal("50.00")
-    assert pg_session.scalar(select(func.count()).select_from(Invoice).where(Invoice.client_id == b.client_id)) == 8
+    server_session.rollback()
+    assert server_session.get(Client, b.client_id).credit_balance == Decimal("50.00")
+    assert server_session.scalar(select(func.count()).select_from(Invoice).where(Invoice.client_id == b.client_id)) == 8
 
 
-def test_merges_in_both_directions_at_once_do_not_deadlock(pg_engine, pg_session):
-    a = client_with_every_record(pg_session, tag="a")
-    b = client_with_every_record(pg_session, tag="b")
-    pg_session.commit()
+def test_merges_in_both_directions_at_once_do_not_deadlock(server_engine, server_session):
+    a = client_with_every_record(server_session, tag="a")
+    b = client_with_every_record(server_session, tag="b")
+    server_session.commit()
     outcomes: list = []
 
     def attempt(source, target):
@@ -171,12 +171,12 @@ def test_merges_in_both_directions_at_once_do_not_deadlock(pg_engine, pg_session
                 outcomes.append(exc.field)
         return work
 
-    race(pg_engine, attempt(a.client_id, b.client_id), attempt(b.client_id, a.client_id))
+    race(server_engine, attempt(a.client_id, b.client_id), attempt(b.client_id, a.client_id))
 
     assert sorted(outcomes) == ["merged", "target_client_id"], "one merged, the other found its target gone"
-    pg_session.rollback()
-    assert pg_session.scalar(select(func.count()).select_from(Client)) == 1
-    assert pg_session.scalar(select(func.count()).select_from(ClientMerge)) == 1
+    server_session.rollback()
+    assert server_session.scalar(select(func.count()).select_from(Client)) == 1
+    assert server_session.scalar(select(func.count()).select_from(ClientMerge)) == 1
 
 
 def test_a_client_created_after_a_merge_can_be_merged_too(session):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from functools import partial
 
 import pytest
@@ -10,9 +10,7 @@ from sqlalchemy import func, select
 
 from billingworker.adapters.server_module import RECORDING_MODULE, module_for
 from billingworker.domain.accounts.module_commands import (
-    NewCommand,
     pending_module_command_ids,
-    queue_module_commands,
     queued_commands,
     record_module_command,
     record_module_error,
@@ -22,9 +20,10 @@ from billingworker.domain.errors import NotFound, ValidationError
 from billingworker.domain.models import Addon, Client, Domain, ModuleCommand, Product, Service
 from billingworker.domain.ports import ModuleCommandRequest, ModuleResult, ModuleUnavailable
 from tests import factories as f
-from tests.domain.billing.test_concurrency import race
-
-NOW = datetime(2026, 1, 10, 9, tzinfo=UTC)
+from tests.factories import COMMAND_NOW as NOW
+from tests.factories import queue_command as queue
+from tests.factories import race
+from tests.factories import run_command as run
 
 
 @pytest.fixture(autouse=True)
@@ -36,16 +35,6 @@ def _fresh_recording_module():
 
 def count(session, *where):
     return session.scalar(select(func.count()).select_from(ModuleCommand).where(*where))
-
-
-def queue(session, item_type, item_id, client_id, command="suspend", key="k:1", params=None, now=NOW):
-    [queued] = queue_module_commands(session, [NewCommand(item_type, item_id, client_id, command, params or {}, key)],
-                                     now=now)
-    return queued
-
-
-def run(session, command_id, modules=module_for, now=NOW, expect=None):
-    return run_queued_command(session, command_id, module_for=modules, now=now, expect=expect)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import logging
 import os
 import stat
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 import pytest
@@ -34,9 +34,10 @@ from billingworker.domain.models import ClientUser, EmailLog, OutboxEmail, Passw
 from billingworker.domain.settings import BillingSettings, save_settings
 from billingworker.ops.logs import redact_text
 from tests import factories as f
-from tests.domain.billing.test_concurrency import race
+from tests.factories import RESET_NOW as NOW
+from tests.factories import make_user, race
+from tests.factories import request_reset as reset
 
-NOW = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 SECRET = "test-secret-key-for-reset-tokens"
 #: A key an installation used before rotating to SECRET (random, as a real key would be).
 OLD_SECRET = "h2Qe8-Zr0VbLkP4sWn7TyX1cJm5AaGdF"
@@ -48,23 +49,8 @@ def _secret_key(monkeypatch):
     monkeypatch.delenv("SECRET_KEY_FALLBACKS", raising=False)
 
 
-def make_user(session: Session, email: str = "ada@example.com", **kw) -> User:
-    kw.setdefault("first_name", "Ada")
-    user = User(email=email, **kw)
-    session.add(user)
-    session.flush()
-    return user
-
-
 def count(session: Session, model, *where) -> int:
     return session.scalar(select(func.count()).select_from(model).where(*where))
-
-
-def reset(session: Session, key: str = "req:1", *, now: datetime = NOW, **kw) -> pr.ResetRequest:
-    kw.setdefault("requested_by", "client")
-    if "user_id" not in kw and "email" not in kw:
-        kw["email"] = "ada@example.com"
-    return request_password_reset(session, request_key=key, now=now, **kw)
 
 
 def token_of(session: Session, email_id: int) -> str:

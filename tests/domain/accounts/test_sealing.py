@@ -13,7 +13,10 @@ from billingworker.domain.accounts.module_commands import record_module_error
 from billingworker.domain.accounts.sealing import SEALED, ParamSealer, public_params
 from billingworker.domain.errors import ValidationError
 from billingworker.domain.models import ModuleCommand
-from tests.domain.accounts.test_module_commands import NOW, queue, run, svc  # noqa: F401 - fixture
+from tests.domain.accounts.test_module_commands import svc  # noqa: F401 - fixture
+from tests.factories import COMMAND_NOW as NOW
+from tests.factories import queue_command as queue
+from tests.factories import run_command as run
 
 SECRET = "s3cret-Pa55"
 PARAMS = {"account": {"pass": SECRET, "plan": "gold"}, "api_key": "k-123", "note": "hello"}

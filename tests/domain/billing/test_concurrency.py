@@ -1,4 +1,4 @@
-"""Two workers at the same moment, on PostgreSQL: two sessions, two threads, real row locks.
+"""Two workers at the same moment, on PostgreSQL and MariaDB: two sessions, two threads, real row locks.
 
 Each test starts both sides behind a barrier so that they really overlap; the database (row
 locks, primary keys, unique indexes) must make the pair have the effect of one.
@@ -6,16 +6,12 @@ locks, primary keys, unique indexes) must make the pair have the effect of one.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from functools import partial
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from billingworker.db import session_factory
 from billingworker.domain.billing.due_invoices import generate_for_clients
 from billingworker.domain.billing.manual_invoices import create_add_funds_invoice
 from billingworker.domain.models import (
@@ -30,35 +26,9 @@ from billingworker.domain.models import (
 from billingworker.domain.payments.payments import apply_credit_to_invoice, apply_payment
 from billingworker.domain.receipts import run_once
 from tests import factories as f
+from tests.factories import race
 
 TODAY = date(2026, 1, 10)
-
-
-def race(engine, *work: Callable[[Session], object]) -> list:
-    """Run each callable in its own thread and session, all released at once; commit each."""
-    barrier = threading.Barrier(len(work))
-    results: list = [None] * len(work)
-    errors: list = []
-
-    def run(n: int, fn) -> None:
-        session = session_factory(engine)()
-        try:
-            barrier.wait()
-            results[n] = fn(session)
-            session.commit()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-            session.rollback()
-        finally:
-            session.close()
-
-    threads = [threading.Thread(target=run, args=(n, fn)) for n, fn in enumerate(work)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    return results
 
 
 def scalar(session, stmt):
@@ -66,14 +36,14 @@ def scalar(session, stmt):
     return session.scalar(stmt)
 
 
-def test_two_workers_generating_for_the_same_client_bill_once(pg_engine, pg_session):
-    s = pg_session
+def test_two_workers_generating_for_the_same_client_bill_once(server_engine, server_session):
+    s = server_session
     c = f.client(s)
     for n in range(5):
         f.service(s, c, next_due_date=date(2026, 1, 12 + n), domain=f"s{n}.com")
     s.commit()
     gen = lambda session: generate_for_clients(session, [c.id], TODAY).invoices_created  # noqa: E731
-    created = race(pg_engine, gen, gen, gen)
+    created = race(server_engine, gen, gen, gen)
     assert sorted(created) == [0, 0, 5], "one worker did the work, the others found it done"
     assert scalar(s, select(func.count()).select_from(Invoice)) == 5
     assert scalar(s, select(func.count()).select_from(BilledPeriod)) == 5
@@ -82,21 +52,21 @@ def test_two_workers_generating_for_the_same_client_bill_once(pg_engine, pg_sess
     assert numbers == [1, 2, 3, 4, 5]
 
 
-def test_workers_on_different_clients_share_one_gap_free_number_sequence(pg_engine, pg_session):
-    s = pg_session
+def test_workers_on_different_clients_share_one_gap_free_number_sequence(server_engine, server_session):
+    s = server_session
     clients = [f.client(s) for _ in range(6)]
     for c in clients:
         for n in range(3):
             f.service(s, c, next_due_date=date(2026, 1, 12 + n), domain=f"s{n}.com")
     s.commit()
     batches = [[clients[0].id, clients[1].id], [clients[2].id, clients[3].id], [clients[4].id, clients[5].id]]
-    race(pg_engine, *[partial(lambda ids, session: generate_for_clients(session, ids, TODAY), b) for b in batches])
+    race(server_engine, *[partial(lambda ids, session: generate_for_clients(session, ids, TODAY), b) for b in batches])
     numbers = sorted(s.execute(select(Invoice.number)).scalars())
     assert numbers == list(range(1, 19))
 
 
-def test_a_payment_reported_twice_at_once_counts_once(pg_engine, pg_session):
-    s = pg_session
+def test_a_payment_reported_twice_at_once_counts_once(server_engine, server_session):
+    s = server_session
     c = f.client(s)
     svc = f.service(s, c, next_due_date=date(2026, 1, 12), amount=Decimal("10.00"))
     s.commit()
@@ -104,7 +74,7 @@ def test_a_payment_reported_twice_at_once_counts_once(pg_engine, pg_session):
     s.commit()
     pay = lambda session: apply_payment(session, inv_id, Decimal("10.00"), gateway="stripe",  # noqa: E731
                                         transaction_id="ch_1", as_of=TODAY, now=f_now()).outcome
-    outcomes = race(pg_engine, pay, pay)
+    outcomes = race(server_engine, pay, pay)
     assert sorted(outcomes) == ["duplicate", "recorded"]
     assert scalar(s, select(func.count()).select_from(Transaction)) == 1
     s.expire_all()
@@ -114,8 +84,8 @@ def test_a_payment_reported_twice_at_once_counts_once(pg_engine, pg_session):
         OutboxEmail.template == "payment_confirmation")) == 1
 
 
-def test_two_payments_that_together_overpay_leave_the_excess_as_credit_once(pg_engine, pg_session):
-    s = pg_session
+def test_two_payments_that_together_overpay_leave_the_excess_as_credit_once(server_engine, server_session):
+    s = server_session
     c = f.client(s)
     f.service(s, c, next_due_date=date(2026, 1, 12), amount=Decimal("10.00"))
     s.commit()
@@ -125,17 +95,17 @@ def test_two_payments_that_together_overpay_leave_the_excess_as_credit_once(pg_e
         return apply_payment(session, inv_id, Decimal("7.00"), gateway="bank", transaction_id=txid, as_of=TODAY,
                              now=f_now())
 
-    race(pg_engine, partial(pay, "a"), partial(pay, "b"))
+    race(server_engine, partial(pay, "a"), partial(pay, "b"))
     s.expire_all()
     inv = s.get(Invoice, inv_id)
     assert (inv.status, inv.amount_paid, inv.balance_due) == ("Paid", Decimal("14.00"), 0)
     assert s.get(Client, c.id).credit_balance == Decimal("4.00")
 
 
-def test_credit_applied_to_two_invoices_at_once_never_goes_below_zero(pg_engine, pg_session):
+def test_credit_applied_to_two_invoices_at_once_never_goes_below_zero(server_engine, server_session):
     from billingworker.domain.settings import save_settings
 
-    s = pg_session
+    s = server_session
     save_settings(s, auto_apply_credit=False)
     c = f.client(s)
     f.service(s, c, next_due_date=date(2026, 1, 12), amount=Decimal("10.00"), payment_method="a")
@@ -147,15 +117,15 @@ def test_credit_applied_to_two_invoices_at_once_never_goes_below_zero(pg_engine,
     def apply(invoice_id, session):
         return apply_credit_to_invoice(session, invoice_id, as_of=TODAY, source="test").applied
 
-    applied = race(pg_engine, *[partial(apply, i) for i in ids])
+    applied = race(server_engine, *[partial(apply, i) for i in ids])
     assert sorted(applied) == [Decimal("5.00"), Decimal("10.00")]
     s.expire_all()
     assert s.get(Client, c.id).credit_balance == 0
     assert scalar(s, select(func.sum(CreditHistory.amount))) == Decimal("-15.00")
 
 
-def test_the_same_request_twice_at_once_creates_one_add_funds_invoice(pg_engine, pg_session):
-    s = pg_session
+def test_the_same_request_twice_at_once_creates_one_add_funds_invoice(server_engine, server_session):
+    s = server_session
     c = f.client(s)
     s.commit()
 
@@ -163,7 +133,7 @@ def test_the_same_request_twice_at_once_creates_one_add_funds_invoice(pg_engine,
         return run_once(session, "request:abc", "create_add_funds_invoice", lambda: {
             "invoice_id": create_add_funds_invoice(session, c.id, Decimal("20.00"), as_of=TODAY).invoice_id})
 
-    results = race(pg_engine, add, add)
+    results = race(server_engine, add, add)
     assert sorted(done for _, done in results) == [False, True]
     assert results[0][0] == results[1][0]
     assert scalar(s, select(func.count()).select_from(Invoice)) == 1

@@ -25,7 +25,7 @@ from billingworker.domain.models import (
     Service,
 )
 from tests import factories as f
-from tests.domain.billing.test_concurrency import race
+from tests.factories import race
 
 DAY = date(2026, 1, 10)
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from billingworker.domain.billing.tax import Rate
 from billingworker.domain.collections.late_fees import apply_late_fees_for_clients
-from billingworker.domain.collections.reminders import send_reminders_for_clients
+from billingworker.domain.collections.reminders import send_overdue_reminders_for_clients
 from billingworker.domain.messaging.rendering import render_outbox_email
 from billingworker.domain.models import (
     Client,
@@ -24,8 +24,11 @@ from billingworker.domain.models import (
 )
 from billingworker.domain.settings import save_settings
 from tests import factories as f
-from tests.domain.billing.test_concurrency import race
-from tests.domain.collections.test_reminders import DUE, book, count, make_invoice
+from tests.factories import REMINDER_DUE as DUE
+from tests.factories import count_rows as count
+from tests.factories import race
+from tests.factories import reminder_invoice as make_invoice
+from tests.factories import table_counts as book
 
 LATE = date(2026, 1, 23)  # DUE + 3 days
 VAT = Rate("VAT", Decimal("20"))
@@ -314,7 +317,7 @@ def test_the_next_reminder_shows_the_late_fee(session):
     inv = make_invoice(session, c, lines=[("Hosting", "10.00", False)])
     session.commit()
     run(session, c)
-    [email_id] = send_reminders_for_clients(session, [c.id], date(2026, 1, 28)).email_ids
+    [email_id] = send_overdue_reminders_for_clients(session, [c.id], date(2026, 1, 28)).email_ids
     session.commit()
     session.expire_all()  # delivery reads the invoice afresh, as a new session would
     # Then the notice lists the Late Fee line and the new balance
@@ -353,7 +356,7 @@ def test_late_fees_and_reminders_at_once_on_one_client_both_happen_once(pg_engin
         return apply_late_fees_for_clients(session, [c.id], LATE).fees_added
 
     def remind(session):
-        return len(send_reminders_for_clients(session, [c.id], LATE).email_ids)
+        return len(send_overdue_reminders_for_clients(session, [c.id], LATE).email_ids)
 
     race(pg_engine, apply, remind, apply, remind)
     s.rollback()

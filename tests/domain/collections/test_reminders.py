@@ -6,33 +6,30 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from billingworker.domain.billing.tax import Rate, compute_totals
-from billingworker.domain.collections.reminders import send_reminders_for_clients
+from billingworker.domain.billing.tax import Rate
+from billingworker.domain.collections.reminders import send_overdue_reminders_for_clients
 from billingworker.domain.messaging.emails import TEMPLATES
 from billingworker.domain.messaging.rendering import render_outbox_email
 from billingworker.domain.messaging.still_wanted import still_wanted
 from billingworker.domain.models import (
-    Base,
     Client,
     Contact,
-    Currency,
     Invoice,
-    InvoiceItem,
     InvoiceReminder,
     OutboxEmail,
     ReminderStage,
 )
-from billingworker.domain.money import round_money
 from billingworker.domain.payments.payments import apply_payment
 from billingworker.domain.settings import save_settings
 from tests import factories as f
-from tests.domain.billing.test_concurrency import race
+from tests.factories import count_rows as count
+from tests.factories import race
+from tests.factories import reminder_invoice as make_invoice
+from tests.factories import table_counts as book
 
-DUE = date(2026, 1, 20)
-CREATED = date(2026, 1, 1)
 # With the default settings (7 / 1 / 8 / 15):
 UNPAID_DAY = date(2026, 1, 13)
 FIRST_DAY = date(2026, 1, 21)
@@ -43,36 +40,8 @@ UNPAID, FIRST, SECOND, THIRD = (ReminderStage.UNPAID, ReminderStage.FIRST_OVERDU
                                 ReminderStage.THIRD_OVERDUE)
 
 
-def make_invoice(session: Session, client: Client, *, due: date = DUE, created: date = CREATED,
-                 status: str = "Unpaid", kind: str = "standard",
-                 lines: list[tuple[str, str, bool]] | None = None, rate1: Rate | None = None,
-                 rate2: Rate | None = None, compound: bool = False, inclusive: bool = False,
-                 credit_applied: str = "0", amount_paid: str = "0") -> Invoice:
-    """An invoice with its items, totals computed the way invoicing computes them."""
-    lines = lines if lines is not None else [("Shared Hosting - example.com", "10.00", True)]
-    minor = session.get(Currency, client.currency_id).minor_units if client.currency_id else 2
-    totals = compute_totals([(Decimal(a), t) for _, a, t in lines], rate1, rate2, inclusive=inclusive,
-                            compound=compound, minor_units=minor)
-    credit, paid = Decimal(credit_applied), Decimal(amount_paid)
-    number = (session.scalar(select(func.max(Invoice.number))) or 0) + 1
-    invoice = Invoice(
-        number=None if status == "Draft" else number, client_id=client.id, currency_id=client.currency_id,
-        kind=kind, status=status, date_created=created, date_due=due, payment_method="banktransfer",
-        subtotal=totals.subtotal, tax1=totals.tax1, tax2=totals.tax2, tax_name1=totals.name1,
-        tax_name2=totals.name2, tax_rate1=totals.rate1, tax_rate2=totals.rate2, total=totals.total,
-        credit_applied=credit, amount_paid=paid,
-        balance_due=max(round_money(totals.total - credit - paid, minor), Decimal(0)))
-    session.add(invoice)
-    session.flush()
-    for description, amount, taxed in lines:
-        session.add(InvoiceItem(invoice_id=invoice.id, client_id=client.id, item_type="manual",
-                                description=description, amount=Decimal(amount), taxed=taxed))
-    session.flush()
-    return invoice
-
-
 def run(session: Session, *clients: Client, as_of: date):
-    result = send_reminders_for_clients(session, [c.id for c in clients], as_of)
+    result = send_overdue_reminders_for_clients(session, [c.id for c in clients], as_of)
     session.commit()
     return result
 
@@ -93,14 +62,6 @@ def rows(session: Session, invoice: Invoice) -> dict[str, str]:
     """stage -> status of the invoice's reminder rows."""
     return dict(session.execute(select(InvoiceReminder.stage, InvoiceReminder.status)
                                 .where(InvoiceReminder.invoice_id == invoice.id)).all())
-
-
-def count(session: Session, model) -> int:
-    return session.scalar(select(func.count()).select_from(model))
-
-
-def book(session: Session) -> dict[str, int]:
-    return {t.name: session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
 
 
 def test_the_templates_exist_under_the_stage_names():
@@ -284,7 +245,7 @@ def test_a_dry_run_writes_nothing_and_predicts_the_real_run(session):
     inv = make_invoice(session, c)
     session.commit()
     before = book(session)
-    preview = send_reminders_for_clients(session, [c.id], SECOND_DAY, dry_run=True)
+    preview = send_overdue_reminders_for_clients(session, [c.id], SECOND_DAY, dry_run=True)
     assert book(session) == before, "nothing written, even before the caller rolls back"
     session.rollback()
     assert preview.email_ids == []
@@ -360,7 +321,7 @@ def test_two_workers_at_once_send_each_stage_once(pg_engine, pg_session):
     s.commit()
 
     def remind(session):
-        return len(send_reminders_for_clients(session, [c.id], SECOND_DAY).email_ids)
+        return len(send_overdue_reminders_for_clients(session, [c.id], SECOND_DAY).email_ids)
 
     queued = race(pg_engine, remind, remind, remind)
     assert sorted(queued) == [0, 0, 1]

@@ -18,7 +18,7 @@ from billingworker.domain.messaging.message_sandbox import render_written
 from billingworker.domain.messaging.rendering import render_outbox_email
 from billingworker.domain.models import Client, Contact, EmailLog, EmailTemplate, OutboxEmail
 from tests import factories as f
-from tests.domain.billing.test_concurrency import race
+from tests.factories import race
 
 NOW = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 SENDER = "Billing <billing@example.com>"
@@ -255,20 +255,20 @@ def test_the_message_shows_the_client_as_it_is_when_sent(session):
     assert rendered(session, done.email_ids[0]).subject == "Hi Augusta"
 
 
-def test_the_same_request_twice_at_once_queues_one_email_and_saves_once(pg_engine, pg_session):
-    c = f.client(pg_session)
-    pg_session.commit()
+def test_the_same_request_twice_at_once_queues_one_email_and_saves_once(server_engine, server_session):
+    c = f.client(server_session)
+    server_session.commit()
     work = partial(send_client_email, client_id=c.id, subject="Hi", body="Hello", save_message=True,
                    save_as="Greeting", dedupe_key="send_client_email:message:m1", now=NOW)
-    results = race(pg_engine, *[lambda s: work(s) for _ in range(3)])
+    results = race(server_engine, *[lambda s: work(s) for _ in range(3)])
     assert sorted(r.outcome for r in results) == ["already_queued", "already_queued", "queued"]
-    pg_session.rollback()
-    assert count(pg_session, OutboxEmail) == 1 and count(pg_session, EmailTemplate) == 1
+    server_session.rollback()
+    assert count(server_session, OutboxEmail) == 1 and count(server_session, EmailTemplate) == 1
 
 
-def test_two_requests_saving_one_name_at_once_keep_the_first_text(pg_engine, pg_session):
-    c = f.client(pg_session)
-    pg_session.commit()
+def test_two_requests_saving_one_name_at_once_keep_the_first_text(server_engine, server_session):
+    c = f.client(server_session)
+    server_session.commit()
     outcomes: list[str] = []
 
     def save(body: str, key: str, session: Session):
@@ -280,9 +280,9 @@ def test_two_requests_saving_one_name_at_once_keep_the_first_text(pg_engine, pg_
             session.rollback()
             outcomes.append("refused")
 
-    race(pg_engine, partial(save, "Body A", "k1"), partial(save, "Body B", "k2"))
+    race(server_engine, partial(save, "Body A", "k1"), partial(save, "Body B", "k2"))
     assert sorted(outcomes)[0] == "refused" and len(outcomes) == 2
-    pg_session.rollback()
-    saved_body = pg_session.scalars(select(EmailTemplate.body)).one()
+    server_session.rollback()
+    saved_body = server_session.scalars(select(EmailTemplate.body)).one()
     assert outcomes.count("saved " + saved_body) == 1
-    assert count(pg_session, OutboxEmail) == 1, "the refused request queued nothing"
+    assert count(server_session, OutboxEmail) == 1, "the refused request queued nothing"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import smtplib
 import threading
 import time
@@ -11,7 +10,6 @@ from email.message import EmailMessage
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from billingworker.adapters.mailer import MemoryMailer
 from billingworker.db import session_factory
@@ -26,28 +24,14 @@ from billingworker.domain.messaging.delivery import (
 )
 from billingworker.domain.models import Client, Contact, EmailLog, OutboxEmail
 from tests import factories
-from tests.domain.messaging.test_emails import make_invoice
-
-NOW = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
-SENDER = "Acme Billing <billing@acme.test>"
+from tests.factories import DELIVERY_NOW as NOW
+from tests.factories import SENDER, invoice_email
 
 
 def same_instant(stored: datetime | None, expected: datetime) -> bool:
     """SQLite gives timestamps back naive (in UTC), PostgreSQL aware."""
     assert stored is not None
     return (stored if stored.tzinfo else stored.replace(tzinfo=UTC)) == expected
-
-
-def invoice_email(session: Session, *, client: Client | None = None, template: str = "invoice_created",
-                  client_id_on_row: bool = True) -> OutboxEmail:
-    client = client or factories.client(session, first_name="Ada", email="ada@example.com")
-    invoice = make_invoice(session, client)
-    outbox = OutboxEmail(template=template, client_id=client.id if client_id_on_row else None,
-                         context=json.dumps({"invoice_id": invoice.id}),
-                         dedupe_key=f"{template}:{invoice.id}")
-    session.add(outbox)
-    session.flush()
-    return outbox
 
 
 class BrokenMailer:

@@ -16,7 +16,8 @@ from billingworker.domain.messaging.delivery import deliver_emails
 from billingworker.domain.models import Client, EmailLog, Invoice, InvoiceStatus, OutboxEmail, OutboxStatus
 from tests import factories
 from tests.adapters.test_mailer import smtp_server  # noqa: F401 - the real SMTP server fixture
-from tests.domain.messaging.test_delivery import NOW, SENDER, invoice_email
+from tests.factories import DELIVERY_NOW as NOW
+from tests.factories import SENDER, invoice_email
 
 
 def queued_invoice_emails(session, n: int) -> list[int]:

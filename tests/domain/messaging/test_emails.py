@@ -7,10 +7,9 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from billingworker.domain.billing.tax import Rate, compute_totals
+from billingworker.domain.billing.tax import Rate
 from billingworker.domain.errors import NotFound, ValidationError
 from billingworker.domain.messaging.emails import TEMPLATES, render
 from billingworker.domain.messaging.rendering import render_outbox_email
@@ -18,66 +17,13 @@ from billingworker.domain.models import (
     Client,
     Contact,
     Invoice,
-    InvoiceItem,
     OutboxEmail,
     Transaction,
 )
-from billingworker.domain.money import round_money
 from billingworker.domain.settings import BillingSettings, save_settings
 from tests import factories
-
-LINE = "Shared Hosting - example.com (2024-05-01 - 2024-05-31)"
-
-
-def make_invoice(
-    session: Session,
-    client: Client,
-    *,
-    lines: list[tuple[str, str, bool]] | None = None,
-    rate1: Rate | None = None,
-    rate2: Rate | None = None,
-    credit_applied: str = "0",
-    kind: str = "standard",
-    payment_method: str = "banktransfer",
-) -> Invoice:
-    """An Unpaid invoice with its items, totals computed by the tax module."""
-    lines = lines if lines is not None else [(LINE, "10.00", True)]
-    currency_id = client.currency_id
-    minor = 2
-    if currency_id is not None:
-        from billingworker.domain.models import Currency
-
-        minor = session.get(Currency, currency_id).minor_units
-    totals = compute_totals([(Decimal(a), t) for _, a, t in lines], rate1, rate2, minor_units=minor)
-    credit = Decimal(credit_applied)
-    number = (session.scalar(select(func.max(Invoice.number))) or 1000) + 1
-    invoice = Invoice(
-        number=number,
-        client_id=client.id,
-        currency_id=currency_id,
-        kind=kind,
-        status="Unpaid",
-        date_created=date(2024, 5, 1),
-        date_due=date(2024, 5, 15),
-        payment_method=payment_method,
-        subtotal=totals.subtotal,
-        tax1=totals.tax1,
-        tax2=totals.tax2,
-        tax_name1=totals.name1,
-        tax_name2=totals.name2,
-        tax_rate1=totals.rate1,
-        tax_rate2=totals.rate2,
-        total=totals.total,
-        credit_applied=credit,
-        balance_due=round_money(totals.total - credit, minor),
-    )
-    session.add(invoice)
-    session.flush()
-    for description, amount, taxed in lines:
-        session.add(InvoiceItem(invoice_id=invoice.id, client_id=client.id, item_type="manual",
-                                description=description, amount=Decimal(amount), taxed=taxed))
-    session.flush()
-    return invoice
+from tests.factories import EMAIL_INVOICE_LINE as LINE
+from tests.factories import email_invoice as make_invoice
 
 
 def queue(session: Session, template: str, client: Client, **ids: int) -> OutboxEmail:

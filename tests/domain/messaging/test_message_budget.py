@@ -27,79 +27,9 @@ from billingworker.domain.messaging.message_sandbox import (
 )
 from billingworker.domain.models import EmailLog, EmailTemplate, JobFailure, OutboxEmail
 from tests import factories as f
+from tests.factories import ATTACK_IDS, ATTACKS, FORBIDS, STEPS
 
 NOW = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
-FORBIDS = "uses something the sandbox forbids"
-STEPS = "exceeds the rendering budget (steps)"
-SIZE = "exceeds the rendering budget (size)"
-DEPTH = "exceeds the rendering budget (depth)"
-FOUR_NESTED_RANGES = ("{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}"
-                      "{% for d in range(1000) %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}")
-
-
-def _replace_chain(times: int, method: bool = True) -> str:
-    step = ".replace('a', 'aaaa')" if method else "|replace('a', 'aaaa')"
-    return "{{ (('ab' * 100)" + step * times + ")|length }}"
-
-
-#: (id, field, source, what the refusal says). Each one allocated gigabytes, ran for minutes or
-#: crashed the render with MemoryError/RecursionError (retried 10 times) before the budget.
-ATTACKS = [
-    ("format width as a string", "body", "{{ '{0:{1}}'.format('x', '4000000000') }}", FORBIDS),
-    ("format width as a number", "body", "{{ '{0:{1}}'.format('x', 4000000000) }}", FORBIDS),
-    ("format_map width", "body", "{{ '{a:>{w}}'.format_map({'a': 'x', 'w': '4000000000'}) }}", FORBIDS),
-    ("format precision", "body", "{{ '{:.4000000000f}'.format(1.0) }}", FORBIDS),
-    ("format repr of a nested list", "body",
-     "{% set a = ['x' * 1000] * 100 %}{{ '{0!r}'.format([a] * 10) }}", FORBIDS),
-    ("percent star width", "body", "{{ '%*s' % (4000000000, 'x') }}", FORBIDS),
-    ("percent star width as a string", "body", "{{ '%*s' % ('4000000000', 'x') }}", FORBIDS),
-    ("percent literal width", "body", "{{ '%4000000000s' % 'x' }}", FORBIDS),
-    ("percent many fields", "body", "{{ ('%262144s' * 20) % (('x',) * 20) }}", FORBIDS),
-    ("format filter star width", "body", "{{ '%*s'|format(4000000000, 'x') }}", FORBIDS),
-    ("format filter literal width", "body", "{{ '%4000000000s'|format('x') }}", FORBIDS),
-    ("format filter keyword width", "body", "{{ '%(a)4000000000s'|format(a='x') }}", FORBIDS),
-    ("nested list literals three deep", "body",
-     "{% set s = 'x' * 5000 %}{% set a = [s, s, s, s, s, s, s, s, s, s] %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
-     "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{{ c|length }}", FORBIDS),
-    ("nested dict literals", "body",
-     "{% set s = 'x' * 30000 %}{% set a = {'a': s, 'b': s, 'c': s} %}{% set b = {'a': a, 'b': a, 'c': a} %}"
-     "{{ b|length }}", FORBIDS),
-    ("map center", "body", "{{ range(1000)|map('string')|map('center', 262144)|list|length }}", SIZE),
-    ("list of lists repeated", "body", "{% set l = ['x' * 2000] * 100 %}{{ ([l] * 400)|length }}", FORBIDS),
-    ("string repeated", "body", "{{ 'x' * 10 ** 9 }}", FORBIDS),
-    ("four nested ranges, empty body", "body", FOUR_NESTED_RANGES, STEPS),
-    ("a macro calling itself", "body", "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", DEPTH),
-    ("a macro calling itself twice", "body",
-     "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(30) }}", STEPS),
-    ("a recursive loop", "body", "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}", DEPTH),
-    ("huge join filter", "body", "{{ range(1000)|map('string')|join('x' * 1000) }}", FORBIDS),
-    ("huge join method", "body", "{{ ('x' * 1000).join(range(1000)|map('string')) }}", FORBIDS),
-    ("replace amplification chain", "body", _replace_chain(6), FORBIDS),
-    ("replace filter amplification chain", "body", _replace_chain(6, method=False), FORBIDS),
-    ("output collected in a set block", "body",
-     "{% set a = 'x' * 200000 %}{% set b %}{% for i in range(1000) %}{{ a }}{% endfor %}{% endset %}{{ b|length }}",
-     SIZE),
-    ("loop text collected in a set block", "body",
-     "{% set b %}{% for i in range(1000) %}{% for j in range(90) %}" + "z" * 600
-     + "{% endfor %}{% endfor %}{% endset %}{{ b|length }}", SIZE),
-    ("a macro's text built again and again", "body",
-     "{% macro m() %}" + "y" * 60000 + "{% endmacro %}{% for i in range(1000) %}{% set _ = m() %}{% endfor %}", SIZE),
-    ("batch filled to a billion", "body", "{{ [1]|batch(1000000000, 'x')|list|length }}", FORBIDS),
-    ("a billion slices", "body", "{{ [1]|slice(1000000000)|list|length }}", FORBIDS),
-    ("sum of lists", "body", "{{ ([[1] * 100] * 1000)|sum(start=[])|length }}", FORBIDS),
-    ("int.to_bytes", "body", "{{ (5).to_bytes(1000000000, 'big')|length }}", FORBIDS),
-    ("str.translate", "body", "{{ ('a' * 1000).translate({97: 'x' * 100000})|length }}", FORBIDS),
-    ("ljust", "body", "{{ ''.ljust(4000000000)|length }}", FORBIDS),
-    ("indent", "body", "{{ ('\\n' * 1000)|indent(100000)|length }}", FORBIDS),
-    ("wordwrap of a long word", "body", "{{ ('x' * 200000)|wordwrap(1)|length }}", FORBIDS),
-    ("round to a billion digits", "body", "{{ 5|round(-10 ** 9) }}", FORBIDS),
-    ("tojson indented by a billion", "body", "{{ [[1]]|tojson(indent=10 ** 9) }}", "is not a valid template"),
-    ("parentheses nested 500 deep", "body", "{{ " + "(" * 500 + "1" + ")" * 500 + " }}", DEPTH),
-    ("too many tokens to compile", "body", "{{ [" + "1," * 30000 + "] }}", SIZE),
-    ("string repeated, in the subject", "subject", "{{ 'x' * 10 ** 9 }}", FORBIDS),
-    ("nested ranges, in the subject", "subject", FOUR_NESTED_RANGES, STEPS),
-]
-ATTACK_IDS = [a[0] for a in ATTACKS]
 
 
 def count_rows(session: Session) -> dict[str, int]:

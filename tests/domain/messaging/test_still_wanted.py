@@ -10,7 +10,10 @@ from billingworker.domain.accounts.password_reset import validity
 from billingworker.domain.messaging.delivery import deliver_email, deliver_emails
 from billingworker.domain.models import OutboxEmail
 from billingworker.domain.settings import BillingSettings
-from tests.domain.accounts.test_password_reset import NOW, _secret_key, make_user, reset  # noqa: F401 - fixture
+from tests.domain.accounts.test_password_reset import _secret_key  # noqa: F401 - fixture
+from tests.factories import RESET_NOW as NOW
+from tests.factories import make_user
+from tests.factories import request_reset as reset
 
 SENDER = "Billing <billing@example.com>"
 

@@ -25,7 +25,10 @@ from billingworker.domain.models import (
 )
 from billingworker.domain.payments import captures as captures_module
 from billingworker.domain.payments.payments import PaymentRequest, apply_payments
-from tests.domain.payments.test_captures import DUE, at, capture, captures, set_card, setup
+from tests.factories import CAPTURE_DUE as DUE
+from tests.factories import capture, captures, set_card
+from tests.factories import capture_at as at
+from tests.factories import capture_setup as setup
 
 
 class CountingGateway(TestGateway):

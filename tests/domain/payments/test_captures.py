@@ -1,6 +1,6 @@
 """Auto CC capture (SPEC §8, §2): on SQLite and PostgreSQL; races on PostgreSQL.
 
-Each test drives ``capture_for_clients`` day by day with its own ``TestGateway`` and counts the
+Each test drives ``capture_due_payments_for_clients`` day by day with its own ``TestGateway`` and counts the
 real charges it made.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time as time_module
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -28,55 +28,17 @@ from billingworker.domain.models import (
     Service,
     Transaction,
 )
-from billingworker.domain.payments.captures import attempt_due, capture_for_clients
+from billingworker.domain.payments.captures import attempt_due, capture_due_payments_for_clients
 from billingworker.domain.ports import CaptureRequest, CaptureResult
 from billingworker.domain.runs.daily_run import PARK_AFTER_FAILURES, note_outcomes
 from billingworker.domain.settings import BillingSettings, save_settings
 from tests import factories as f
+from tests.factories import CAPTURE_DUE as DUE
+from tests.factories import capture, captures, set_card
+from tests.factories import capture_at as at
+from tests.factories import capture_setup as setup
 
-DUE = date(2026, 1, 15)
 CARD_NUMBER = "4242424242424242"
-
-
-def at(day: date) -> datetime:
-    return datetime.combine(day, time(9), tzinfo=UTC)
-
-
-def setup(session, *, due: date = DUE, amount: str = "10.00", card: bool = True, **kw):
-    """A client with auto CC on, a monthly service due on ``due`` and its invoice (Unpaid)."""
-    kw.setdefault("auto_cc_processing", True)
-    c = f.client(session, **kw)
-    svc = f.service(session, c, next_due_date=due, amount=Decimal(amount))
-    if card:
-        f.card(session, c)
-    session.commit()
-    [invoice_id] = generate_for_clients(session, [c.id], due - timedelta(days=7)).invoice_ids
-    session.commit()
-    return c, svc, invoice_id
-
-
-def capture(session, gateway, clients, as_of: date, **kw):
-    """Run the capture for ``clients`` on ``as_of`` in its own sessions (the test's session first
-    ends its transaction: on SQLite an open one would hold the writer lock)."""
-    ids = [c.id for c in clients] if isinstance(clients, list) else [clients.id]
-    session.rollback()
-    gateways = gateway if callable(gateway) else {"testgateway": gateway}.__getitem__
-    return capture_for_clients(session_factory(session.get_bind()), ids, as_of, gateways, now=at(as_of), **kw)
-
-
-def set_card(session, client, *, token: str, last_four: str) -> None:
-    pm = session.execute(select(PayMethod).where(PayMethod.client_id == client.id)).scalar_one()
-    pm.gateway_token, pm.card_last_four = token, last_four
-    session.commit()
-
-
-def captures(session, invoice_id: int | None = None) -> list[PaymentCapture]:
-    session.rollback()
-    session.expire_all()  # a rollback with no transaction open expires nothing
-    q = select(PaymentCapture).order_by(PaymentCapture.id)
-    if invoice_id is not None:
-        q = q.where(PaymentCapture.invoice_id == invoice_id)
-    return list(session.execute(q).scalars())
 
 
 def invoice(session, invoice_id: int) -> Invoice:
@@ -260,7 +222,8 @@ def test_an_unknown_gateway_is_a_failure_without_an_attempt(engine, session):
 def registry_capture(session, client, as_of: date):
     """The capture as the worker runs it: through the gateway registry (``gateway_for``)."""
     session.rollback()
-    return capture_for_clients(session_factory(session.get_bind()), [client.id], as_of, gateway_for, now=at(as_of))
+    return capture_due_payments_for_clients(session_factory(session.get_bind()), [client.id], as_of, gateway_for,
+                                            now=at(as_of))
 
 
 def test_without_payment_gateways_a_testgateway_card_is_never_charged(engine, session, monkeypatch):
@@ -511,8 +474,9 @@ def test_a_dry_run_never_waits_for_the_clients_locks(pg_engine, pg_session):
     holder = session_factory(pg_engine)()
     try:
         lock_clients(holder, [c.id])
-        result = capture_for_clients(session_factory(pg_engine), [c.id], DUE, {"testgateway": TestGateway()}.get,
-                                     now=at(DUE), dry_run=True)
+        result = capture_due_payments_for_clients(session_factory(pg_engine), [c.id], DUE,
+                                                  {"testgateway": TestGateway()}.get,
+                                                  now=at(DUE), dry_run=True)
     finally:
         holder.rollback()
         holder.close()
@@ -575,7 +539,7 @@ def test_two_workers_capturing_for_the_same_client_at_once_charge_once(pg_engine
         try:
             barrier.wait()
             time_module.sleep(delay)
-            results.append(capture_for_clients(factory, [c.id], DUE, lambda name: gw, now=at(DUE)))
+            results.append(capture_due_payments_for_clients(factory, [c.id], DUE, lambda name: gw, now=at(DUE)))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

@@ -11,46 +11,17 @@ import pytest
 
 from billingworker.domain.billing.manual_invoices import create_add_funds_invoice
 from billingworker.domain.errors import NotFound, ValidationError
-from billingworker.domain.models import Client, CreditHistory, Invoice, InvoiceKind, Transaction
+from billingworker.domain.models import Client, InvoiceKind
 from billingworker.domain.payments.payments import apply_payment
 from billingworker.domain.reports.statements import account_statement
 from tests import factories as f
+from tests.factories import statement_at as at
+from tests.factories import statement_credit as credit
+from tests.factories import statement_invoice as invoice
+from tests.factories import statement_txn as txn
 
 D = Decimal
 JAN1, JAN31 = date(2026, 1, 1), date(2026, 1, 31)
-
-
-def invoice(session, client: Client, number: int, created: date, total: str, status: str = "Paid",
-            kind: str = InvoiceKind.STANDARD, due: str | None = None) -> Invoice:
-    inv = Invoice(client_id=client.id, currency_id=client.currency_id, number=number if status != "Draft" else None,
-                  kind=kind, status=status, date_created=created, date_due=created, subtotal=D(total),
-                  total=D(total), balance_due=D(due if due is not None else ("0" if status == "Paid" else total)))
-    session.add(inv)
-    session.flush()
-    return inv
-
-
-def txn(session, client: Client, at: datetime, money_in: str = "0", money_out: str = "0", fees: str = "0",
-        invoice_id: int | None = None, description: str = "") -> Transaction:
-    t = Transaction(client_id=client.id, invoice_id=invoice_id, currency_id=client.currency_id, date=at,
-                    gateway="stripe", transaction_id=f"tx-{at.isoformat()}-{money_in}-{money_out}",
-                    description=description, amount_in=D(money_in), amount_out=D(money_out), fees=D(fees))
-    session.add(t)
-    session.flush()
-    return t
-
-
-def credit(session, client: Client, day: date, amount: str, description: str, *, source: str = "job:adjust_credit",
-           invoice_id: int | None = None) -> CreditHistory:
-    line = CreditHistory(client_id=client.id, date=day, description=description, amount=D(amount),
-                         balance_after=D(0), invoice_id=invoice_id, source=source)
-    session.add(line)
-    session.flush()
-    return line
-
-
-def at(day: date, hour: int = 12, minute: int = 0) -> datetime:
-    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
 
 
 @pytest.fixture

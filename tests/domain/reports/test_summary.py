@@ -13,7 +13,8 @@ from billingworker.domain.errors import NotFound
 from billingworker.domain.models import Affiliate, Client, EmailLog, Quote, Service, Ticket
 from billingworker.domain.reports.summary import client_summary
 from tests import factories as f
-from tests.domain.reports.test_statements import invoice, txn
+from tests.factories import statement_invoice as invoice
+from tests.factories import statement_txn as txn
 
 D = Decimal
 DAY = date(2026, 1, 10)

@@ -6,6 +6,11 @@ Order of work: lock the client row, read and check every value, lock the things 
 addons, domains, each in id order), check they are the client's, compute the prorata, then
 write the changes, the ``module_commands`` rows and the invoice. Nothing is written before
 every value has been checked, and the caller's rollback undoes everything if anything fails.
+
+The deciding and the writing are two steps: ``plan_mass_update`` decides everything (and writes
+nothing), ``write_mass_update`` carries the plan out. ``mass_update`` is both;
+``preview_mass_update`` is the first only, so a preview shows what the update does by its own
+code (the operator's ``billingworker mass-update --preview``).
 """
 
 from __future__ import annotations
@@ -161,21 +166,41 @@ class MassUpdateResult:
                 "invoice_number": self.invoice_number}
 
 
-def mass_update(session: Session, client_id: int, items: Sequence[Any], changes: Any, *,
-                create_prorata_invoice: bool = False, as_of: date, now: datetime, request_key: str,
-                queue_email: bool = True) -> MassUpdateResult:
-    """Apply ``changes`` to every selected thing of the client; the caller commits.
+@dataclass(frozen=True)
+class ThingUpdate:
+    """One selected thing and what the update changes on it: ``fields`` maps each column that
+    takes a new value to (before, after); a field already at its new value is left out."""
 
-    ``items``: ``(type, id)`` pairs or ``{"type": ..., "id": ...}`` objects.
+    item_type: str
+    item_id: int
+    label: str
+    fields: Mapping[str, tuple[Any, Any]]
 
-    Locks the client row, then the things. Every item must be the client's (else
-    ``ValidationError``/``NotFound``, nothing written). ``request_key`` (the job's run-once key)
-    keys the module commands, ``<request_key>:<type>:<id>``: written once however often this runs.
-    With ``create_prorata_invoice`` and a new next due date, the prorata of each thing (its amount
-    and cycle *after* the update, from its current next due date to the new one) goes on one
-    invoice, due ``as_of``, if the sum is positive. Run again, the dates no longer move: no
-    second invoice.
-    """
+
+@dataclass(frozen=True)
+class MassUpdatePlan:
+    """Everything a mass update will write, decided before anything is written: what the update
+    (``write_mass_update``) carries out and what the preview (``preview_mass_update``) shows."""
+
+    client: ClientInfo
+    changes: ThingChanges
+    #: The selected things, once each, in the order given.
+    wanted: tuple[tuple[str, int], ...]
+    #: The locked rows of the selected things.
+    things: Mapping[tuple[str, int], Any]
+    updates: tuple[ThingUpdate, ...]
+    prorata_items: tuple[ProrataItem, ...]
+    prorata_total: Decimal
+    #: The prorata invoice (credit applied, Paid when covered), when the sum is positive.
+    invoice: InvoicePlan | None
+    commands: tuple[NewCommand, ...]
+
+
+def plan_mass_update(session: Session, client_id: int, items: Sequence[Any], changes: Any, *,
+                     create_prorata_invoice: bool = False, as_of: date, request_key: str) -> MassUpdatePlan:
+    """Check every value, lock the client row then the things, and decide every change, line and
+    command of the update; writes nothing. ``ValidationError``/``NotFound`` naming the field for
+    bad input (items in the sender's order: ``items[n]``)."""
     # Checked in the order given (so that "items[n]" names the sender's n-th item), done once each.
     requested = selected_things(items)
     wanted = list(dict.fromkeys(requested))
@@ -194,24 +219,65 @@ def mass_update(session: Session, client_id: int, items: Sequence[Any], changes:
     things = _lock_things(session, client_id, requested)
     _check_statuses(parsed, requested)
 
-    result = MassUpdateResult()
+    labels = _labels(session, things)
+    lines: list[ProrataItem] = []
     if prorating:
-        labels = _labels(session, things)
-        result.prorata_items = prorata_items(
-            [_prorata_thing(key, things[key], labels[key], parsed) for key in wanted], client.minor_units)
-        result.prorata_total = prorata_total(result.prorata_items)
-    for key in wanted:
-        _apply(things[key], parsed, as_of)
-        result.updated.append(key)
-    session.flush()
+        lines = prorata_items([_prorata_thing(key, things[key], labels[key], parsed) for key in wanted],
+                              client.minor_units)
+    total = prorata_total(lines)
+    invoice = None
+    if total > 0:
+        first = things[(lines[0].item_type, lines[0].item_id)]
+        # The payment method after the update, as the renewal of the thing would have it.
+        method = parsed.payment_method if parsed.payment_method is not None else first.payment_method
+        invoice = _plan_prorata_invoice(session, client, lines, method, as_of=as_of)
+    commands = ()
     if parsed.module_command is not None:
-        result.commands = queue_module_commands(session, [
-            NewCommand(t, i, client_id, parsed.module_command, parsed.module_params, f"{request_key}:{t}:{i}")
-            for t, i in wanted], now=now)
-    if result.prorata_total > 0:
-        method = next((things[(ln.item_type, ln.item_id)].payment_method for ln in result.prorata_items), "")
-        _invoice_prorata(session, client, result, method, as_of=as_of, queue_email=queue_email)
+        commands = tuple(NewCommand(t, i, client_id, parsed.module_command, parsed.module_params,
+                                    f"{request_key}:{t}:{i}") for t, i in wanted)
+    return MassUpdatePlan(
+        client=client, changes=parsed, wanted=tuple(wanted), things=things,
+        updates=tuple(ThingUpdate(key[0], key[1], labels[key], _new_values(things[key], parsed, as_of))
+                      for key in wanted),
+        prorata_items=tuple(lines), prorata_total=total, invoice=invoice, commands=commands)
+
+
+def write_mass_update(session: Session, plan: MassUpdatePlan, *, now: datetime,
+                      queue_email: bool = True) -> MassUpdateResult:
+    """Carry out ``plan`` in the caller's transaction: the things' new values, the module
+    commands (once per request key), the prorata invoice and its email."""
+    result = MassUpdateResult(prorata_items=list(plan.prorata_items), prorata_total=plan.prorata_total)
+    for update in plan.updates:
+        thing = plan.things[(update.item_type, update.item_id)]
+        for name, (_, after) in update.fields.items():
+            setattr(thing, name, after)
+        result.updated.append((update.item_type, update.item_id))
+    session.flush()
+    if plan.commands:
+        result.commands = queue_module_commands(session, list(plan.commands), now=now)
+    if plan.invoice is not None:
+        _write_prorata_invoice(session, plan.invoice, result, queue_email=queue_email)
     return result
+
+
+def mass_update(session: Session, client_id: int, items: Sequence[Any], changes: Any, *,
+                create_prorata_invoice: bool = False, as_of: date, now: datetime, request_key: str,
+                queue_email: bool = True) -> MassUpdateResult:
+    """Apply ``changes`` to every selected thing of the client; the caller commits.
+
+    ``items``: ``(type, id)`` pairs or ``{"type": ..., "id": ...}`` objects.
+
+    Locks the client row, then the things. Every item must be the client's (else
+    ``ValidationError``/``NotFound``, nothing written). ``request_key`` (the job's run-once key)
+    keys the module commands, ``<request_key>:<type>:<id>``: written once however often this runs.
+    With ``create_prorata_invoice`` and a new next due date, the prorata of each thing (its amount
+    and cycle *after* the update, from its current next due date to the new one) goes on one
+    invoice, due ``as_of``, if the sum is positive. Run again, the dates no longer move: no
+    second invoice. The plan (``plan_mass_update``) is the one ``preview_mass_update`` shows.
+    """
+    plan = plan_mass_update(session, client_id, items, changes, create_prorata_invoice=create_prorata_invoice,
+                            as_of=as_of, request_key=request_key)
+    return write_mass_update(session, plan, now=now, queue_email=queue_email)
 
 
 def _check_invoiceable(client: ClientInfo) -> None:
@@ -284,44 +350,54 @@ def _prorata_thing(key: tuple[str, int], thing: Any, label: str, changes: ThingC
         new_due_date=changes.next_due_date, taxed=bool(thing.taxed))
 
 
-def _apply(thing: Any, changes: ThingChanges, as_of: date) -> None:
+def _new_values(thing: Any, changes: ThingChanges, as_of: date) -> dict[str, tuple[Any, Any]]:
+    """Each column of ``thing`` the update gives a new value: name -> (before, after)."""
+    after: dict[str, Any] = {}
     if changes.status is not None:
         if (isinstance(thing, Service) and changes.status in (ThingStatus.TERMINATED, ThingStatus.CANCELLED)
                 and thing.status != changes.status and thing.termination_date is None):
-            thing.termination_date = as_of
-        thing.status = changes.status
+            after["termination_date"] = as_of
+        after["status"] = changes.status
     if changes.payment_method is not None:
-        thing.payment_method = changes.payment_method
+        after["payment_method"] = changes.payment_method
     if changes.override_auto_suspend is not None:
-        thing.override_auto_suspend = changes.override_auto_suspend
+        after["override_auto_suspend"] = changes.override_auto_suspend
     if changes.recurring_amount is not None:
-        thing.amount = changes.recurring_amount
+        after["amount"] = changes.recurring_amount
     if changes.billing_cycle is not None:
-        thing.billing_cycle = changes.billing_cycle
+        after["billing_cycle"] = changes.billing_cycle
     if changes.next_due_date is not None:
         # As WHMCS does: the next invoice is for the new date (continuous invoicing is driven by
         # next_invoice_date), and the admin's date is the new anchor day (cycles.anchor_day).
-        thing.next_due_date = changes.next_due_date
-        thing.next_invoice_date = changes.next_due_date
-        thing.due_day = changes.next_due_date.day
+        after["next_due_date"] = changes.next_due_date
+        after["next_invoice_date"] = changes.next_due_date
+        after["due_day"] = changes.next_due_date.day
+    return {name: (getattr(thing, name), value) for name, value in after.items() if getattr(thing, name) != value}
 
 
-def _invoice_prorata(session: Session, client: ClientInfo, result: MassUpdateResult, payment_method: str, *,
-                     as_of: date, queue_email: bool) -> None:
-    """One invoice with every prorata line, through the same machinery as renewals: tax per the
-    things' taxed flag, credit auto-applied, the number taken last, the "invoice created" email."""
+def _plan_prorata_invoice(session: Session, client: ClientInfo, lines: Sequence[ProrataItem], payment_method: str,
+                          *, as_of: date) -> InvoicePlan:
+    """The one invoice of every prorata line, planned as renewals are: tax per the things' taxed
+    flag, credit auto-applied (Paid when it covers the invoice), created and due ``as_of``."""
     settings = load_settings(session)
     tax = tax_context(TaxRules.load(session), client, settings)
-    lines = [PlannedItem(ItemType.PRORATA, pl.item_id, pl.description, pl.amount, pl.taxed, pl.period_start,
-                         payment_method, pl.period_end) for pl in result.prorata_items]
+    items = [PlannedItem(ItemType.PRORATA, pl.item_id, pl.description, pl.amount, pl.taxed, pl.period_start,
+                         payment_method, pl.period_end) for pl in lines]
     plan = InvoicePlan(client_id=client.id, currency_id=client.currency_id, date_created=as_of, date_due=as_of,
-                       payment_method=payment_method, items=tuple(lines),
-                       totals=totals_for(lines, tax, client.minor_units))
+                       payment_method=payment_method, items=tuple(items),
+                       totals=totals_for(items, tax, client.minor_units))
     [plan] = (apply_credit_to_plans([plan], client.credit_balance, as_of) if settings.auto_apply_credit
               else [settle_if_free(plan, as_of)])
+    return plan
+
+
+def _write_prorata_invoice(session: Session, plan: InvoicePlan, result: MassUpdateResult, *,
+                           queue_email: bool) -> None:
+    """Write the planned invoice through the same machinery as renewals: the number taken last,
+    the credit it spends, the "invoice created" email; a Paid one is settled."""
     stored = write_items_and_periods(session, [plan])
     if queue_email:
-        result.email_ids = queue_emails(session, [QueuedEmail("invoice_created", client.id,
+        result.email_ids = queue_emails(session, [QueuedEmail("invoice_created", plan.client_id,
                                                               {"invoice_id": s.id}, f"invoice_created:{s.id}")
                                                   for s in stored])
     write_invoice_rows(session, stored, source=SOURCE)
@@ -331,4 +407,5 @@ def _invoice_prorata(session: Session, client: ClientInfo, result: MassUpdateRes
     result.invoice_id, result.invoice_number = done.id, done.number
 
 
-__all__ = ["MASS_UPDATE_TYPES", "MassUpdateResult", "ThingChanges", "mass_update", "parse_changes"]
+__all__ = ["MASS_UPDATE_TYPES", "MassUpdatePlan", "MassUpdateResult", "ThingChanges", "ThingUpdate", "mass_update",
+           "parse_changes", "plan_mass_update", "write_mass_update"]

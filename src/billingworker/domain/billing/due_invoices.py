@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from ...store.bulk import update_rows
+from ...store.conflicts import is_transient
 from ..failures import ClientFailure
 from ..messaging.outbox import QueuedEmail, queue_emails
 from ..models import Client, ClientStatus, InvoiceStatus
@@ -124,8 +125,8 @@ def generate_for_clients(
         with session.begin_nested():
             write_plans(session, plans, due, result, queue_email=queue_email)
     except (IntegrityError, DBAPIError) as exc:
-        if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
-            raise
+        if not isinstance(exc, IntegrityError) and (exc.connection_invalidated or is_transient(exc)):
+            raise  # a deadlock or lock wait timeout: the whole transaction is to be run again
         # Someone else billed part of this batch (another application, a race we did not
         # expect). Redo it client by client, so the clash costs one client, not the batch;
         # a client billed meanwhile is "already billed" there, not a failure.
@@ -165,8 +166,8 @@ def _generate_one(session: Session, client: ClientInfo, as_of: date, settings: B
                     write_plans(session, plans, due, result, queue_email=queue_email)
             return
         except (IntegrityError, DBAPIError) as exc:
-            if not isinstance(exc, IntegrityError) and exc.connection_invalidated:
-                raise
+            if not isinstance(exc, IntegrityError) and (exc.connection_invalidated or is_transient(exc)):
+                raise  # transient: retried, never a failed client
             if not (isinstance(exc, IntegrityError) and is_billed_period_clash(exc)):
                 result.failures.append(ClientFailure(client.id, "", None, f"could not be invoiced: {exc.orig}"))
                 return

@@ -22,6 +22,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -98,6 +99,24 @@ def _recurring_line(item_type: str, item_id: int, label: str, amount, taxed, due
     return line, ThingUpdate(item_type, item_id, {"next_invoice_date": after, "due_day": anchor})
 
 
+@dataclass(frozen=True)
+class Window:
+    """Which driving dates are due on ``as_of`` (SPEC §4): each cycle's generation days, or,
+    for the things an admin selected (``selected``), any date at all."""
+
+    as_of: date
+    settings: BillingSettings
+    selected: bool = False
+
+    def horizon(self) -> date:
+        """The widest window, for SQL (the per-cycle windows are checked in Python)."""
+        return date.max if self.selected else self.as_of + timedelta(days=self.settings.max_generation_days())
+
+    def admits(self, driving: date, cycle: str, *, domain: bool = False) -> bool:
+        return self.selected or driving <= self.as_of + timedelta(
+            days=self.settings.generation_days(cycle, domain=domain))
+
+
 def find_due(
     session: Session,
     client_ids: Collection[int],
@@ -106,7 +125,9 @@ def find_due(
     *,
     only: Sequence[tuple[str, int]] | None = None,
 ) -> DueThings:
-    """Due lines of ``client_ids`` on ``as_of``.
+    """Due lines of ``client_ids`` on ``as_of``: the queries here, the rules in the pure
+    functions below (``service_items``, ``addon_items``, ``domain_items``, ``billable_items``,
+    ``keep_unbilled``).
 
     With ``only`` (invoice selected items) exactly those things are considered and the
     generation window does not apply: their next renewal is invoiced now. Without it (the
@@ -123,43 +144,33 @@ def find_due(
         chosen = {}
         for t, i in only:
             chosen.setdefault(t, []).append(i)
-    # Per-cycle windows are checked in Python; SQL filters with the widest one.
-    horizon = date.max if chosen is not None else as_of + timedelta(days=settings.max_generation_days())
-
-    def in_window(driving: date, cycle: str, *, domain: bool = False) -> bool:
-        return chosen is not None or driving <= as_of + timedelta(days=settings.generation_days(cycle, domain=domain))
+    window = Window(as_of, settings, selected=chosen is not None)
+    horizon = window.horizon()
 
     def restrict(stmt, item_type: str, id_column):
         if chosen is None:
             return stmt
         return stmt.where(id_column.in_(chosen.get(item_type, [])))
 
-    candidates: list[_Candidate] = []
     statuses = settings.statuses_for_services() if chosen is None else SELECTABLE_STATUSES
 
-    # --- services -------------------------------------------------------------------------
+    # --- services and addons --------------------------------------------------------------
     s_driving = Service.next_invoice_date if continuous else Service.next_due_date
-    rows = session.execute(restrict(
+    services = [r for r in session.execute(restrict(
         select(Service.id, Service.client_id, Service.amount, Service.billing_cycle, Service.payment_method,
                s_driving.label("due"), Service.due_day, Service.taxed, Service.domain,
                func.coalesce(Product.name, Service.name).label("name"))
         .outerjoin(Product, Product.id == Service.product_id)
         .where(among(session, Service.client_id, ids), Service.status.in_(statuses),
                Service.billing_cycle.in_(RECURRING), s_driving.is_not(None), s_driving <= horizon),
-        ItemType.SERVICE, Service.id)
-    ).all()
-    services = [r for r in rows if in_window(r.due, r.billing_cycle)]
-
-    # --- addons ---------------------------------------------------------------------------
+        ItemType.SERVICE, Service.id)) if window.admits(r.due, r.billing_cycle)]
     a_driving = Addon.next_invoice_date if continuous else Addon.next_due_date
-    rows = session.execute(restrict(
+    addons = [r for r in session.execute(restrict(
         select(Addon.id, Addon.client_id, Addon.service_id, Addon.name, Addon.amount, Addon.billing_cycle,
                Addon.payment_method, a_driving.label("due"), Addon.due_day, Addon.taxed)
         .where(among(session, Addon.client_id, ids), Addon.status.in_(statuses), Addon.billing_cycle.in_(RECURRING),
-               a_driving.is_not(None), a_driving <= horizon), ItemType.ADDON, Addon.id)
-    ).all()
-    addons = [r for r in rows if in_window(r.due, r.billing_cycle)]
-
+               a_driving.is_not(None), a_driving <= horizon), ItemType.ADDON, Addon.id))
+        if window.admits(r.due, r.billing_cycle)]
     # Parents of the addons and cancellation requests, only for the candidates found.
     service_ids = {r.id for r in services} | {r.service_id for r in addons}
     cancelling = set(session.execute(select(CancelRequest.service_id).where(
@@ -168,7 +179,47 @@ def find_due(
         select(Service.id, Service.domain, func.coalesce(Product.name, Service.name).label("name"))
         .outerjoin(Product, Product.id == Service.product_id)
         .where(among(session, Service.id, {r.service_id for r in addons})))} if addons else {}
+    candidates, service_by_domain = service_items(services, cancelling)
+    candidates += addon_items(addons, parents, cancelling)
 
+    # --- domains --------------------------------------------------------------------------
+    d_driving = Domain.next_invoice_date if continuous else Domain.next_due_date
+    d_statuses = settings.domain_invoiceable_statuses if chosen is None else SELECTABLE_DOMAIN_STATUSES
+    domains = session.execute(restrict(
+        select(Domain.id, Domain.client_id, Domain.domain, Domain.amount, Domain.billing_cycle,
+               Domain.payment_method, d_driving.label("due"), Domain.due_day, Domain.taxed)
+        .where(among(session, Domain.client_id, ids), Domain.status.in_(d_statuses),
+               Domain.billing_cycle.in_(RECURRING), Domain.do_not_renew.is_(False), d_driving.is_not(None),
+               d_driving <= horizon),
+        ItemType.DOMAIN, Domain.id)).all()
+    candidates += domain_items(domains, service_by_domain, window)
+
+    # --- billable items -------------------------------------------------------------------
+    billables = session.execute(restrict(
+        select(BillableItem.id, BillableItem.client_id, BillableItem.description, BillableItem.amount,
+               BillableItem.invoice_action, BillableItem.due_date, BillableItem.recur_every,
+               BillableItem.recur_cycle, BillableItem.recur_for, BillableItem.invoice_count,
+               BillableItem.payment_method, BillableItem.taxed)
+        .where(among(session, BillableItem.client_id, ids), BillableItem.invoice_action.in_(BILLABLE_ACTIONS)),
+        ItemType.BILLABLE, BillableItem.id)).all()
+    candidates += billable_items(billables, window)
+
+    # --- drop what is already billed ----------------------------------------------------------
+    keep_unbilled(candidates, _billed_periods_of(session, [c.line for c in candidates], due.billed_on), due)
+    return due
+
+
+# --- the rules: pure functions over the rows the queries read ---------------------------------
+
+#: The billable items' invoice actions that invoice them (the others wait for an admin).
+BILLABLE_ACTIONS = (InvoiceAction.NEXT_RUN, InvoiceAction.NEXT_INVOICE, InvoiceAction.DUE_DATE, InvoiceAction.RECUR)
+
+
+def service_items(services: Sequence[Any], cancelling: Collection[int]
+                  ) -> tuple[list[_Candidate], dict[tuple[int, str], tuple[str, int]]]:
+    """A line per service in the window that has no cancellation request, named after its
+    product and domain; and which service line each (client, domain name) may ride with."""
+    candidates: list[_Candidate] = []
     service_by_domain: dict[tuple[int, str], tuple[str, int]] = {}
     for r in services:
         if r.id in cancelling:
@@ -179,6 +230,13 @@ def find_due(
         candidates.append(_Candidate(r.client_id, line, upd))
         if r.domain:
             service_by_domain.setdefault((r.client_id, r.domain.lower()), line.key)
+    return candidates, service_by_domain
+
+
+def addon_items(addons: Sequence[Any], parents: dict[int, Any], cancelling: Collection[int]) -> list[_Candidate]:
+    """A line per addon in the window whose service has no cancellation request, attached to
+    its service's line and named after it."""
+    candidates = []
     for r in addons:
         if r.service_id in cancelling:
             continue
@@ -189,20 +247,16 @@ def find_due(
                                     r.billing_cycle, r.due_day, r.payment_method,
                                     attach_to=(ItemType.SERVICE, r.service_id))
         candidates.append(_Candidate(r.client_id, line, upd))
+    return candidates
 
-    # --- domains --------------------------------------------------------------------------
-    d_driving = Domain.next_invoice_date if continuous else Domain.next_due_date
-    d_statuses = settings.domain_invoiceable_statuses if chosen is None else SELECTABLE_DOMAIN_STATUSES
-    rows = session.execute(restrict(
-        select(Domain.id, Domain.client_id, Domain.domain, Domain.amount, Domain.billing_cycle,
-               Domain.payment_method, d_driving.label("due"), Domain.due_day, Domain.taxed)
-        .where(among(session, Domain.client_id, ids), Domain.status.in_(d_statuses),
-               Domain.billing_cycle.in_(RECURRING), Domain.do_not_renew.is_(False), d_driving.is_not(None),
-               d_driving <= horizon),
-        ItemType.DOMAIN, Domain.id)
-    ).all()
-    for r in rows:
-        if not in_window(r.due, r.billing_cycle, domain=True):
+
+def domain_items(domains: Sequence[Any], service_by_domain: dict[tuple[int, str], tuple[str, int]],
+                 window: Window) -> list[_Candidate]:
+    """A renewal line per domain in its (domain) window, riding with the service of the same
+    name (case-insensitive) if the client has one due."""
+    candidates = []
+    for r in domains:
+        if not window.admits(r.due, r.billing_cycle, domain=True):
             continue
         months = CYCLE_MONTHS[r.billing_cycle]  # type: ignore[index]
         period = f"{months // 12} Year/s" if months >= 12 else f"{months} Month/s"
@@ -210,40 +264,41 @@ def find_due(
                                     r.taxed, r.due, r.billing_cycle, r.due_day, r.payment_method,
                                     attach_to=service_by_domain.get((r.client_id, r.domain.lower())))
         candidates.append(_Candidate(r.client_id, line, upd))
+    return candidates
 
-    # --- billable items -------------------------------------------------------------------
-    actions = [InvoiceAction.NEXT_RUN, InvoiceAction.NEXT_INVOICE, InvoiceAction.DUE_DATE, InvoiceAction.RECUR]
-    rows = session.execute(restrict(
-        select(BillableItem.id, BillableItem.client_id, BillableItem.description, BillableItem.amount,
-               BillableItem.invoice_action, BillableItem.due_date, BillableItem.recur_every,
-               BillableItem.recur_cycle, BillableItem.recur_for, BillableItem.invoice_count,
-               BillableItem.payment_method, BillableItem.taxed)
-        .where(among(session, BillableItem.client_id, ids), BillableItem.invoice_action.in_(actions)),
-        ItemType.BILLABLE, BillableItem.id)
-    ).all()
-    window = as_of + timedelta(days=settings.invoice_generation_days)
-    for r in rows:
+
+def billable_items(items: Sequence[Any], window: Window) -> list[_Candidate]:
+    """A line per billable item its invoice action invoices now: a recurring one until its
+    count is reached (moving its due date on by its period), the others once; by due date
+    (and recurring ones) only within ``invoice_generation_days``, unless selected."""
+    candidates = []
+    limit = window.as_of + timedelta(days=window.settings.invoice_generation_days)
+    for r in items:
         if r.invoice_action == InvoiceAction.RECUR:
             exhausted = bool(r.recur_for) and r.invoice_count >= r.recur_for
             if exhausted or r.recur_every < 1 or r.recur_cycle not in RECUR_UNITS:
                 continue
-            if chosen is None and r.due_date > window:
+            if not window.selected and r.due_date > limit:
                 continue
             values = {"invoice_count": r.invoice_count + 1,
                       "due_date": advance_period(r.due_date, r.recur_every, r.recur_cycle)}
         else:
             if r.invoice_count > 0:
                 continue
-            if r.invoice_action == InvoiceAction.DUE_DATE and chosen is None and r.due_date > window:
+            if r.invoice_action == InvoiceAction.DUE_DATE and not window.selected and r.due_date > limit:
                 continue
             values = {"invoice_count": 1}
-        rides = r.invoice_action == InvoiceAction.NEXT_INVOICE and chosen is None
+        rides = r.invoice_action == InvoiceAction.NEXT_INVOICE and not window.selected
         line = PlannedItem(ItemType.BILLABLE, r.id, r.description, Decimal(r.amount), bool(r.taxed), r.due_date,
                            r.payment_method, rides_next_invoice=rides)
         candidates.append(_Candidate(r.client_id, line, ThingUpdate(ItemType.BILLABLE, r.id, values)))
+    return candidates
 
-    # --- drop what is already billed ----------------------------------------------------------
-    billed = _billed_periods_of(session, [c.line for c in candidates], due.billed_on)
+
+def keep_unbilled(candidates: Sequence[_Candidate], billed: _BilledPeriods, due: DueThings) -> None:
+    """Add to ``due`` the candidates whose period is not billed yet (or only by a Cancelled
+    invoice, which the new one takes over), and, on a billing day, only the period the thing
+    was billed for that day if any: one period per thing per billing day."""
     for c in candidates:
         key = (c.line.item_type, c.line.item_id, c.line.due_date)
         status = billed.periods.get(key)
@@ -256,7 +311,6 @@ def find_due(
         if status == InvoiceStatus.CANCELLED:
             due.cancelled_periods.add(key)
         due.add(c.client_id, c.line, c.update)
-    return due
 
 
 @dataclass(slots=True)

@@ -11,13 +11,21 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ...store.arrays import among
-from ...store.bulk import insert_rows, reserve_ids, update_rows
+from ...store.bulk import (
+    foreign_keys_checked_per_statement,
+    insert_rows,
+    insert_rows_returning_ids,
+    reserve_ids,
+    update_rows,
+)
 from ...store.conflicts import insert_ignoring_conflicts, is_unique_clash_on
+from ...store.locks import locks_only_the_named_table
+from ...store.returning import update_returning
 from ..models import (
     BilledPeriod,
     Client,
@@ -51,8 +59,12 @@ def lock_clients(session: Session, client_ids: Sequence[int]) -> dict[int, Clien
         .outerjoin(ClientGroup, ClientGroup.id == Client.group_id)
         .where(among(session, Client.id, sorted(set(client_ids))))
         .order_by(Client.id)
-        .with_for_update(of=Client)
     )
+    if locks_only_the_named_table(session):
+        stmt = stmt.with_for_update(of=Client)
+    else:
+        session.execute(select(Client.id).where(among(session, Client.id, sorted(set(client_ids))))
+                        .order_by(Client.id).with_for_update())
     out = {}
     for r in session.execute(stmt):
         out[r.id] = ClientInfo(
@@ -64,21 +76,42 @@ def lock_clients(session: Session, client_ids: Sequence[int]) -> dict[int, Clien
     return out
 
 
+#: ``Session.info`` key of the whole-day preview's sessions (``actors/day_preview.py``): their
+#: work is rolled back, so they must never hold what real jobs wait for.
+PREVIEW_SESSION = "billingworker.preview"
+
+
 def allocate_invoice_numbers(session: Session, count: int) -> int:
     """Take ``count`` consecutive invoice numbers; returns the first.
 
     The sequence row stays locked until the caller's transaction ends: a rollback gives the
     numbers back (no gaps) and concurrent workers queue for it (no repeats). Take numbers as
-    late as possible in a transaction to keep that wait short.
+    late as possible in a transaction to keep that wait short. A preview session takes none:
+    ``_preview_numbers``.
     """
-    stmt = (update(InvoiceSequence).where(InvoiceSequence.name == INVOICE_SEQUENCE)
-            .values(last_number=InvoiceSequence.last_number + count).returning(InvoiceSequence.last_number))
-    last = session.execute(stmt).scalar()
-    if last is None:
+    if session.info.get(PREVIEW_SESSION):
+        return _preview_numbers(session, count)
+    def take() -> list:
+        return update_returning(session, InvoiceSequence, [InvoiceSequence.name == INVOICE_SEQUENCE],
+                                {"last_number": InvoiceSequence.last_number + count}, [InvoiceSequence.last_number])
+
+    taken = take()
+    if not taken:
         ins = insert_ignoring_conflicts(session, InvoiceSequence)
         session.execute(ins.values(name=INVOICE_SEQUENCE, last_number=0))
-        last = session.execute(stmt).scalar_one()
+        taken = take()
+    [(last,)] = taken
     return last - count + 1
+
+
+def _preview_numbers(session: Session, count: int) -> int:
+    """Numbers for a preview's invoices without touching the sequence row: a preview holding its
+    lock would make every real job that numbers an invoice wait for the preview's batch. They
+    are negative (-1, -2, ... counted in the session), so they can never meet a real number in
+    the unique index, and are rolled back with the rest of the preview."""
+    taken = session.info.get("preview_numbers_taken", 0) + count
+    session.info["preview_numbers_taken"] = taken
+    return -taken
 
 
 @dataclass
@@ -87,6 +120,8 @@ class WrittenInvoice:
     plan: InvoicePlan
     #: Given by ``write_invoice_rows`` (NULL for a Draft).
     number: int | None = None
+    #: The invoice row is already written (without its number): see ``write_items_and_periods``.
+    row_written: bool = False
 
 
 def write_invoices(session: Session, plans: Sequence[InvoicePlan], *, source: str,
@@ -109,6 +144,10 @@ def write_items_and_periods(session: Session, plans: Sequence[InvoicePlan], *,
 
     ``billed_on`` (the due-invoice generation's day; None for other paths) is recorded on every
     billed period: a thing already billed on that billing day makes the insert fail too (unique index).
+
+    Where foreign keys are checked at each statement (MySQL/MariaDB), the invoice rows are
+    written first, without their numbers, and ``write_invoice_rows`` numbers them: the same rows
+    at the commit, the numbers still taken last.
     """
     if not plans:
         return []
@@ -121,8 +160,14 @@ def write_items_and_periods(session: Session, plans: Sequence[InvoicePlan], *,
             ),
             [{"t": t, "i": i, "d": d} for t, i, d in cancelled_periods],
         )
-    ids = reserve_ids(session, Invoice.__table__, len(plans))
-    stored = [WrittenInvoice(i, p) for i, p in zip(ids, plans, strict=True)]
+    if foreign_keys_checked_per_statement(session):
+        stored = [WrittenInvoice(0, p, row_written=True) for p in plans]
+        ids = insert_rows_returning_ids(session, Invoice.__table__, [_invoice_row(s, with_id=False) for s in stored])
+        for s, invoice_id in zip(stored, ids, strict=True):
+            s.id = invoice_id
+    else:
+        ids = reserve_ids(session, Invoice.__table__, len(plans))
+        stored = [WrittenInvoice(i, p) for i, p in zip(ids, plans, strict=True)]
     items, periods = [], []
     for s in stored:
         for ln in s.plan.items:
@@ -159,18 +204,8 @@ def write_invoice_rows(session: Session, stored: Sequence[WrittenInvoice], *, so
     first = allocate_invoice_numbers(session, len(numbered)) if numbered else 0
     for n, s in enumerate(numbered):
         s.number = first + n
-    rows = []
-    for s in stored:
-        p, t = s.plan, s.plan.totals
-        rows.append({
-            "id": s.id, "number": s.number, "client_id": p.client_id, "currency_id": p.currency_id,
-            "kind": p.kind, "status": p.status, "date_created": p.date_created, "date_due": p.date_due,
-            "date_paid": p.date_paid, "payment_method": p.payment_method, "subtotal": t.subtotal,
-            "tax1": t.tax1, "tax2": t.tax2, "tax_name1": t.name1, "tax_name2": t.name2, "tax_rate1": t.rate1,
-            "tax_rate2": t.rate2, "total": t.total, "credit_applied": p.credit_applied,
-            "balance_due": max(p.balance_due, ZERO),
-        })
-    insert_rows(session, Invoice.__table__, rows)
+    insert_rows(session, Invoice.__table__, [_invoice_row(s) for s in stored if not s.row_written])
+    update_rows(session, Invoice.__table__, [{"id": s.id, "number": s.number} for s in numbered if s.row_written])
     credit_rows, balances = [], {}
     for s in stored:
         if s.plan.credit_applied > 0:
@@ -182,6 +217,18 @@ def write_invoice_rows(session: Session, stored: Sequence[WrittenInvoice], *, so
             })
     if balances:
         _spend_credit(session, balances, credit_rows)
+
+
+def _invoice_row(s: WrittenInvoice, *, with_id: bool = True) -> dict:
+    p, t = s.plan, s.plan.totals
+    return {
+        **({"id": s.id} if with_id else {}), "number": s.number, "client_id": p.client_id, "currency_id": p.currency_id,
+        "kind": p.kind, "status": p.status, "date_created": p.date_created, "date_due": p.date_due,
+        "date_paid": p.date_paid, "payment_method": p.payment_method, "subtotal": t.subtotal,
+        "tax1": t.tax1, "tax2": t.tax2, "tax_name1": t.name1, "tax_name2": t.name2, "tax_rate1": t.rate1,
+        "tax_rate2": t.rate2, "total": t.total, "credit_applied": p.credit_applied,
+        "balance_due": max(p.balance_due, ZERO),
+    }
 
 
 def _spend_credit(session: Session, spent: dict[int, Decimal], credit_rows: list[dict]) -> None:

@@ -1,5 +1,6 @@
 """Late fees (SPEC §6): one "Late Fee" line on an Unpaid invoice once it is ``late_fee_days``
-past due, at most once per invoice, ever.
+past due, at most once per invoice, ever; or, with ``late_fee_type`` ``interest``, one interest
+line per calendar month (``collections/interest.py``).
 
 The fee is the fixed ``late_fee_amount``, or that percentage of the invoice total before the fee,
 raised to ``late_fee_minimum``, rounded to the invoice currency's minor unit. The invoice's totals
@@ -13,10 +14,11 @@ Locks: the clients' rows, then the invoices' rows by id (the order of ``invoice_
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import exists, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -38,9 +40,11 @@ from ..models import (
     InvoiceStatus,
     ItemType,
 )
+from ..models.collections import InvoiceInterestCharge
 from ..money import ZERO, round_money
 from ..settings import BillingSettings, load_settings
 from ..tasks import TaskResult
+from . import interest
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +52,14 @@ TASK = "apply_late_fees"
 DESCRIPTION = "Late Fee"
 PERCENTAGE = "percentage"
 FIXED = "fixed"
+INTEREST = "interest"
 #: Spellings of ``late_fee_type`` we accept (case-insensitive), as operators type them.
-FEE_TYPES = {"percentage": PERCENTAGE, "percent": PERCENTAGE, "fixed": FIXED, "fixed amount": FIXED}
+FEE_TYPES = {"percentage": PERCENTAGE, "percent": PERCENTAGE, "fixed": FIXED, "fixed amount": FIXED,
+             "interest": INTEREST}
 
 
 def fee_type(settings: BillingSettings) -> str | None:
-    """``percentage`` or ``fixed``; None for a value we do not know."""
+    """``percentage``, ``fixed`` or ``interest``; None for a value we do not know."""
     return FEE_TYPES.get(settings.late_fee_type.strip().lower())
 
 
@@ -94,12 +100,15 @@ def apply_late_fees_for_clients(session: Session, client_ids: Sequence[int], as_
     """
     result = TaskResult(task=TASK)
     settings = load_settings(session)
+    if fee_type(settings) == INTEREST:
+        return _apply_interest(session, client_ids, as_of, settings, result, dry_run=dry_run)
     if settings.late_fee_days <= 0 or settings.late_fee_amount <= 0:
         return result
     if fee_type(settings) is None:
         # An installation setting, not a client's data: reported once, no client is blamed.
         result.failures.append(ClientFailure(None, "settings.late_fee_type", settings.late_fee_type,
-                                             f"is not one of {PERCENTAGE!r} or {FIXED!r}; no late fee was added"))
+                                             f"is not one of {PERCENTAGE!r}, {FIXED!r} or {INTEREST!r}; "
+                                             "no late fee was added"))
         return result
     clients = lock_clients(session, client_ids)
     result.clients = len(clients)
@@ -107,28 +116,67 @@ def apply_late_fees_for_clients(session: Session, client_ids: Sequence[int], as_
     if not clients:
         return result
     minor_units = {cid: info.minor_units for cid, info in clients.items()}
-    fees = _plan(session, sorted(clients), as_of, settings, minor_units)
-    if dry_run or not fees:
-        _count(result, fees)
+    return _plan_and_write(
+        session, sorted(clients), result, dry_run=dry_run, table="invoice_late_fees",
+        plan=lambda ids: _plan(session, ids, as_of, settings, minor_units),
+        write=lambda fees: _write(session, fees, as_of, settings), count=_count)
+
+
+def _plan_and_write(session: Session, client_ids: list[int], result: TaskResult, *, dry_run: bool, table: str,
+                    plan: Callable[[list[int]], Sequence[Any]], write: Callable[[Sequence[Any]], None],
+                    count: Callable[[TaskResult, Sequence[Any]], None]) -> TaskResult:
+    """Plan the batch's charges and write them at once; if a charge clashes with one we did not
+    expect (another application wrote it), redo client by client on a fresh read, so that the
+    clash costs only its client (recorded against ``table``)."""
+    planned = plan(client_ids)
+    if dry_run or not planned:
+        count(result, planned)
         return result
     try:
         with session.begin_nested():
-            _write(session, fees, as_of, settings)
-        _count(result, fees)
+            write(planned)
+        count(result, planned)
     except IntegrityError as exc:
-        # A fee we did not expect (another application): redo client by client on a fresh read.
-        log.warning("late fees batch write failed (%s); retrying client by client", exc.__class__.__name__)
-        for client_id in sorted({f.client_id for f in fees}):
+        log.warning("%s: batch write failed (%s); retrying client by client", table, exc.__class__.__name__)
+        for client_id in sorted({p.client_id for p in planned}):
             try:
                 with session.begin_nested():
-                    mine = _plan(session, [client_id], as_of, settings, minor_units)
-                    _write(session, mine, as_of, settings)
-                _count(result, mine)
+                    mine = plan([client_id])
+                    write(mine)
+                count(result, mine)
             except IntegrityError as exc_one:
-                result.failures.append(ClientFailure(client_id, "invoice_late_fees", None,
-                                                     f"could not be recorded: {exc_one.orig}"))
+                result.failures.append(ClientFailure(client_id, table, None, f"could not be recorded: {exc_one.orig}"))
                 result.succeeded_clients.discard(client_id)
     return result
+
+
+def _apply_interest(session: Session, client_ids: Sequence[int], as_of: date, settings: BillingSettings,
+                    result: TaskResult, *, dry_run: bool) -> TaskResult:
+    """The ``interest`` mode: the interest lines of every whole month not yet charged
+    (``collections/interest.py``), with the same locks, dry run and fallback as the one-off fee."""
+    if settings.late_fee_days <= 0 or settings.late_fee_interest_rate == 0:
+        return result
+    problem = interest.settings_problem(settings)
+    if problem is not None:
+        result.failures.append(problem)
+        return result
+    clients = lock_clients(session, client_ids)
+    result.clients = len(clients)
+    result.succeeded_clients = set(clients)
+    if not clients:
+        return result
+    minor_units = {cid: info.minor_units for cid, info in clients.items()}
+    return _plan_and_write(
+        session, sorted(clients), result, dry_run=dry_run, table="invoice_interest_charges",
+        plan=lambda ids: interest.plan_interest(session, ids, as_of, settings, minor_units),
+        write=lambda planned: interest.write_interest(session, planned, as_of, settings), count=_count_interest)
+
+
+def _count_interest(result: TaskResult, planned: Sequence[interest.InvoiceInterest]) -> None:
+    for p in planned:
+        result.fees_added += len(p.lines)
+        result.amount += p.amount
+        result.preview += p.preview()
 
 
 def _count(result: TaskResult, fees: Sequence[_Fee]) -> None:
@@ -151,7 +199,9 @@ def _plan(session: Session, client_ids: Sequence[int], as_of: date, settings: Bi
                Client.status != ClientStatus.CLOSED, Invoice.status == InvoiceStatus.UNPAID,
                Invoice.kind == InvoiceKind.STANDARD,
                Invoice.date_due <= as_of - timedelta(days=settings.late_fee_days),
-               ~exists().where(InvoiceLateFee.invoice_id == Invoice.id))
+               ~exists().where(InvoiceLateFee.invoice_id == Invoice.id),
+               # One late-fee regime per invoice: one that bears interest gets no one-off fee.
+               ~exists().where(InvoiceInterestCharge.invoice_id == Invoice.id))
         .order_by(Invoice.id)
         .with_for_update(of=Invoice)).all()
     if not invoices:

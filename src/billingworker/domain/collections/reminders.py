@@ -85,7 +85,7 @@ class _Reminder:
                 "skipped": [s.value for s in self.skipped]}
 
 
-def send_reminders_for_clients(session: Session, client_ids: Sequence[int], as_of: date, *,
+def send_overdue_reminders_for_clients(session: Session, client_ids: Sequence[int], as_of: date, *,
                                dry_run: bool = False) -> TaskResult:
     """Queue the reminder each Unpaid invoice of ``client_ids`` is due on ``as_of``; the caller commits.
 

@@ -311,10 +311,25 @@ def record_delivery_failure(session: Session, email_id: int, error: str, *,
     return outbox.attempts
 
 
-def mark_failed(session: Session, email_id: int) -> None:
-    """Mark a row that is still ``queued`` ``failed`` (its retries are spent); the caller commits."""
-    session.execute(update(OutboxEmail.__table__).where(
-        OutboxEmail.id == email_id, OutboxEmail.status == OutboxStatus.QUEUED).values(status=OutboxStatus.FAILED))
+def mark_failed(session: Session, email_id: int, *, attempts_at_least: int, now: datetime,
+                claim_timeout: timedelta) -> bool:
+    """Mark an unsent row ``failed`` once it counts ``attempts_at_least`` failed attempts (its
+    tries are spent); the caller commits. True if this call marked it.
+
+    Left as it is: a row sent or skipped meanwhile; one with fewer failed attempts (waiting for
+    its next try, or offered again by ``outbox resend``); and one a worker is sending now (a
+    ``sending`` claim younger than ``claim_timeout``: the relay may have offered it again, and
+    that delivery must be able to mark it ``sent``). A claim older than that was left by a
+    dead worker.
+    """
+    if now.tzinfo is None:
+        raise ValidationError("now", now, "must be timezone-aware")
+    dead_claim = or_(OutboxEmail.claimed_at.is_(None), OutboxEmail.claimed_at < (now - claim_timeout).astimezone(UTC))
+    claim_left = and_(OutboxEmail.status == OutboxStatus.SENDING, dead_claim)
+    marked = session.execute(update(OutboxEmail.__table__).where(
+        OutboxEmail.id == email_id, or_(OutboxEmail.status == OutboxStatus.QUEUED, claim_left),
+        OutboxEmail.attempts >= attempts_at_least).values(status=OutboxStatus.FAILED))
+    return marked.rowcount == 1
 
 
 def pending_email_ids(session: Session, *, now: datetime, older_than: timedelta,

@@ -58,6 +58,8 @@ def resend_emails(session: Session, email_ids: Sequence[int], *, now: datetime) 
         elif row.status in RESENDABLE:
             row.status = OutboxStatus.QUEUED
             row.relayed_at = now
+            # Its tries count afresh: the give-up after the last one needs as many failures again.
+            row.attempts = 0
             queued.append(email_id)
         else:
             left[email_id] = row.status

@@ -98,6 +98,9 @@ class Client(Base):
     #: A parked client is skipped by the daily run until an operator unparks it.
     parked_at: Mapped[datetime | None]
     parked_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    #: When ``anonymise_client`` replaced the client's personal data (SPEC §12); NULL if never.
+    #: Written in the anonymising transaction, with its record in ``job_receipts``.
+    anonymised_at: Mapped[datetime | None]
 
 
 class User(Base):
@@ -172,3 +175,8 @@ class PayMethod(Base):
     bank_account_type: Mapped[str] = mapped_column(String(30), default="", server_default="")
     is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
+    #: Why the last ``remove_pay_method`` kept this method: the gateway's refusal or error, or
+    #: "gateway not active"; '' when no removal failed. Read by the admin panel and operators.
+    removal_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    #: When that removal was last tried (with ``removal_error``); NULL if never.
+    removal_attempted_at: Mapped[datetime | None]

@@ -1,4 +1,4 @@
-"""Collections (SPEC §5, §6, §8): reminders sent, late fees added, card captures attempted.
+"""Collections (SPEC §5, §6, §8): reminders sent, late fees and interest added, card captures attempted.
 
 Each table is the database's "once" guard for its job: a primary key or unique index makes the
 second reminder, fee or charge for the same invoice fail, however many workers try.
@@ -13,7 +13,7 @@ from enum import StrEnum
 from sqlalchemy import Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, money_column
+from .base import RATE, Base, money_column
 
 
 class ReminderStage(StrEnum):
@@ -51,6 +51,28 @@ class InvoiceLateFee(Base):
     invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id", ondelete="CASCADE"), primary_key=True)
     invoice_item_id: Mapped[int | None] = mapped_column(Integer)
     amount: Mapped[Decimal] = money_column()
+    applied_on: Mapped[date] = mapped_column(Date)
+
+
+class InvoiceInterestCharge(Base):
+    """One interest line of an invoice (late fee type ``interest``, SPEC §6): at most one per
+    (invoice, period), ever (primary key). ``period_start`` is the first day of the calendar
+    month the line charges; ``first_day`` .. ``period_end`` are the days of it that were past
+    due, charged at ``rate`` percent a year on ``balance`` (actual/365)."""
+
+    __tablename__ = "invoice_interest_charges"
+
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id", ondelete="CASCADE"), primary_key=True)
+    period_start: Mapped[date] = mapped_column(Date, primary_key=True)
+    first_day: Mapped[date] = mapped_column(Date)
+    period_end: Mapped[date] = mapped_column(Date)
+    days: Mapped[int] = mapped_column(Integer)
+    #: The balance the interest was charged on (the invoice's balance before interest, at first_day).
+    balance: Mapped[Decimal] = money_column()
+    #: The annual rate in percent that was charged.
+    rate: Mapped[Decimal] = mapped_column(RATE)
+    amount: Mapped[Decimal] = money_column()
+    invoice_item_id: Mapped[int | None] = mapped_column(Integer)
     applied_on: Mapped[date] = mapped_column(Date)
 
 

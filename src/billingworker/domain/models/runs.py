@@ -69,3 +69,22 @@ class DailyRunBatch(Base):
     task: Mapped[str] = mapped_column(String(30), primary_key=True)
     batch_no: Mapped[int] = mapped_column(Integer, primary_key=True)
     done_at: Mapped[datetime]
+
+
+class DailyRunReconciliation(Base):
+    """What the reconciliation found when a daily run finished (SPEC §15), recorded with the run:
+    whether the books were clean, the findings per check, and the first findings with their rows
+    (``domain/reports/reconciliation.py``)."""
+
+    __tablename__ = "daily_run_reconciliations"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("daily_runs.id", ondelete="CASCADE"), primary_key=True)
+    #: The day the books were checked for (the run's day).
+    as_of: Mapped[date] = mapped_column(Date)
+    checked_at: Mapped[datetime]
+    #: No finding that needs an operator (explained ones aside).
+    clean: Mapped[bool] = mapped_column(Boolean)
+    #: JSON object: per check, {"findings": n, "explained": m}.
+    counts: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    #: JSON list of the findings (capped; each names its check, table, row ids and reason).
+    findings: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")

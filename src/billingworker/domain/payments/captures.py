@@ -3,7 +3,7 @@ default stored card, through a payment gateway, never twice for one invoice.
 
 The gateway is never called inside a transaction: holding the client's lock across a network
 call would stall every other job of that client, and a rollback after the charge would forget
-money that moved. So ``capture_for_clients`` runs its own transactions, in three steps:
+money that moved. So ``capture_due_payments_for_clients`` runs its own transactions, in three steps:
 
 1. **Recover.** A ``pending`` attempt that exists when the call starts was left by a run that
    crashed (or is still running) between recording it and recording the gateway's answer. It is
@@ -133,7 +133,7 @@ class _Attempt:
                 "outcome": outcome}
 
 
-def capture_for_clients(
+def capture_due_payments_for_clients(
     session_factory: Callable[[], Session],
     client_ids: Sequence[int],
     as_of: date,

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ...store.arrays import among
+from ...store.returning import update_returning
 from ..failures import ClientFailure, record_failures
 from ..models import Client, ClientStatus, DailyRun, DailyRunBatch, DailyRunTask
+from ..reports.reconciliation import reconcile, record_reconciliation
 from ..settings import parse_run_time
 from ..tasks import TaskResult
-from .task_registry import TASK_NAMES
+from .tasks import TASK_NAMES
 
 #: A client whose batch work fails this many daily runs in a row is parked.
 PARK_AFTER_FAILURES = 3
@@ -60,6 +62,8 @@ class Step:
 
     kind: str  # "start_task" | "finish" | "wait" | "done"
     task: str | None = None
+    #: With "finish": whether the reconciliation recorded with the run found the books clean.
+    books_clean: bool | None = None
 
 
 def next_step(session: Session, run_id: int, *, now: datetime) -> Step:
@@ -87,9 +91,14 @@ def next_step(session: Session, run_id: int, *, now: datetime) -> Step:
         return Step("start_task", task.task)
     failures = sum(t.failures for t in tasks)
     run.status, run.finished_at = "succeeded", now
-    run.summary = json.dumps({"failures": failures})
+    # The run ends with a reconciliation of the books as of its day (SPEC §15), recorded in the
+    # transaction that marks it succeeded: a run is never succeeded without its record.
+    books = reconcile(session, run.run_date, now=now)
+    record_reconciliation(session, run_id, books)
+    run.summary = json.dumps({"failures": failures, "books_clean": books.clean,
+                              "findings": len(books.errors())})
     session.flush()
-    return Step("finish")
+    return Step("finish", books_clean=books.clean)
 
 
 def set_batches(session: Session, run_id: int, task: str, ranges: list[tuple[int, int]]) -> None:
@@ -156,16 +165,17 @@ def record_batch(session: Session, run_id: int, task: str, batch_no: int, result
             session.execute(insert(DailyRunBatch).values(run_id=run_id, task=task, batch_no=batch_no, done_at=now))
     except IntegrityError:
         return False, False
-    done, total = session.execute(update(DailyRunTask).where(DailyRunTask.run_id == run_id, DailyRunTask.task == task)
-                                  .returning(DailyRunTask.batches_done, DailyRunTask.batches_total).values(
-        batches_done=DailyRunTask.batches_done + 1,
-        clients=DailyRunTask.clients + result.clients,
-        invoices_created=DailyRunTask.invoices_created + result.invoices_created,
-        emails_queued=DailyRunTask.emails_queued + result.emails_queued,
-        fees_added=DailyRunTask.fees_added + result.fees_added,
-        captures=DailyRunTask.captures + result.captures,
-        credit_applied=DailyRunTask.credit_applied + result.credit_applied,
-        failures=DailyRunTask.failures + len(result.failures))).one()
+    [(done, total)] = update_returning(  # UPDATE ... RETURNING, also where the database has none (MySQL)
+        session, DailyRunTask, [DailyRunTask.run_id == run_id, DailyRunTask.task == task], dict(
+            batches_done=DailyRunTask.batches_done + 1,
+            clients=DailyRunTask.clients + result.clients,
+            invoices_created=DailyRunTask.invoices_created + result.invoices_created,
+            emails_queued=DailyRunTask.emails_queued + result.emails_queued,
+            fees_added=DailyRunTask.fees_added + result.fees_added,
+            captures=DailyRunTask.captures + result.captures,
+            credit_applied=DailyRunTask.credit_applied + result.credit_applied,
+            failures=DailyRunTask.failures + len(result.failures)),
+        [DailyRunTask.batches_done, DailyRunTask.batches_total])
     record_failures(session, result.failures, actor=task, message_id=message_id, now=now, run_id=run_id,
                     error="Failed")
     note_outcomes(session, result, now=now, run_id=run_id)
@@ -256,6 +266,42 @@ def run_time(text: str) -> time:
     return time(int(hours), int(minutes))
 
 
+def run_moment(day: date, at: time, zone: tzinfo) -> datetime:
+    """When the run of ``day`` is due (aware, UTC): the first instant of ``day`` at which the
+    wall clock of ``zone`` reads ``at`` or later. That is ``at`` itself; its first pass when fall
+    back repeats it (01:30 EDT, not 01:30 EST); and, when spring forward skips it, the end of the
+    skipped hour (02:30 never happens in New York on 8 March 2026: 03:00 EDT)."""
+    wall = datetime.combine(day, at)
+    passes = [wall.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1)]
+    real = [moment for moment in passes if _wall(moment, zone) == wall]
+    if real:
+        return min(real)
+    # Skipped: fold=1 reads ``at`` with the offset after the jump (an instant before the gap),
+    # fold=0 with the one before it (after the gap). Find the jump, to the second (a zone's
+    # transitions fall on whole seconds).
+    low, high = int(min(passes).timestamp()), int(max(passes).timestamp())
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _wall(datetime.fromtimestamp(middle, UTC), zone) >= wall:
+            high = middle
+        else:
+            low = middle
+    return datetime.fromtimestamp(high, UTC)
+
+
+def _wall(moment: datetime, zone: tzinfo) -> datetime:
+    return moment.astimezone(zone).replace(tzinfo=None)
+
+
 def scheduled_day(now_local: datetime, at: time) -> date:
-    """The day whose run should exist by ``now_local``: today once its run time has passed."""
-    return now_local.date() if now_local.time() >= at else now_local.date() - timedelta(days=1)
+    """The day whose run should exist by ``now_local``: today once its run is due (``run_moment``).
+
+    Instants are compared, not wall-clock times: in the hour fall back repeats, 01:10 EST comes
+    after 01:30 EDT, so the day's 01:30 run is already due then (a wall-clock comparison would say
+    "not yet" and fire a scheduler that missed the first pass an hour late). A naive ``now_local``
+    is a wall-clock reading and is compared as one.
+    """
+    today = now_local.date()
+    if now_local.tzinfo is None:
+        return today if now_local.time() >= at else today - timedelta(days=1)
+    return today if now_local >= run_moment(today, at, now_local.tzinfo) else today - timedelta(days=1)

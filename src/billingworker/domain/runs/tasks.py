@@ -1,9 +1,16 @@
-"""Daily-run tasks built on the billing core: generate due invoices and apply credit, in the
-batch-function shape of ``tasks.py``."""
+"""The daily run's tasks, in order (SPEC §15): each task's name and batch function, and which
+clients a batch holds. One table, read by the daily run, by the standalone jobs
+(``send_overdue_reminders``...) and by the dry run alike.
+
+Every batch function has the shape documented in ``domain/tasks.py``, in the caller's
+transaction; capture alone opens its own transactions (it commits before it calls the gateway,
+``own_transactions``) and takes a session factory, the gateway look-up and the time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date
 
 from sqlalchemy import select
@@ -12,15 +19,29 @@ from sqlalchemy.orm import Session
 from ...store.arrays import among
 from ..billing.due_invoices import generate_for_clients
 from ..billing.invoice_store import lock_clients
+from ..collections.late_fees import apply_late_fees_for_clients
+from ..collections.reminders import send_overdue_reminders_for_clients
 from ..models import Client, ClientStatus, Invoice, InvoiceKind, InvoiceStatus
 from ..money import ZERO
+from ..payments.captures import capture_due_payments_for_clients
 from ..payments.payments import apply_credit_to_invoice
 from ..settings import load_settings
 from ..tasks import TaskResult
 
 
-def generate_task(session: Session, client_ids: Sequence[int], as_of: date, *, dry_run: bool = False) -> TaskResult:
-    result = generate_for_clients(session, client_ids, as_of, dry_run=dry_run)
+@dataclass(frozen=True)
+class DailyTask:
+    name: str
+    #: The batch function: ``run(session, client_ids, as_of, *, dry_run=False) -> TaskResult``,
+    #: or for ``own_transactions``: ``run(session_factory, client_ids, as_of, *, gateway_for, now, dry_run=False)``.
+    run: Callable[..., TaskResult]
+    own_transactions: bool = False
+
+
+def generate_due_invoices_for_clients(session: Session, client_ids: Sequence[int], as_of: date, *,
+                                      dry_run: bool = False, queue_email: bool = True) -> TaskResult:
+    """Invoice what is due (the billing core); ``queue_email=False`` writes no invoice emails."""
+    result = generate_for_clients(session, client_ids, as_of, dry_run=dry_run, queue_email=queue_email)
     failed = {f.client_id for f in result.failures}
     plans = result.plans
     return TaskResult(
@@ -28,13 +49,14 @@ def generate_task(session: Session, client_ids: Sequence[int], as_of: date, *, d
         invoices_created=len(plans) if dry_run else result.invoices_created,
         amount=sum((p.totals.total for p in plans), ZERO), email_ids=result.email_ids,
         failures=result.failures, succeeded_clients=set(client_ids) - failed,
+        # Also when written: the whole-day preview runs the real code and reads these lines.
         preview=[{"client_id": p.client_id, "due": p.date_due.isoformat(), "lines": len(p.items),
-                  "total": str(p.totals.total), "status": p.status} for p in plans] if dry_run else [],
+                  "total": str(p.totals.total), "status": p.status} for p in plans],
     )
 
 
-def apply_credit_task(session: Session, client_ids: Sequence[int], as_of: date, *,
-                      dry_run: bool = False) -> TaskResult:
+def apply_credit_for_clients(session: Session, client_ids: Sequence[int], as_of: date, *,
+                             dry_run: bool = False) -> TaskResult:
     """Apply credit to the day's new invoices that still owe something (SPEC §4, §15).
 
     Credit is applied when an invoice is generated; this catches the invoices created today by
@@ -68,6 +90,7 @@ def apply_credit_task(session: Session, client_ids: Sequence[int], as_of: date, 
             continue
         applied = apply_credit_to_invoice(session, inv.id, as_of=as_of, source="job:run_daily_automation")
         if applied.applied > 0:
+            result.preview.append({"client_id": inv.client_id, "invoice_id": inv.id, "credit": str(applied.applied)})
             balance[inv.client_id] -= applied.applied
             result.credit_applied += 1
             result.amount += applied.applied
@@ -75,7 +98,20 @@ def apply_credit_task(session: Session, client_ids: Sequence[int], as_of: date, 
 
 
 def eligible_clients(session: Session, first_id: int, last_id: int) -> list[int]:
-    """Clients of a batch range that the daily run processes: not Closed, not parked."""
+    """The clients of a batch range that a job over every client processes: not Closed, not
+    parked (a parked client waits for the operator's ``unpark``; a job naming it still runs)."""
     return list(session.execute(
         select(Client.id).where(Client.id >= first_id, Client.id <= last_id, Client.status != ClientStatus.CLOSED,
                                 Client.parked_at.is_(None)).order_by(Client.id)).scalars())
+
+
+#: The daily run's tasks in the order it performs them.
+DAILY_TASKS: tuple[DailyTask, ...] = (
+    DailyTask("generate_due_invoices", generate_due_invoices_for_clients),
+    DailyTask("apply_credit", apply_credit_for_clients),
+    DailyTask("capture_due_payments", capture_due_payments_for_clients, own_transactions=True),
+    DailyTask("apply_late_fees", apply_late_fees_for_clients),
+    DailyTask("send_overdue_reminders", send_overdue_reminders_for_clients),
+)
+TASKS: dict[str, DailyTask] = {task.name: task for task in DAILY_TASKS}
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)

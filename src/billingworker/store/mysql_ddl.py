@@ -1,0 +1,157 @@
+"""How billingworker's tables are spelled on MySQL/MariaDB: registered once, used by the
+migrations and by ``metadata.create_all`` alike (PostgreSQL and SQLite DDL is untouched).
+
+- Every table: ``ENGINE=InnoDB`` (transactions, row locks, foreign keys) and ``utf8mb4`` with a
+  binary, no-pad collation, whatever the shared database's defaults are: a string compares as
+  it does on PostgreSQL (case-sensitively, trailing spaces significant: ``'a@x.com'`` and
+  ``'A@x.com'`` are two emails to a unique key, as they are there; look-ups that must ignore
+  case say ``lower()``, as they do for PostgreSQL) and any script, emoji included, round-trips.
+  MariaDB: ``utf8mb4_nopad_bin``; MySQL 8: ``utf8mb4_0900_bin`` (also binary and no-pad).
+- Foreign keys: InnoDB checks them at each statement and has no ``DEFERRABLE``; the two that
+  PostgreSQL checks at commit (an invoice's items and billed periods, written before the invoice
+  row) are immediate here, and ``store.bulk.invoice_rows_first`` makes the billing write the
+  invoice row first on this database: the same rows are kept, the guarantee unchanged.
+- Partial unique indexes (``postgresql_where``/``sqlite_where``: one default pay method per
+  client, one real daily run per day, one pending and one succeeded capture per invoice) do not
+  exist here. Each becomes a stored generated column per indexed column, ``<index>_key``, equal
+  to the column where the condition holds and NULL elsewhere, with a unique index of the same
+  name on it: InnoDB lets any number of NULLs through a unique key, so exactly the rows the
+  condition selects are unique, the same guarantee. Written here, so a migration that creates
+  or drops such an index needs no MySQL branch of its own; ``comparison_filter`` tells the
+  models-versus-migrations comparison that these columns and indexes are the models' ones.
+- ``DateTime``: ``DATETIME(6)`` (microseconds, as PostgreSQL keeps them; plain ``DATETIME``
+  would round them away). Stored in UTC: the connection's time zone is ``+00:00`` (db.py).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import DateTime
+from sqlalchemy.exc import CompileError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import CreateIndex, CreateTable, DropIndex, ForeignKeyConstraint, Index
+from sqlalchemy.types import NullType
+
+#: Made by migration 0001 on MySQL/MariaDB only (not a model): see store.bulk.reserve_ids.
+MYSQL_ONLY_TABLE = "billingworker_sequences"
+MARIADB_COLLATION = "utf8mb4_nopad_bin"
+MYSQL_COLLATION = "utf8mb4_0900_bin"
+
+
+def collation(dialect) -> str:
+    return MARIADB_COLLATION if getattr(dialect, "is_mariadb", False) else MYSQL_COLLATION
+
+
+def table_options(dialect) -> str:
+    return f"ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation(dialect)}"
+
+
+@compiles(CreateTable, "mysql")
+@compiles(CreateTable, "mariadb")
+def _create_table(element, compiler, **kw):
+    sql = compiler.visit_create_table(element, **kw)
+    if "ENGINE=" in sql.upper() or "CHARSET" in sql.upper():
+        return sql  # the table states its own options
+    return sql.rstrip() + " " + table_options(compiler.dialect) + "\n\n"
+
+
+@compiles(DateTime, "mysql")
+@compiles(DateTime, "mariadb")
+def _datetime(type_, compiler, **kw):
+    return "DATETIME(6)"
+
+
+@compiles(ForeignKeyConstraint, "mysql")
+@compiles(ForeignKeyConstraint, "mariadb")
+def _foreign_key(constraint, compiler, **kw):
+    sql = compiler.visit_foreign_key_constraint(constraint, **kw)
+    return sql.replace(" DEFERRABLE", "").replace(" INITIALLY DEFERRED", "").replace(" INITIALLY IMMEDIATE", "")
+
+
+#: Where the column types of a migration's partial index come from (Alembic builds the index on a
+#: table stub whose columns have no type): the models' metadata, set by migrations/env.py.
+_type_source = None
+
+
+def use_types_of(metadata) -> None:
+    global _type_source
+    _type_source = metadata
+
+
+def _column_type(index: Index, column):
+    if not isinstance(column.type, NullType):
+        return column.type
+    table = _type_source.tables.get(index.table.name) if _type_source is not None else None
+    if table is None or column.name not in table.c:
+        raise CompileError(f"MySQL: the type of {index.table.name}.{column.name} (partial index {index.name}) is "
+                           "unknown: give the column its type, or the table to the models")
+    return table.c[column.name].type
+
+
+def partial_where(index: Index):
+    """The condition of a partial index, as the models and migrations state it (or None)."""
+    for dialect in ("postgresql", "sqlite"):
+        where = index.dialect_options[dialect]._non_defaults.get("where")
+        if where is not None:
+            return where
+    return None
+
+
+def generated_key_columns(index_name: str, count: int) -> list[str]:
+    return [f"{index_name}_key"] if count == 1 else [f"{index_name}_key{n}" for n in range(1, count + 1)]
+
+
+@compiles(CreateIndex, "mysql")
+@compiles(CreateIndex, "mariadb")
+def _create_index(create, compiler, **kw):
+    index = create.element
+    where = partial_where(index)
+    if where is None or not index.unique:
+        return compiler.visit_create_index(create, **kw)
+    preparer = compiler.preparer
+    condition = compiler.sql_compiler.process(where, literal_binds=True, include_table=False)
+    columns = list(index.columns)
+    names = generated_key_columns(index.name, len(columns))
+    adds = [f"ADD COLUMN {preparer.quote(name)} {compiler.type_compiler.process(_column_type(index, column))}"
+            f" AS (CASE WHEN {condition} THEN {preparer.quote(column.name)} END) STORED"
+            for name, column in zip(names, columns, strict=True)]
+    keys = ", ".join(preparer.quote(name) for name in names)
+    return (f"ALTER TABLE {preparer.format_table(index.table)} {', '.join(adds)},"
+            f" ADD UNIQUE INDEX {preparer.quote(index.name)} ({keys})")
+
+
+@compiles(DropIndex, "mysql")
+@compiles(DropIndex, "mariadb")
+def _drop_index(drop, compiler, **kw):
+    index = drop.element
+    if partial_where(index) is None:
+        return compiler.visit_drop_index(drop, **kw)
+    preparer = compiler.preparer
+    drops = ", ".join(f"DROP COLUMN {preparer.quote(name)}"
+                      for name in generated_key_columns(index.name, max(len(index.columns), 1)))
+    return f"ALTER TABLE {preparer.format_table(index.table)} DROP INDEX {preparer.quote(index.name)}, {drops}"
+
+
+def comparison_filter(dialect_name: str, metadata):
+    """An Alembic ``include_object`` hook for comparing ``metadata`` with a MySQL/MariaDB database:
+    leaves out the partial unique indexes and the deferrable foreign keys (checked by
+    tests/store/test_mysql_schema.py instead) and the generated columns, which the models do
+    not name. None elsewhere: compare all."""
+    if dialect_name not in ("mysql", "mariadb"):
+        return None
+    partial = {index.name: len(index.columns) for table in metadata.tables.values()
+               for index in table.indexes if index.unique and partial_where(index) is not None}
+    generated = {name for index_name, count in partial.items()
+                 for name in generated_key_columns(index_name, count)}
+    deferred = {fk.name for table in metadata.tables.values() for fk in table.foreign_key_constraints
+                if fk.deferrable}
+
+    def include(obj, name, type_, reflected, compare_to) -> bool:
+        if type_ == "table" and name == MYSQL_ONLY_TABLE:
+            return False  # the sequences of store.bulk.reserve_ids, made by migration 0001 on MySQL only
+        if type_ == "index" and name in partial:
+            return False
+        if type_ == "foreign_key_constraint" and name in deferred:
+            return False  # immediate here (no DEFERRABLE): compared by tests/store/test_mysql_schema.py
+        return not (type_ == "column" and name in generated)
+
+    return include

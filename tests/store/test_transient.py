@@ -1,0 +1,88 @@
+"""``is_transient``: a deadlock or a lock wait timeout means "run the transaction again", never a
+failed client; a clash on a unique key is not transient. Provoked for real on each server."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from billingworker.db import session_factory
+from billingworker.domain.models import Client, User
+from billingworker.store.conflicts import is_transient
+from tests import factories as f
+
+
+def _short_lock_wait(session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL lock_timeout = '1s'"))
+    else:
+        session.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
+
+
+def test_a_lock_wait_timeout_is_transient(server_engine, server_session):
+    # Given one transaction holding a client's row lock
+    c = f.client(server_session)
+    server_session.commit()
+    server_session.execute(update(Client).where(Client.id == c.id).values(notes="first"))
+    other = session_factory(server_engine)()
+    try:
+        # When another waits for it longer than it may
+        _short_lock_wait(other)
+        with pytest.raises(DBAPIError) as waited:
+            other.execute(update(Client).where(Client.id == c.id).values(notes="second"))
+        # Then the error is transient
+        assert is_transient(waited.value)
+    finally:
+        other.rollback()
+        other.close()
+
+
+@pytest.mark.parametrize("in_savepoint", [False, True])
+def test_a_deadlock_is_transient(server_engine, server_session, in_savepoint):
+    """In a savepoint too: InnoDB rolls the whole transaction back, and leaving the savepoint
+    then fails with "SAVEPOINT does not exist", raised while handling the deadlock."""
+    # Given two clients, and two transactions locking them in opposite orders
+    a, b = f.client(server_session), f.client(server_session)
+    server_session.commit()
+    barrier = threading.Barrier(2)
+    errors: list[Exception] = []
+
+    def lock(first: int, second: int) -> None:
+        session = session_factory(server_engine)()
+        try:
+            session.execute(update(Client).where(Client.id == first).values(notes="x"))
+            barrier.wait()
+            if in_savepoint:
+                with session.begin_nested():
+                    session.execute(update(Client).where(Client.id == second).values(notes="y"))
+            else:
+                session.execute(update(Client).where(Client.id == second).values(notes="y"))
+            session.commit()
+        except DBAPIError as exc:
+            errors.append(exc)
+        finally:
+            session.rollback()
+            session.close()
+
+    threads = [threading.Thread(target=lock, args=pair) for pair in ((a.id, b.id), (b.id, a.id))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # Then the server picked a victim, and its error is transient (on a loaded machine the other
+    # may also run out of its lock wait while the victim is rolled back: transient too)
+    assert 1 <= len(errors) <= 2, errors
+    assert all(is_transient(e) for e in errors), errors
+
+
+def test_a_unique_clash_is_not_transient(session):
+    session.add(User(email="ada@example.com"))
+    session.commit()
+    session.add(User(email="ada@example.com"))
+    with pytest.raises(IntegrityError) as clash:
+        session.flush()
+    assert not is_transient(clash.value)
+    assert not is_transient(ValueError("not a database error"))
