@@ -47,6 +47,11 @@ class FixedClock:
         self._now = now
 
 
+#: ``Session.info`` key of the installation's time zone (BILLING_TIME_ZONE): ``db.session_factory``
+#: puts it there, the domain's ``settings.local_day`` reads a stored instant as that zone's day.
+TIME_ZONE_INFO = "billingworker.time_zone"
+
+
 def as_utc(moment: datetime) -> datetime:
     """Aware UTC; SQLite hands timestamps back naive (they are stored in UTC)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from .clock import TIME_ZONE_INFO
 from .config import get_config
 from .store import mysql_ddl as _mysql_ddl  # noqa: F401 - registers the MySQL/MariaDB table options
 from .store.arrays import among as among  # moved to store/; the old name still answers
@@ -37,7 +38,9 @@ SQLITE_BUSY_TIMEOUT = 30
 MYSQL_SQL_MODE = ("STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
                   "NO_ENGINE_SUBSTITUTION")
 #: Run on every new MySQL/MariaDB connection (see the module's docstring).
-MYSQL_INIT_COMMAND = f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}'"
+#: ``max_error_count``: SHOW WARNINGS lists every warning of a statement (its default, 64, would
+#: let an INSERT IGNORE of many duplicates hide one foreign-key or truncation warning among them).
+MYSQL_INIT_COMMAND = f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}', max_error_count = 65535"
 #: Per connection, on MySQL/MariaDB (PostgreSQL's default; see the module's docstring).
 MYSQL_ISOLATION_LEVEL = "READ COMMITTED"
 #: Connections older than this (seconds) are replaced: below the server's ``wait_timeout``.
@@ -76,8 +79,32 @@ def create_db_engine(url: str, **kwargs) -> Engine:
         kwargs.setdefault("isolation_level", MYSQL_ISOLATION_LEVEL)
         connect_args = {"charset": "utf8mb4", "init_command": MYSQL_INIT_COMMAND,
                         **kwargs.pop("connect_args", {})}
-        return create_engine(url, connect_args=connect_args, **kwargs)
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
+        _keep_mysql_session_settings(engine)
+        return engine
     return create_engine(url, **kwargs)
+
+
+class UnsafeMySQLSession(RuntimeError):
+    """A MySQL/MariaDB connection whose settings the store's SQL is not safe under."""
+
+
+def _keep_mysql_session_settings(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Our settings whatever ``connect_args`` said (a caller's init_command replaces ours),
+        # then checked: the store escapes the values of the statements it builds with
+        # backslashes, which NO_BACKSLASH_ESCAPES would turn into SQL injection.
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(MYSQL_INIT_COMMAND)
+            cursor.execute("SELECT @@SESSION.sql_mode")
+            (mode,) = cursor.fetchone()
+        finally:
+            cursor.close()
+        if "NO_BACKSLASH_ESCAPES" in (mode or "").upper():
+            raise UnsafeMySQLSession(f"this MySQL/MariaDB session runs with sql_mode {mode!r}: NO_BACKSLASH_ESCAPES "
+                                     "is not supported (the worker escapes with backslashes)")
 
 
 def _make_sqlite_transactional(engine: Engine) -> None:
@@ -112,7 +139,9 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine or get_engine(), expire_on_commit=False, autoflush=False)
+    return sessionmaker(bind=engine or get_engine(), expire_on_commit=False, autoflush=False,
+                        # the installation's zone, for the domain's ``settings.local_day``
+                        info={TIME_ZONE_INFO: get_config().time_zone})
 
 
 @contextmanager

@@ -34,7 +34,10 @@ def worker(engine, clock, mailer):
     w = Worker(broker, worker_timeout=50, worker_threads=2)
     w.start()
     yield w
-    drain()  # nothing of this test may still run when the next one wipes the database
+    # Nothing of this test may still run when the next one wipes the database: what waits in the
+    # queues (a failed test's retries, delayed by their backoff) is dropped, what runs finishes.
+    broker.flush_all()
+    drain()
     w.stop()
     broker.flush_all()
     rt.reset()

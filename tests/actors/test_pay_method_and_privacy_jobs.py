@@ -82,7 +82,8 @@ def test_a_gateway_that_raises_is_retried_and_the_retry_removes_it(session, work
     # Given a card whose gateway is unreachable (and few, quick retries: a failing test must not
     # wait out ten real backoffs in the worker's teardown)
     monkeypatch.setitem(remove_pay_method.options, "max_retries", 3)
-    monkeypatch.setitem(remove_pay_method.options, "max_backoff", 3000)
+    monkeypatch.setitem(remove_pay_method.options, "min_backoff", 2000)
+    monkeypatch.setitem(remove_pay_method.options, "max_backoff", 4000)
     c = f.client(session)
     card_id = f.card(session, c, gateway_token="tok_unavailable_4242").id
     session.commit()
@@ -106,7 +107,8 @@ def test_a_gateway_that_raises_is_retried_and_the_retry_removes_it(session, work
     assert dead_letters() == []
     session.expire_all()
     assert session.get(PayMethod, card_id) is None
-    assert TEST_GATEWAY.deletion_calls == 2 and len(TEST_GATEWAY.deletions) == 1
+    # (a loaded machine may run a retry before the gateway came back: asked again, harmless)
+    assert TEST_GATEWAY.deletion_calls >= 2 and len(TEST_GATEWAY.deletions) == 1
 
 
 def test_on_the_last_attempt_a_gateway_that_raises_keeps_the_record_and_stops(session, worker, monkeypatch):

@@ -18,6 +18,14 @@ def _short_lock_wait(session) -> None:
         session.execute(text("SET SESSION innodb_lock_wait_timeout = 2"))
 
 
+def _restore_lock_wait(session) -> None:
+    """A MySQL session variable outlives the transaction on the pooled connection: put it back,
+    or the next test's lock waits give up after a second."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(text("SET SESSION innodb_lock_wait_timeout = DEFAULT"))
+        session.rollback()
+
+
 def test_locking_clients_locks_neither_their_currency_nor_another_client(server_engine, server_session):
     # Given two clients of one currency, the first one locked for billing
     a, b = f.client(server_session), f.client(server_session)
@@ -34,6 +42,7 @@ def test_locking_clients_locks_neither_their_currency_nor_another_client(server_
         other.commit()
     finally:
         other.rollback()
+        _restore_lock_wait(other)
         other.close()
         holder.rollback()
         holder.close()

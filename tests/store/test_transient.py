@@ -22,6 +22,14 @@ def _short_lock_wait(session) -> None:
         session.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
 
 
+def _restore_lock_wait(session) -> None:
+    """A MySQL session variable outlives the transaction on the pooled connection: put it back,
+    or the next test's lock waits give up after a second."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(text("SET SESSION innodb_lock_wait_timeout = DEFAULT"))
+        session.rollback()
+
+
 def test_a_lock_wait_timeout_is_transient(server_engine, server_session):
     # Given one transaction holding a client's row lock
     c = f.client(server_session)
@@ -37,6 +45,7 @@ def test_a_lock_wait_timeout_is_transient(server_engine, server_session):
         assert is_transient(waited.value)
     finally:
         other.rollback()
+        _restore_lock_wait(other)
         other.close()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 from datetime import date, timedelta
 from enum import StrEnum
+from functools import lru_cache
 
 from .errors import ValidationError
 
@@ -59,13 +60,19 @@ def recurs(cycle: str) -> bool:
     return cycle in CYCLE_MONTHS
 
 
+@lru_cache(maxsize=4096)
+def days_in_month(year: int, month: int) -> int:
+    """``calendar.monthrange(year, month)[1]``, remembered: generation asks it twice per thing."""
+    return calendar.monthrange(year, month)[1]
+
+
 def add_months(start: date, months: int, anchor_day: int | None = None) -> date:
     """``start`` moved by ``months``, on ``anchor_day`` (default: start's day), clamped to month end."""
     day = anchor_day or start.day
     index = start.year * 12 + (start.month - 1) + months
     year, month = divmod(index, 12)
     month += 1
-    return date(year, month, min(day, calendar.monthrange(year, month)[1]))
+    return date(year, month, min(day, days_in_month(year, month)))
 
 
 def anchor_day(current: date, due_day: int | None) -> int:
@@ -76,7 +83,7 @@ def anchor_day(current: date, due_day: int | None) -> int:
     date without telling us (another application sharing the database), and the date wins.
     """
     if due_day:
-        last = calendar.monthrange(current.year, current.month)[1]
+        last = days_in_month(current.year, current.month)
         if current.day == min(due_day, last):
             return due_day
     return current.day

@@ -8,14 +8,36 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..clock import TIME_ZONE_INFO
 from .errors import ValidationError
 from .models import Setting
+
+
+def installation_zone(session: Session) -> ZoneInfo:
+    """The installation's time zone (BILLING_TIME_ZONE), as the session was made with; UTC if none."""
+    return ZoneInfo(session.info.get(TIME_ZONE_INFO) or "UTC")
+
+
+def local_day(session: Session, moment: datetime | date) -> date:
+    """The installation's calendar day of a stored instant (SPEC §3: every date is local). A
+    naive value is UTC, as every timestamp is stored; a date is already a day."""
+    if not isinstance(moment, datetime):
+        return moment
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return aware.astimezone(installation_zone(session)).date()
+
+
+def local_day_start(session: Session, day: date) -> datetime:
+    """The instant (UTC) the installation's ``day`` begins."""
+    return datetime.combine(day, time(0), tzinfo=installation_zone(session)).astimezone(UTC)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ commit or roll back with everything else.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cache
 
@@ -57,6 +57,14 @@ def _literal_str(value: str) -> str:
     return "'" + escape_string(value) + "'"
 
 
+def _literal_datetime(value: datetime) -> str:
+    """Timestamps are stored as UTC (the session's time zone is +00:00): an aware value is
+    converted, not cut to its wall-clock time."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return f"'{value.isoformat(sep=' ')}'"
+
+
 #: SQL literals of the values the billing writes, by exact type: the driver's own escaping goes
 #: through three calls and a mapping per value, which is a third of a billing run's time.
 _LITERALS = {
@@ -65,6 +73,7 @@ _LITERALS = {
     type(None): lambda v: "NULL",
     Decimal: lambda v: format(v, "f"),
     date: lambda v: f"'{v.isoformat()}'",
+    datetime: _literal_datetime,
     str: _literal_str,
 }
 
@@ -95,7 +104,7 @@ def _insert_mysql(session: Session, table: Table, rows: Sequence[dict]) -> None:
             for row in rows:
                 literal = _literals(conn, [row[c] for c in columns])
                 parts.append(literal)
-                size += len(literal) + 2
+                size += len(literal.encode()) + 2  # bytes: max_allowed_packet counts bytes, not characters
                 if size >= MYSQL_STATEMENT_BYTES:
                     cursor.execute(head + ", ".join(parts))
                     parts, size = [], 0

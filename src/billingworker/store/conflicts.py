@@ -73,13 +73,19 @@ def _refuse_other_warnings(conn, cursor, statement, parameters, context, execute
     with check:
         check.execute("SHOW WARNINGS")
         warnings = check.fetchall()
+        check.execute("SELECT @@warning_count")
+        (count,) = check.fetchone()
+    import pymysql
+
+    if count > len(warnings):
+        # Warnings MySQL did not list (beyond max_error_count): one of them may be a foreign key
+        # or a truncation; refuse rather than guess.
+        raise pymysql.err.DataError(1265, f"{count} warnings, {len(warnings)} listed: refused, not ignored")
     for _level, code, message in warnings:
         if code == ER_DUP_ENTRY:
             found = _DUPLICATE_KEY.search(message)
             if allowed is None or (found and found.group(1) in allowed):
                 continue
-        import pymysql
-
         error = pymysql.err.IntegrityError if code in (ER_DUP_ENTRY, 1451, 1452, 1048) else pymysql.err.DataError
         raise error(code, message)
 

@@ -312,3 +312,42 @@ def summary_figures(session: Session, client_id: int) -> tuple:
     summary = client_summary(session, client_id)
     return (tuple(asdict(s) for s in summary.invoices), summary.gross_revenue, summary.client_expenses,
             summary.credit_balance)
+
+
+def test_no_text_column_of_the_whole_database_keeps_the_clients_data(session):
+    from sqlalchemy import String, Text
+
+    from billingworker.domain.failures import ClientFailure, record_failures
+    from billingworker.domain.models import Base, Client, Invoice, OutboxEmail, Service
+
+    # Given a client with every record, its data also quoted where the worker wrote it: a refused
+    # phone number (job_failures), a greylisted then sent email (last_error), a parked reason,
+    # and its services' notes and login
+    r = client_with_every_record(session, tag="a", phone_number="+44 20 7946 0958 ext ZZ99")
+    session.execute(update(Invoice).where(Invoice.client_id == r.client_id,
+                                          Invoice.status.in_(["Unpaid", "Payment Pending"]))
+                    .values(status="Paid", balance_due=0))
+    record_failures(session, [ClientFailure(r.client_id, "phone_number", "+44 20 7946 0958 ext ZZ99",
+                                            "is not a phone number")],
+                    actor="normalize_phone_numbers", message_id="m1", now=NOW)
+    session.add(OutboxEmail(client_id=r.client_id, template="invoice_created", context="{}", status="sent",
+                            sent_at=NOW, last_error="SMTP 450 <a@client.example>: greylisted"))
+    session.execute(update(Client).where(Client.id == r.client_id)
+                    .values(parked_reason="apply_late_fees: about a@client.example"))
+    session.execute(update(Service).where(Service.client_id == r.client_id)
+                    .values(notes="Ada Lovelace's birthday", username="adalovelace"))
+    session.commit()
+
+    # When the client is anonymised
+    anonymise_client(session, r.client_id, gateway_for=gateway_for, as_of=TODAY, now=NOW)
+    session.commit()
+
+    # Then no text column of any table still holds its phone, its email address or its name
+    needles = ["7946 0958", "a@client.example", "Lovelace", "adalovelace"]
+    hits = []
+    for table in Base.metadata.sorted_tables:
+        columns = [c.name for c in table.columns if isinstance(c.type, String | Text)]
+        for row in session.execute(select(table)).mappings() if columns else ():
+            hits += [(table.name, name, needle) for name in columns for needle in needles
+                     if isinstance(row[name], str) and needle in row[name]]
+    assert hits == []

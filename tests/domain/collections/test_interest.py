@@ -442,3 +442,35 @@ def test_the_database_refuses_a_second_line_for_a_month(session):
         write_interest(session, planned, date(2028, 3, 1), settings)
     session.rollback()
     assert charges(session) == 1
+
+
+def test_a_payment_counts_on_the_installations_day_not_the_utc_day(session):
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from billingworker.clock import TIME_ZONE_INFO
+    from billingworker.domain.collections.late_fees import apply_late_fees_for_clients
+    from billingworker.domain.models import InvoiceItem, Transaction
+    from billingworker.domain.settings import save_settings
+    from tests import factories as f
+
+    # Given an installation in New York, 1,000.00 due 2028-01-10 at 12 % a year, and 500.00 paid
+    # on 31 January at 20:00 there (stored as 1 February 01:00 UTC, as apply_payment stores it)
+    session.info[TIME_ZONE_INFO] = "America/New_York"
+    save_settings(session, late_fee_days=1, late_fee_type="interest", late_fee_interest_rate="12")
+    c = f.client(session)
+    inv = f.invoice(session, c, due=date(2028, 1, 10), lines=[("Server", "1000.00", False)])
+    session.add(Transaction(client_id=c.id, invoice_id=inv.id, date=datetime(2028, 2, 1, 1, tzinfo=UTC),
+                            gateway="banktransfer", transaction_id="t1", amount_in=Decimal("500")))
+    inv.amount_paid, inv.balance_due = Decimal("500"), Decimal("500")
+    session.commit()
+
+    # When interest is charged on 1 March
+    apply_late_fees_for_clients(session, [c.id], date(2028, 3, 1))
+    session.commit()
+
+    # Then February bears interest on 500.00 (29 days: 500 x 12 % x 29 / 365 = 4.77), not on 1,000.00
+    lines = [item.amount for item in session.scalars(
+        select(InvoiceItem).where(InvoiceItem.item_type == "late_fee").order_by(InvoiceItem.id))]
+    assert lines[-1] == Decimal("4.77")

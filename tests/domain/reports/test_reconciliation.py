@@ -369,3 +369,55 @@ def test_two_advances_finishing_one_run_at_once_record_one_reconciliation(pg_eng
     with new_session() as session:
         assert session.scalar(select(func.count()).select_from(DailyRunReconciliation)) == 1
         assert recorded_reconciliation(session, run_id).clean is True
+
+
+def test_paying_the_later_period_first_is_not_a_finding(session):
+    from billingworker.domain.models import Invoice
+    from billingworker.domain.reports.reconciliation import reconcile
+    from billingworker.domain.settings import save_settings
+
+    # Given continuous invoicing billed January and February, and the client paid February first
+    save_settings(session, continuous_invoice_generation=True)
+    c = f.client(session)
+    f.service(session, c, next_due_date=date(2026, 1, 20), next_invoice_date=date(2026, 1, 20),
+              amount=Decimal("10.00"))
+    session.commit()
+    generate_for_clients(session, [c.id], date(2026, 1, 10))
+    session.commit()
+    generate_for_clients(session, [c.id], date(2026, 2, 10))
+    session.commit()
+    january, february = session.scalars(select(Invoice).where(Invoice.client_id == c.id).order_by(Invoice.id))
+    apply_payment(session, february.id, Decimal(february.total), gateway="stripe", transaction_id="ch_x",
+                  as_of=date(2026, 2, 11), now=datetime(2026, 2, 11, 12, tzinfo=UTC))
+    session.commit()
+
+    # When the books are checked, January still owed
+    result = reconcile(session, date(2026, 2, 11))
+
+    # Then the due date held back by January is no finding
+    assert [x for x in result.findings if x.check == "paid_moved_due_dates"] == []
+    # But once January is paid too and the due date still did not move, it is one
+    apply_payment(session, january.id, Decimal(january.total), gateway="stripe", transaction_id="ch_y",
+                  as_of=date(2026, 2, 12), now=datetime(2026, 2, 12, 12, tzinfo=UTC))
+    session.execute(update(Service).where(Service.client_id == c.id).values(next_due_date=date(2026, 1, 20)))
+    session.commit()
+    assert {x.check for x in reconcile(session, date(2026, 2, 12)).findings if not x.explained} == {
+        "paid_moved_due_dates"}
+
+
+def test_only_a_failure_to_invoice_that_day_explains_a_thing_left_unbilled(session):
+    from billingworker.domain.reports.reconciliation import reconcile
+
+    # Given a service due and never invoiced, and that day a failure that is not about invoicing
+    c = f.client(session)
+    f.service(session, c, next_due_date=date(2026, 1, 8))
+    session.add(JobFailure(actor="remove_pay_method", client_id=c.id, error="PayMethodKept", field="pay_method_id",
+                           reason="kept: refused", created_at=datetime(2026, 1, 10, 9)))
+    session.commit()
+
+    # When the books are checked
+    result = reconcile(session, date(2026, 1, 10))
+
+    # Then the unbilled service is a finding, not explained away
+    unbilled = [x for x in result.findings if x.check == "due_billed"]
+    assert unbilled and not any(x.explained for x in unbilled) and not result.clean

@@ -28,21 +28,26 @@ from sqlalchemy.orm import Session, aliased
 from ...db import for_update
 from ..errors import Conflict, NotFound
 from ..models import (
+    Addon,
+    CancelRequest,
     Client,
     ClientExport,
     ClientFile,
     ClientNote,
     ClientUser,
     Contact,
+    Domain,
     EmailLog,
     Invoice,
     InvoiceStatus,
+    JobFailure,
     JobReceipt,
     OutboxEmail,
     OutboxStatus,
     PasswordResetToken,
     PayMethod,
     Quote,
+    Service,
     Ticket,
     User,
 )
@@ -64,7 +69,7 @@ _UNSENT = (OutboxStatus.QUEUED, OutboxStatus.SENDING, OutboxStatus.FAILED)
 #: The client's profile fields erased, with their neutral value (``country`` is kept, see above).
 _ERASED_PROFILE = {"first_name": ANONYMISED, "last_name": "", "company_name": "", "address1": "", "address2": "",
                    "city": "", "state": "", "postcode": "", "phone_number": "", "tax_id": "", "notes": "",
-                   "last_login_at": None, "last_login_ip": "", "last_login_host": ""}
+                   "last_login_at": None, "last_login_ip": "", "last_login_host": "", "parked_reason": ""}
 
 
 def anonymised_email(kind: str, row_id: int) -> str:
@@ -130,6 +135,7 @@ def anonymise_client(session: Session, client_id: int, *, allow_unpaid: bool = F
     for model, column in ((Ticket, Ticket.subject), (Quote, Quote.subject), (ClientFile, ClientFile.title)):
         changed[model.__tablename__] = session.execute(
             update(model).where(model.client_id == client_id).values({column: REDACTED})).rowcount
+    changed.update(_erase_free_text(session, client_id))
     changed.update(_silence_emails(session, client_id, anonymised_email("client", client_id)))
     result.export_files = list(session.scalars(
         select(ClientExport.filename).where(ClientExport.client_id == client_id).order_by(ClientExport.id)))
@@ -230,6 +236,23 @@ def _anonymise_users(session: Session, client_id: int) -> dict[str, int]:
     return {"users": len(own), "client_users": unlinked, "password_reset_tokens": tokens}
 
 
+def _erase_free_text(session: Session, client_id: int) -> dict[str, int]:
+    """Free text that may hold the client's words or data, beside the fiscal records: the notes
+    and logins of its services, addons and domains, its cancellation requests' reasons, and the
+    reasons of the worker's failure rows (a refused phone number, an address is quoted there;
+    the rows stay, with their job, field and error, for the operators' history)."""
+    changed = {}
+    for model in (Service, Addon, Domain):
+        values = {"notes": ""} if model is not Service else {"notes": "", "username": ""}
+        changed[f"{model.__tablename__}_notes"] = session.execute(
+            update(model).where(model.client_id == client_id).values(values)).rowcount
+    changed["cancel_requests"] = session.execute(update(CancelRequest).where(CancelRequest.service_id.in_(
+        select(Service.id).where(Service.client_id == client_id))).values(reason=REDACTED)).rowcount
+    changed["job_failures"] = session.execute(
+        update(JobFailure).where(JobFailure.client_id == client_id).values(reason=REDACTED)).rowcount
+    return changed
+
+
 def _silence_emails(session: Session, client_id: int, address: str) -> dict[str, int]:
     """Unsent emails of the client are skipped with a reason; every outbox row's context (which
     may hold a message an admin wrote) is emptied; the email log keeps that an email of a template
@@ -245,6 +268,9 @@ def _silence_emails(session: Session, client_id: int, address: str) -> dict[str,
         OutboxEmail.client_id == client_id, OutboxEmail.status.in_(_UNSENT)).values(
         status=OutboxStatus.SKIPPED, last_error=SKIP_REASON)).rowcount
     session.execute(update(OutboxEmail).where(OutboxEmail.client_id == client_id).values(context="{}"))
+    # A mail server's refusal quotes the address ("450 <a@client.example> greylisted").
+    session.execute(update(OutboxEmail).where(OutboxEmail.client_id == client_id,
+                                              OutboxEmail.last_error != SKIP_REASON).values(last_error=""))
     redacted = session.execute(update(EmailLog).where(EmailLog.client_id == client_id).values(
         subject=REDACTED, body_text="", body_html="", to_address=address, cc="")).rowcount
     return {"email_outbox": skipped, "email_log": redacted}

@@ -34,6 +34,7 @@ from ..models import (
     Currency,
     Invoice,
     InvoiceItem,
+    InvoiceKind,
     InvoiceSequence,
     InvoiceStatus,
 )
@@ -79,6 +80,20 @@ def lock_clients(session: Session, client_ids: Sequence[int]) -> dict[int, Clien
 #: ``Session.info`` key of the whole-day preview's sessions (``actors/day_preview.py``): their
 #: work is rolled back, so they must never hold what real jobs wait for.
 PREVIEW_SESSION = "billingworker.preview"
+
+
+def for_update_of_invoices(session: Session, stmt, client_ids: Sequence[int]):
+    """``stmt`` (a select of invoices joined to other tables) locking the invoice rows it reads
+    and no other: ``FOR UPDATE OF invoices``. MariaDB has no ``OF``, and would lock every joined
+    row too (the currency row all clients of a currency share); there the clients' Unpaid
+    standard invoices are locked by themselves first, and ``stmt`` reads without a lock."""
+    if locks_only_the_named_table(session):
+        return stmt.with_for_update(of=Invoice)
+    session.execute(select(Invoice.id).where(among(session, Invoice.client_id, sorted(set(client_ids))),
+                                             Invoice.status == InvoiceStatus.UNPAID,
+                                             Invoice.kind == InvoiceKind.STANDARD)
+                    .order_by(Invoice.id).with_for_update())
+    return stmt
 
 
 def allocate_invoice_numbers(session: Session, count: int) -> int:

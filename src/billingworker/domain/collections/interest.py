@@ -35,14 +35,15 @@ from __future__ import annotations
 import calendar
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 from sqlalchemy import exists, insert, select
 from sqlalchemy.orm import Session
 
 from ...store.arrays import among
-from ...store.bulk import insert_rows, reserve_ids, update_rows
+from ...store.bulk import insert_rows_returning_ids, update_rows
+from ..billing.invoice_store import for_update_of_invoices
 from ..billing.tax import HUNDRED, Rate, Totals, compute_totals
 from ..failures import ClientFailure
 from ..models import (
@@ -60,7 +61,7 @@ from ..models import (
 )
 from ..models.collections import InvoiceInterestCharge
 from ..money import ZERO, round_money
-from ..settings import MAX_INTEREST_RATE, BillingSettings
+from ..settings import MAX_INTEREST_RATE, BillingSettings, local_day
 
 #: actual/365: the days of a year, leap or not.
 DAYS_IN_YEAR = 365
@@ -171,7 +172,7 @@ def plan_interest(session: Session, client_ids: Sequence[int], as_of: date, sett
     ``as_of``: a handful of queries for the whole batch (invoices, their lines, their charges,
     their dated payments and credit)."""
     rate = settings.late_fee_interest_rate
-    invoices = session.execute(
+    invoices = session.execute(for_update_of_invoices(session,
         select(Invoice.id, Invoice.client_id, Invoice.date_due, Invoice.credit_applied, Invoice.amount_paid,
                Invoice.tax_name1, Invoice.tax_rate1, Invoice.tax_name2, Invoice.tax_rate2, Currency.minor_units)
         .join(Client, Client.id == Invoice.client_id)
@@ -181,8 +182,7 @@ def plan_interest(session: Session, client_ids: Sequence[int], as_of: date, sett
                Invoice.kind == InvoiceKind.STANDARD,
                Invoice.date_due <= as_of - timedelta(days=settings.late_fee_days),
                ~exists().where(InvoiceLateFee.invoice_id == Invoice.id))
-        .order_by(Invoice.id)
-        .with_for_update(of=Invoice)).all()
+        .order_by(Invoice.id), client_ids)).all()
     invoices = [inv for inv in invoices if whole_periods(inv.date_due, as_of)]
     if not invoices:
         return []
@@ -248,13 +248,14 @@ def plan_interest(session: Session, client_ids: Sequence[int], as_of: date, sett
 
 def _dated_receipts(session: Session, invoice_ids: Sequence[int]) -> dict[int, list[tuple[date, Decimal]]]:
     """Per invoice, the day and amount of each dated payment toward it: its transactions (money
-    in less money out, on the transaction's calendar day as stored) and its credit-history
-    spends (negative amounts linked to it)."""
+    in less money out, on the installation's day of the transaction's time: a payment at 20:00
+    in New York on the 31st is paid on the 31st, not on the UTC 1st) and its credit-history
+    spends (negative amounts linked to it, dated by their day)."""
     out: dict[int, list[tuple[date, Decimal]]] = {}
     for invoice_id, when, money_in, money_out in session.execute(
             select(Transaction.invoice_id, Transaction.date, Transaction.amount_in, Transaction.amount_out)
             .where(among(session, Transaction.invoice_id, invoice_ids))):
-        day = when.date() if isinstance(when, datetime) else when
+        day = local_day(session, when)
         out.setdefault(invoice_id, []).append((day, Decimal(money_in) - Decimal(money_out)))
     for invoice_id, day, amount in session.execute(
             select(CreditHistory.invoice_id, CreditHistory.date, CreditHistory.amount)
@@ -270,17 +271,17 @@ def write_interest(session: Session, planned: Sequence[InvoiceInterest], as_of: 
     rows = [(p, ln) for p in planned for ln in p.lines]
     if not rows:
         return
-    item_ids = reserve_ids(session, InvoiceItem.__table__, len(rows))
+    # The lines first, with the ids the database gives them (one id source for invoice_items,
+    # AUTO_INCREMENT on MySQL/MariaDB); then the guard, whose clash takes them back (savepoint).
+    item_ids = insert_rows_returning_ids(session, InvoiceItem.__table__, [
+        {"invoice_id": p.invoice_id, "client_id": p.client_id, "item_type": ItemType.LATE_FEE.value,
+         "item_id": None, "description": ln.period.label(), "amount": ln.amount, "taxed": settings.late_fee_taxed,
+         "due_date": ln.period.first_day, "period_end": ln.period.end} for p, ln in rows])
     session.execute(insert(InvoiceInterestCharge), [
         {"invoice_id": p.invoice_id, "period_start": ln.period.start, "first_day": ln.period.first_day,
          "period_end": ln.period.end, "days": ln.period.days, "balance": ln.balance,
          "rate": settings.late_fee_interest_rate, "amount": ln.amount, "invoice_item_id": item_id,
          "applied_on": as_of}
-        for (p, ln), item_id in zip(rows, item_ids, strict=True)])
-    insert_rows(session, InvoiceItem.__table__, [
-        {"id": item_id, "invoice_id": p.invoice_id, "client_id": p.client_id, "item_type": ItemType.LATE_FEE.value,
-         "item_id": None, "description": ln.period.label(), "amount": ln.amount, "taxed": settings.late_fee_taxed,
-         "due_date": ln.period.first_day, "period_end": ln.period.end}
         for (p, ln), item_id in zip(rows, item_ids, strict=True)])
     update_rows(session, Invoice.__table__, [
         {"id": p.invoice_id, "subtotal": p.totals.subtotal, "tax1": p.totals.tax1, "tax2": p.totals.tax2,

@@ -25,8 +25,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ...store.arrays import among
-from ...store.bulk import insert_rows, reserve_ids, update_rows
-from ..billing.invoice_store import lock_clients
+from ...store.bulk import insert_rows_returning_ids, update_rows
+from ..billing.invoice_store import for_update_of_invoices, lock_clients
 from ..billing.tax import HUNDRED, Rate, Totals, compute_totals
 from ..failures import ClientFailure
 from ..models import (
@@ -189,7 +189,7 @@ def _plan(session: Session, client_ids: Sequence[int], as_of: date, settings: Bi
           client_minor_units: dict[int, int]) -> list[_Fee]:
     """Lock the invoices due a fee (by id) and compute their fees and new totals: one query for
     the invoices of the batch, one for their lines."""
-    invoices = session.execute(
+    invoices = session.execute(for_update_of_invoices(session,
         select(Invoice.id, Invoice.client_id, Invoice.total, Invoice.credit_applied, Invoice.amount_paid,
                Invoice.tax_name1, Invoice.tax_rate1, Invoice.tax_name2, Invoice.tax_rate2,
                Currency.minor_units)
@@ -202,8 +202,7 @@ def _plan(session: Session, client_ids: Sequence[int], as_of: date, settings: Bi
                ~exists().where(InvoiceLateFee.invoice_id == Invoice.id),
                # One late-fee regime per invoice: one that bears interest gets no one-off fee.
                ~exists().where(InvoiceInterestCharge.invoice_id == Invoice.id))
-        .order_by(Invoice.id)
-        .with_for_update(of=Invoice)).all()
+        .order_by(Invoice.id), client_ids)).all()
     if not invoices:
         return []
     lines: dict[int, list[tuple[Decimal, bool]]] = {}
@@ -232,15 +231,15 @@ def _plan(session: Session, client_ids: Sequence[int], as_of: date, settings: Bi
 def _write(session: Session, fees: Sequence[_Fee], as_of: date, settings: BillingSettings) -> None:
     if not fees:
         return
-    item_ids = reserve_ids(session, InvoiceItem.__table__, len(fees))
-    # The guard first, as a plain INSERT: a fee already recorded fails here, before any line is added.
+    # The lines, with the ids the database gives them (on MySQL/MariaDB the table's AUTO_INCREMENT,
+    # the one id source every writer of invoice_items shares), then the guard: a fee already
+    # recorded fails there, and the caller's savepoint takes the lines back with it.
+    item_ids = insert_rows_returning_ids(session, InvoiceItem.__table__, [
+        {"invoice_id": f.invoice_id, "client_id": f.client_id, "item_type": ItemType.LATE_FEE.value,
+         "item_id": None, "description": DESCRIPTION, "amount": f.amount, "taxed": settings.late_fee_taxed,
+         "due_date": None, "period_end": None} for f in fees])
     session.execute(insert(InvoiceLateFee), [
         {"invoice_id": f.invoice_id, "invoice_item_id": item_id, "amount": f.amount, "applied_on": as_of}
-        for f, item_id in zip(fees, item_ids, strict=True)])
-    insert_rows(session, InvoiceItem.__table__, [
-        {"id": item_id, "invoice_id": f.invoice_id, "client_id": f.client_id, "item_type": ItemType.LATE_FEE.value,
-         "item_id": None, "description": DESCRIPTION, "amount": f.amount, "taxed": settings.late_fee_taxed,
-         "due_date": None, "period_end": None}
         for f, item_id in zip(fees, item_ids, strict=True)])
     update_rows(session, Invoice.__table__, [
         {"id": f.invoice_id, "subtotal": f.totals.subtotal, "tax1": f.totals.tax1, "tax2": f.totals.tax2,

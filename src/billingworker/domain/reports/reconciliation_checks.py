@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -75,7 +75,7 @@ from ..models import (
     OutboxStatus,
     Service,
 )
-from ..settings import load_settings
+from ..settings import load_settings, local_day_start
 
 #: The checks, in the order they run and are shown: name -> what holds when it passes.
 CHECKS: dict[str, str] = {
@@ -191,6 +191,13 @@ def _due_billed(session: Session, as_of: date, now: datetime) -> list[Finding]:
     return findings
 
 
+#: Invoices still owed (an earlier period of a thing in one of these holds its due date back).
+OWED_STATUSES = (InvoiceStatus.UNPAID, InvoiceStatus.PAYMENT_PENDING, InvoiceStatus.COLLECTIONS)
+#: The ``job_failures.actor`` of a failure to invoice: the generation, its batches, and the
+#: daily run's generation task (``run_daily_batch`` records under the task's name).
+INVOICING_ACTORS = ("generate_due_invoices", "generate_due_invoices_batch", "invoice_selected_items")
+
+
 def _explanations(session: Session, as_of: date, unbilled) -> tuple[set[int], dict[int, str], set[tuple[str, int]]]:
     """For the unbilled things found: parked clients, clients with a failure recorded by the day's
     run (or on the day, by a job outside a run), and things billed another period on the day."""
@@ -198,12 +205,15 @@ def _explanations(session: Session, as_of: date, unbilled) -> tuple[set[int], di
     parked = set(session.execute(select(Client.id).where(
         Client.id.in_(client_ids), Client.parked_at.is_not(None))).scalars())
     day_runs = select(DailyRun.id).where(DailyRun.run_date == as_of, DailyRun.dry_run.is_(False))
-    since = datetime.combine(as_of, time(0), tzinfo=UTC)
+    # Only a failure to invoice explains a thing left unbilled (not a declined card, a refused
+    # phone number...), and only one of the installation's day itself.
+    since, until = local_day_start(session, as_of), local_day_start(session, as_of + timedelta(days=1))
     failed: dict[int, str] = {}
     for client_id, actor, reason in session.execute(
             select(JobFailure.client_id, JobFailure.actor, JobFailure.reason)
-            .where(JobFailure.client_id.in_(client_ids),
-                   or_(JobFailure.run_id.in_(day_runs), JobFailure.created_at >= since))
+            .where(JobFailure.client_id.in_(client_ids), JobFailure.actor.in_(INVOICING_ACTORS),
+                   or_(JobFailure.run_id.in_(day_runs),
+                       and_(JobFailure.created_at >= since, JobFailure.created_at < until)))
             .order_by(JobFailure.id)):
         failed.setdefault(client_id, f"{actor}: {reason}"[:200])
     billed_today = set()
@@ -322,14 +332,25 @@ def _invoices_deleted_with_clients(session: Session) -> int:
 # --- 4. every paid invoice moved its things' due dates ------------------------------------------
 
 def _paid_moved_due_dates(session: Session, as_of: date, now: datetime) -> list[Finding]:
+    """A Paid invoice's period must have moved its thing's due date past it, unless an earlier
+    period of the thing is still owed: a payment advances the due date through consecutive paid
+    periods only (``payments.advance_paid_periods``), so paying February before January moves
+    nothing until January is paid too."""
     findings = []
+    earlier_item, earlier_invoice = aliased(InvoiceItem), aliased(Invoice)
     for item_type, model, table in _THINGS:
+        owed_before = exists().where(
+            earlier_item.invoice_id == earlier_invoice.id, earlier_item.item_type == item_type,
+            earlier_item.item_id == model.id, earlier_invoice.status.in_(OWED_STATUSES),
+            earlier_item.due_date < InvoiceItem.due_date,
+            or_(model.next_due_date.is_(None), earlier_item.due_date >= model.next_due_date))
         rows = session.execute(
             select(Invoice.id, model.id, InvoiceItem.due_date, model.next_due_date)
             .join(InvoiceItem, InvoiceItem.invoice_id == Invoice.id)
             .join(model, and_(InvoiceItem.item_type == item_type, model.id == InvoiceItem.item_id))
             .where(Invoice.status == InvoiceStatus.PAID, InvoiceItem.due_date.is_not(None),
-                   or_(model.next_due_date.is_(None), model.next_due_date <= InvoiceItem.due_date))
+                   or_(model.next_due_date.is_(None), model.next_due_date <= InvoiceItem.due_date),
+                   ~owed_before)
             .order_by(Invoice.id, model.id)).all()
         findings += [Finding("paid_moved_due_dates", "invoices", (r[0],),
                              f"invoice {r[0]} is Paid but {item_type} {r[1]} ({table}) still has next_due_date "
