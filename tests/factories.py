@@ -454,22 +454,33 @@ def status_of(engine: Engine, email_id: int) -> str:
 # Concurrency (was tests/domain/billing/test_concurrency.py)
 
 def race(engine, *work: Callable[[Session], object]) -> list:
-    """Run each callable in its own thread and session, all released at once; commit each."""
+    """Run each callable in its own thread and session, all released at once; commit each.
+
+    A deadlock or a lock wait timeout (``store.conflicts.is_transient``) is run again from the
+    start, up to three times, as the worker's retry would: the database gave the transaction
+    up, and the guarantee under test is about what the work leaves once it is done."""
+    from billingworker.store.conflicts import is_transient
+
     barrier = threading.Barrier(len(work))
     results: list = [None] * len(work)
     errors: list = []
 
     def run(n: int, fn) -> None:
-        session = session_factory(engine)()
-        try:
-            barrier.wait()
-            results[n] = fn(session)
-            session.commit()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-            session.rollback()
-        finally:
-            session.close()
+        for attempt in range(4):
+            session = session_factory(engine)()
+            try:
+                if attempt == 0:
+                    barrier.wait()
+                results[n] = fn(session)
+                session.commit()
+                return
+            except Exception as exc:  # noqa: BLE001 - reported below
+                session.rollback()
+                if not is_transient(exc) or attempt == 3:
+                    errors.append(exc)
+                    return
+            finally:
+                session.close()
 
     threads = [threading.Thread(target=run, args=(n, fn)) for n, fn in enumerate(work)]
     for t in threads:
