@@ -134,7 +134,7 @@ def _drop_index(drop, compiler, **kw):
 def comparison_filter(dialect_name: str, metadata):
     """An Alembic ``include_object`` hook for comparing ``metadata`` with a MySQL/MariaDB database:
     leaves out the partial unique indexes and the deferrable foreign keys (checked by
-    tests/store/test_mysql_schema.py instead) and the generated columns, which the models do
+    tests/store/test_schema_guarantees.py instead) and the generated columns, which the models do
     not name. None elsewhere: compare all."""
     if dialect_name not in ("mysql", "mariadb"):
         return None
@@ -151,7 +151,8 @@ def comparison_filter(dialect_name: str, metadata):
         if type_ == "index" and name in partial:
             return False
         if type_ == "foreign_key_constraint" and name in deferred:
-            return False  # immediate here (no DEFERRABLE): compared by tests/store/test_mysql_schema.py
+            # immediate here (no DEFERRABLE): their guarantee tested by tests/store/test_schema_guarantees.py
+            return False
         return not (type_ == "column" and name in generated)
 
     return include

@@ -198,6 +198,25 @@ def test_a_gap_left_by_a_deleted_client_is_explained(session):
     assert "number 5 after the last invoice" in finding.reason
 
 
+def test_a_deleted_clients_numbers_explain_their_own_gaps_and_no_other(session):
+    # Given number 5 gone with its client (its receipt names it), and number 2 deleted by hand,
+    # while a deleted client's two Drafts (no numbers) are in the receipt's count too
+    make_book(session)
+    by_number = dict(session.execute(select(Invoice.number, Invoice.id)).all())
+    for number in (2, 5):
+        session.execute(delete(InvoiceItem).where(InvoiceItem.invoice_id == by_number[number]))
+        session.execute(delete(Invoice).where(Invoice.id == by_number[number]))
+    session.add(JobReceipt(key="delete_client:client:99", actor="delete_client",
+                           result='{"deleted": {"invoices": 3}, "invoice_numbers": [5]}'))
+    session.commit()
+
+    # When reconciled
+    findings = {f.reason.split(" ")[1]: f for f in check(session, "numbers_gap_free")}
+
+    # Then the deleted client's number is explained, the other gap is a finding
+    assert findings["5"].explained and not findings["2"].explained
+
+
 def test_a_paid_invoice_that_did_not_move_the_due_date_is_found(session):
     # Given B's paid invoice, and its service's next due date put back on the period it paid
     book = make_book(session)

@@ -64,10 +64,14 @@ class DeletionResult:
     transactions_kept: int = 0
     #: Export files (names inside EXPORTS_DIR) the caller removes from disk after the commit.
     export_files: list[str] = field(default_factory=list)
+    #: The numbers of the invoices deleted (Drafts have none): the gaps they leave in the
+    #: numbering are explained by them (``reports/reconciliation_checks``).
+    invoice_numbers: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"client_id": self.client_id, "outcome": self.outcome, "deleted": self.deleted,
-                "transactions_kept": self.transactions_kept, "export_files": self.export_files}
+                "transactions_kept": self.transactions_kept, "export_files": self.export_files,
+                "invoice_numbers": self.invoice_numbers}
 
 
 def delete_client(session: Session, client_id: int, *, delete_users: bool = False,
@@ -93,6 +97,8 @@ def delete_client(session: Session, client_id: int, *, delete_users: bool = Fals
     result.export_files = list(session.execute(
         select(ClientExport.filename).where(ClientExport.client_id == client_id).order_by(ClientExport.id)).scalars())
     invoice_ids = select(Invoice.id).where(Invoice.client_id == client_id).scalar_subquery()
+    result.invoice_numbers = list(session.execute(select(Invoice.number).where(
+        Invoice.client_id == client_id, Invoice.number.is_not(None)).order_by(Invoice.number)).scalars())
     result.transactions_kept = _keep_transactions(session, client_id)
     users = _users_of_no_other_client(session, client_id) if delete_users else []
 

@@ -294,16 +294,21 @@ def _numbers_gap_free(session: Session, as_of: date, now: datetime) -> list[Find
         following = session.execute(select(func.min(Invoice.number)).where(Invoice.number > number)).scalar()
         upto = following - 1 if following is not None else last
         gaps.append((number + 1, upto, invoice_id, _invoice_with_number(session, following)))
-    missing = sum(g[1] - g[0] + 1 for g in gaps)
-    deleted = _invoices_deleted_with_clients(session) if gaps else 0
-    explained = 0 < missing <= deleted
+    deleted_numbers, uncounted = _invoices_deleted_with_clients(session) if gaps else (set(), 0)
+    # Numbers the deletion receipts name explain their gaps exactly; receipts written before they
+    # named them (an invoice count only, Drafts included) explain at most that many others.
+    unnamed = sum(1 for first, upto, _, _ in gaps for n in range(first, upto + 1) if n not in deleted_numbers)
     for first, upto, before, following in gaps:
         span = f"number {first}" if first == upto else f"numbers {first}-{upto}"
         ids = tuple(i for i in (before, following) if i is not None)
         where = "after the last invoice" if following is None else "missing"
         reason = f"{span} {where} (the invoices around the gap are named)"
-        if explained:
-            reason += f"; {deleted} invoices were deleted with their clients"
+        named = all(n in deleted_numbers for n in range(first, upto + 1))
+        explained = named or 0 < unnamed <= uncounted
+        if named:
+            reason += "; deleted with their client (delete_client)"
+        elif explained:
+            reason += f"; up to {uncounted} invoices were deleted with their clients before the receipts named them"
         findings.append(Finding("numbers_gap_free", "invoices", ids, reason, explained))
     if highest is not None and highest > last:
         findings.append(Finding("numbers_gap_free", "invoice_sequences", (),
@@ -318,15 +323,21 @@ def _invoice_with_number(session: Session, number: int | None) -> int | None:
     return session.execute(select(Invoice.id).where(Invoice.number == number).limit(1)).scalar()
 
 
-def _invoices_deleted_with_clients(session: Session) -> int:
-    """Invoices deleted with their clients (SPEC §12), from ``delete_client``'s receipts."""
-    total = 0
+def _invoices_deleted_with_clients(session: Session) -> tuple[set[int], int]:
+    """Invoices deleted with their clients (SPEC §12), from ``delete_client``'s receipts: the
+    numbers the receipts name, and how many invoices older receipts (which name none) counted."""
+    numbers: set[int] = set()
+    uncounted = 0
     for raw in session.execute(select(JobReceipt.result).where(JobReceipt.key.like("delete_client:%"))).scalars():
         try:
-            total += int(json.loads(raw).get("deleted", {}).get("invoices", 0))
+            receipt = json.loads(raw)
+            if "invoice_numbers" in receipt:
+                numbers.update(int(n) for n in receipt["invoice_numbers"])
+            else:
+                uncounted += int(receipt.get("deleted", {}).get("invoices", 0))
         except (ValueError, TypeError, AttributeError):
             continue
-    return total
+    return numbers, uncounted
 
 
 # --- 4. every paid invoice moved its things' due dates ------------------------------------------
