@@ -210,10 +210,15 @@ def email_invoice(
         credit_applied=credit,
         balance_due=round_money(totals.total - credit, minor),
     )
+    return _with_lines(session, invoice, lines)
+
+
+def _with_lines(session: Session, invoice: Invoice, lines) -> Invoice:
+    """Write ``invoice`` and its manual lines ``(description, amount, taxed)``."""
     session.add(invoice)
     session.flush()
     for description, amount, taxed in lines:
-        session.add(InvoiceItem(invoice_id=invoice.id, client_id=client.id, item_type="manual",
+        session.add(InvoiceItem(invoice_id=invoice.id, client_id=invoice.client_id, item_type="manual",
                                 description=description, amount=Decimal(amount), taxed=taxed))
     session.flush()
     return invoice
@@ -341,13 +346,7 @@ def reminder_invoice(session: Session, client: Client, *, due: date = REMINDER_D
         tax_name2=totals.name2, tax_rate1=totals.rate1, tax_rate2=totals.rate2, total=totals.total,
         credit_applied=credit, amount_paid=paid,
         balance_due=max(round_money(totals.total - credit - paid, minor), Decimal(0)))
-    session.add(invoice)
-    session.flush()
-    for description, amount, taxed in lines:
-        session.add(InvoiceItem(invoice_id=invoice.id, client_id=client.id, item_type="manual",
-                                description=description, amount=Decimal(amount), taxed=taxed))
-    session.flush()
-    return invoice
+    return _with_lines(session, invoice, lines)
 
 
 def count_rows(session: Session, model) -> int:

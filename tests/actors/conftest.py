@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from dramatiq import Worker
+from sqlalchemy import func, select
 
 from billingworker import runtime as rt
 from billingworker.actors import broker
@@ -82,3 +83,21 @@ def hold_messages(monkeypatch, actor_name: str) -> list[dict]:
 
     monkeypatch.setattr(broker, "enqueue", enqueue)
     return held
+
+
+@pytest.fixture
+def exports_dir(worker, tmp_path):
+    """Export files of the test's own, for the client jobs (export, delete, anonymise)."""
+    rt.configure(exports_dir=tmp_path / "exports")
+    return tmp_path / "exports"
+
+
+def count(session, model, *where) -> int:
+    return session.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def twice(message) -> None:
+    """The broker delivers the very same message again (at-least-once)."""
+    drain()
+    broker.enqueue(message)
+    drain()

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from dramatiq import Message
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from billingworker import runtime as rt
 from billingworker.actors import broker
@@ -16,24 +15,7 @@ from billingworker.domain.models import Client, ClientExport, ClientMerge, Invoi
 from tests import factories as f
 from tests.domain.client_records_factories import client_with_every_record, secrets
 
-from .conftest import dead_letters, drain
-
-
-@pytest.fixture
-def exports_dir(worker, tmp_path):
-    rt.configure(exports_dir=tmp_path / "exports")
-    return tmp_path / "exports"
-
-
-def count(session, model, *where) -> int:
-    return session.scalar(select(func.count()).select_from(model).where(*where))
-
-
-def twice(message: Message) -> None:
-    """The broker delivers the very same message again (at-least-once)."""
-    drain()
-    broker.enqueue(message)
-    drain()
+from .conftest import count, dead_letters, drain, twice
 
 
 def test_close_client_delivered_twice_closes_once(session, worker):

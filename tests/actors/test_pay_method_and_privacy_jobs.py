@@ -8,11 +8,9 @@ import json
 import time
 
 import pytest
-from dramatiq import Message
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
-from billingworker import runtime as rt
-from billingworker.actors import broker, pay_methods
+from billingworker.actors import pay_methods
 from billingworker.actors.clients import export_client_data
 from billingworker.actors.pay_methods import remove_pay_method
 from billingworker.actors.privacy import anonymise_client
@@ -21,24 +19,7 @@ from billingworker.domain.models import Client, ClientExport, JobFailure, PayMet
 from tests import factories as f
 from tests.domain.client_records_factories import client_with_every_record
 
-from .conftest import dead_letters, drain
-
-
-@pytest.fixture
-def exports_dir(worker, tmp_path):
-    rt.configure(exports_dir=tmp_path / "exports")
-    return tmp_path / "exports"
-
-
-def count(session, model, *where) -> int:
-    return session.scalar(select(func.count()).select_from(model).where(*where))
-
-
-def twice(message: Message) -> None:
-    """The broker delivers the very same message again (at-least-once)."""
-    drain()
-    broker.enqueue(message)
-    drain()
+from .conftest import dead_letters, drain, twice
 
 
 def test_remove_pay_method_delivered_twice_removes_once(session, worker):

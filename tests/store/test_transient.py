@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from billingworker.db import session_factory
@@ -14,20 +14,7 @@ from billingworker.domain.models import Client, User
 from billingworker.store.conflicts import is_transient
 from tests import factories as f
 
-
-def _short_lock_wait(session) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SET LOCAL lock_timeout = '1s'"))
-    else:
-        session.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
-
-
-def _restore_lock_wait(session) -> None:
-    """A MySQL session variable outlives the transaction on the pooled connection: put it back,
-    or the next test's lock waits give up after a second."""
-    if session.get_bind().dialect.name != "postgresql":
-        session.execute(text("SET SESSION innodb_lock_wait_timeout = DEFAULT"))
-        session.rollback()
+from .conftest import restore_lock_wait, short_lock_wait
 
 
 def test_a_lock_wait_timeout_is_transient(server_engine, server_session):
@@ -38,14 +25,14 @@ def test_a_lock_wait_timeout_is_transient(server_engine, server_session):
     other = session_factory(server_engine)()
     try:
         # When another waits for it longer than it may
-        _short_lock_wait(other)
+        short_lock_wait(other, 1)
         with pytest.raises(DBAPIError) as waited:
             other.execute(update(Client).where(Client.id == c.id).values(notes="second"))
         # Then the error is transient
         assert is_transient(waited.value)
     finally:
         other.rollback()
-        _restore_lock_wait(other)
+        restore_lock_wait(other)
         other.close()
 
 

@@ -110,25 +110,27 @@ def apply_late_fees_for_clients(session: Session, client_ids: Sequence[int], as_
                                              f"is not one of {PERCENTAGE!r}, {FIXED!r} or {INTEREST!r}; "
                                              "no late fee was added"))
         return result
+    return _plan_and_write(
+        session, client_ids, result, dry_run=dry_run, table="invoice_late_fees",
+        plan=lambda ids, minor_units: _plan(session, ids, as_of, settings, minor_units),
+        write=lambda fees: _write(session, fees, as_of, settings), count=_count)
+
+
+def _plan_and_write(session: Session, client_ids: Sequence[int], result: TaskResult, *, dry_run: bool, table: str,
+                    plan: Callable[[list[int], dict[int, int]], Sequence[Any]],
+                    write: Callable[[Sequence[Any]], None],
+                    count: Callable[[TaskResult, Sequence[Any]], None]) -> TaskResult:
+    """Lock the clients, plan the batch's charges (``plan(ids, minor units per client)``) and
+    write them at once; if a charge clashes with one we did not expect (another application
+    wrote it), redo client by client on a fresh read, so that the clash costs only its client
+    (recorded against ``table``)."""
     clients = lock_clients(session, client_ids)
     result.clients = len(clients)
     result.succeeded_clients = set(clients)
     if not clients:
         return result
     minor_units = {cid: info.minor_units for cid, info in clients.items()}
-    return _plan_and_write(
-        session, sorted(clients), result, dry_run=dry_run, table="invoice_late_fees",
-        plan=lambda ids: _plan(session, ids, as_of, settings, minor_units),
-        write=lambda fees: _write(session, fees, as_of, settings), count=_count)
-
-
-def _plan_and_write(session: Session, client_ids: list[int], result: TaskResult, *, dry_run: bool, table: str,
-                    plan: Callable[[list[int]], Sequence[Any]], write: Callable[[Sequence[Any]], None],
-                    count: Callable[[TaskResult, Sequence[Any]], None]) -> TaskResult:
-    """Plan the batch's charges and write them at once; if a charge clashes with one we did not
-    expect (another application wrote it), redo client by client on a fresh read, so that the
-    clash costs only its client (recorded against ``table``)."""
-    planned = plan(client_ids)
+    planned = plan(sorted(clients), minor_units)
     if dry_run or not planned:
         count(result, planned)
         return result
@@ -141,7 +143,7 @@ def _plan_and_write(session: Session, client_ids: list[int], result: TaskResult,
         for client_id in sorted({p.client_id for p in planned}):
             try:
                 with session.begin_nested():
-                    mine = plan([client_id])
+                    mine = plan([client_id], minor_units)
                     write(mine)
                 count(result, mine)
             except IntegrityError as exc_one:
@@ -160,15 +162,9 @@ def _apply_interest(session: Session, client_ids: Sequence[int], as_of: date, se
     if problem is not None:
         result.failures.append(problem)
         return result
-    clients = lock_clients(session, client_ids)
-    result.clients = len(clients)
-    result.succeeded_clients = set(clients)
-    if not clients:
-        return result
-    minor_units = {cid: info.minor_units for cid, info in clients.items()}
     return _plan_and_write(
-        session, sorted(clients), result, dry_run=dry_run, table="invoice_interest_charges",
-        plan=lambda ids: interest.plan_interest(session, ids, as_of, settings, minor_units),
+        session, client_ids, result, dry_run=dry_run, table="invoice_interest_charges",
+        plan=lambda ids, minor_units: interest.plan_interest(session, ids, as_of, settings, minor_units),
         write=lambda planned: interest.write_interest(session, planned, as_of, settings), count=_count_interest)
 
 
