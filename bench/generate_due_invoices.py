@@ -40,6 +40,7 @@ from sqlalchemy.engine.interfaces import ExecuteStyle  # noqa: E402
 from bench.seed import seed as seed_database  # noqa: E402
 from billingworker.db import create_db_engine, normalise_url, session_factory  # noqa: E402
 from billingworker.migrate import upgrade_engine  # noqa: E402
+from billingworker.store.dialect import as_mysql8  # noqa: E402
 
 DEFAULT_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/billingworker_bench")
@@ -49,6 +50,17 @@ DEFAULT_AS_OF = "2026-01-15"
 #: Print a progress line at most this often during generation, in seconds.
 PROGRESS_SECONDS = 5.0
 
+
+
+#: Set by --mysql8-forms (and inherited by the spawned generation processes).
+MYSQL8_FORMS_ENV = "BENCH_MYSQL8_FORMS"
+
+
+@event.listens_for(Engine, "engine_connect")
+def _mysql8_forms(connection) -> None:
+    """--mysql8-forms: MariaDB runs the store's MySQL 8 forms (no INSERT ... RETURNING)."""
+    if os.environ.get(MYSQL8_FORMS_ENV) and connection.dialect.name in ("mysql", "mariadb"):
+        as_mysql8(connection.dialect)
 
 
 # --------------------------------------------------------------------------- the domain seam
@@ -463,7 +475,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default 2: one per core of the reference machine)")
     parser.add_argument("--in-process", action="store_true",
                         help="generate in this process (for a profiler); peak RSS then includes seeding")
+    parser.add_argument("--mysql8-forms", action="store_true",
+                        help="on MariaDB: take the code written for MySQL 8 (no INSERT ... RETURNING)")
     args = parser.parse_args(argv)
+    if args.mysql8_forms:
+        os.environ[MYSQL8_FORMS_ENV] = "1"
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.in_process and args.runs_memory_check:

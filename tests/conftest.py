@@ -1,7 +1,9 @@
 """Shared fixtures: real SQLite, PostgreSQL and MariaDB databases, migrated by Alembic.
 
 Domain tests take the ``engine`` fixture, which runs each test once per database named in
-``TEST_DATABASES`` (default ``sqlite,postgresql,mariadb``; name fewer for a quicker run).
+``TEST_DATABASES`` (default ``sqlite,postgresql,mariadb,mysql8-forms``; name fewer for a quicker run).
+``mysql8-forms`` is MariaDB told it has no ``INSERT ... RETURNING`` (see ``_as_mysql8``): the code
+written for MySQL 8 runs against a real InnoDB server, there being no MySQL 8 server here.
 A named server must answer: a missing server fails the run (CI must never pass by skipping).
 """
 
@@ -19,13 +21,14 @@ os.environ.setdefault("PAYMENT_GATEWAYS", "test")
 os.environ.setdefault("SERVER_MODULES", "test")
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session
 
 from billingworker.bootstrap import bootstrap
 from billingworker.db import create_db_engine, session_factory
 from billingworker.domain.models import Base
 from billingworker.migrate import upgrade_engine
+from billingworker.store.dialect import as_mysql8
 
 # The process's broker (the in-process one above) with every job bound to it, as a worker's
 # ``billingworker.worker`` does; tests replace parts of the runtime with ``runtime.configure``.
@@ -42,9 +45,11 @@ MYSQL_TEST_DB = os.environ.get("TEST_MYSQL_DATABASE", f"billingworker_test_{os.g
 MYSQL_URL = MYSQL_ADMIN_URL.rsplit("/", 1)[0] + "/" + MYSQL_TEST_DB
 
 #: The databases the ``engine`` fixture runs each test on.
-TEST_DATABASES = [name.strip() for name in os.environ.get("TEST_DATABASES", "sqlite,postgresql,mariadb").split(",")
+DEFAULT_TEST_DATABASES = "sqlite,postgresql,mariadb,mysql8-forms"
+TEST_DATABASES = [name.strip() for name in os.environ.get("TEST_DATABASES", DEFAULT_TEST_DATABASES).split(",")
                   if name.strip()]
-_ENGINE_FIXTURES = {"sqlite": "sqlite_engine", "postgresql": "pg_engine", "mariadb": "mariadb_engine"}
+_ENGINE_FIXTURES = {"sqlite": "sqlite_engine", "postgresql": "pg_engine", "mariadb": "mariadb_engine",
+                    "mysql8-forms": "mysql8_forms_engine"}
 #: Tests that need MariaDB whatever they run on: not collected until TEST_DATABASES names it.
 collect_ignore = [] if "mariadb" in TEST_DATABASES else ["integration/test_mariadb_worker.py"]
 _unknown = set(TEST_DATABASES) - set(_ENGINE_FIXTURES)
@@ -78,16 +83,30 @@ def pg_url() -> str:
 
 
 _mysql_created: list[str] = []
+#: The database of the ``mysql8-forms`` runs (a MariaDB database of this test run's own).
+MYSQL8_FORMS_DB = MYSQL_TEST_DB + "_m8"
+MYSQL8_FORMS_URL = MYSQL_ADMIN_URL.rsplit("/", 1)[0] + "/" + MYSQL8_FORMS_DB
 
 
-def _create_mysql_database() -> None:
-    _mysql_created.append(MYSQL_TEST_DB)
+@event.listens_for(Engine, "engine_connect")
+def _as_mysql8(connection) -> None:
+    """Every engine on MYSQL8_FORMS_DB (the fixtures' and the ones the code under test makes
+    from a URL) is told, after SQLAlchemy read the server's version, what MySQL 8 lacks: so the
+    store picks its MySQL 8 forms (AUTO_INCREMENT ids read back instead of RETURNING) and any
+    ``.returning()`` left in the code fails to compile, as it would on MySQL 8."""
+    dialect = connection.dialect
+    if connection.engine.url.database == MYSQL8_FORMS_DB and dialect.insert_returning:
+        as_mysql8(dialect)
+
+
+def _create_mysql_database(name: str = MYSQL_TEST_DB) -> None:
+    _mysql_created.append(name)
     admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{MYSQL_TEST_DB}`"))
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
             # The server's defaults on purpose (as in a shared database): the tables carry their own.
-            conn.execute(text(f"CREATE DATABASE `{MYSQL_TEST_DB}`"))
+            conn.execute(text(f"CREATE DATABASE `{name}`"))
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix
         raise RuntimeError(
             f"MariaDB at {MYSQL_ADMIN_URL} does not answer ({exc}). Start it: service mariadb start") from exc
@@ -102,6 +121,15 @@ def mariadb_url() -> str:
     upgrade_engine(engine)
     engine.dispose()
     return MYSQL_URL
+
+
+@pytest.fixture(scope="session")
+def mysql8_forms_url() -> str:
+    _create_mysql_database(MYSQL8_FORMS_DB)
+    engine = create_db_engine(MYSQL8_FORMS_URL)
+    upgrade_engine(engine)
+    engine.dispose()
+    return MYSQL8_FORMS_URL
 
 
 @pytest.fixture(scope="session")
@@ -162,6 +190,15 @@ def sqlite_engine(sqlite_url) -> Iterator[Engine]:
 def mariadb_engine(mariadb_url) -> Iterator[Engine]:
     engine = _engine(mariadb_url)
     wipe(engine)
+    yield engine
+
+
+@pytest.fixture
+def mysql8_forms_engine(mysql8_forms_url) -> Iterator[Engine]:
+    engine = _engine(mysql8_forms_url)
+    wipe(engine)
+    with engine.connect() as conn:  # the first connection applies _as_mysql8
+        assert not conn.dialect.insert_returning
     yield engine
 
 
@@ -242,7 +279,8 @@ def pytest_sessionfinish(session, exitstatus):
             with admin.connect() as conn:
                 # A connection a test left in a transaction would make DROP wait forever: give up instead.
                 conn.execute(text("SET SESSION lock_wait_timeout = 10"))
-                conn.execute(text(f"DROP DATABASE IF EXISTS `{MYSQL_TEST_DB}`"))
+                for name in _mysql_created:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
         except Exception:  # noqa: BLE001 - a server that went away has nothing to clean
             pass
         finally:

@@ -14,6 +14,7 @@ from dramatiq.brokers.stub import StubBroker
 from billingworker import bootstrap as bootstrap_module
 from billingworker.actors.binding import bind_jobs
 from billingworker.bootstrap import bootstrap, bootstrap_in_process, current_app
+from billingworker.broker import make_broker
 from billingworker.config import get_config
 from billingworker.runtime import install
 
@@ -73,3 +74,12 @@ def test_the_old_worker_command_stops_at_once_and_names_the_new_one():
     # Then it exits with an error that says which command to run instead of consuming nothing
     assert done.returncode != 0
     assert "dramatiq billingworker.worker" in done.stdout + done.stderr
+
+
+def test_a_rabbitmq_broker_waits_for_rabbitmq_to_confirm_each_send():
+    # Without publisher confirms a message sent just before RabbitMQ goes down is lost unseen.
+    broker = make_broker("amqp://guest:guest@127.0.0.1:5672/%2F")
+    try:
+        assert broker.confirm_delivery is True
+    finally:
+        broker.close()

@@ -40,7 +40,9 @@ def make_broker(url: str, config: Config | None = None) -> Broker:
             options["maintenance_chance"] = config.broker_maintenance_chance
         broker = GuardedRedisBroker(url=url, **options)
     elif url.startswith(("amqp://", "amqps://")):
-        broker = GuardedRabbitmqBroker(url=url)
+        # Publisher confirms: a send returns once RabbitMQ has the message (without them a
+        # message published just before RabbitMQ goes down is lost, and the sender never knows).
+        broker = GuardedRabbitmqBroker(url=url, confirm_delivery=True)
     else:
         raise ValueError(f"BROKER_URL: {url!r} is not redis://, amqp:// or stub://")
     # Before Dramatiq's own middleware reads them: no sender chooses a job's retries, backoff,

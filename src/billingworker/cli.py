@@ -35,12 +35,35 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
-def db_upgrade(revision: str) -> None:
-    """Create or upgrade the schema (Alembic migrations) at DATABASE_URL."""
+@click.option("--revision", "--to", "revision", default="head", show_default=True, help="The revision to reach.")
+@click.option("--sql", "sql", is_flag=True,
+              help="Print the SQL script for DATABASE_URL's dialect instead of running it; connects to nothing. "
+                   "mysql:// is spelled for MySQL 8, mariadb:// for MariaDB; not for SQLite.")
+@click.option("--from", "from_", default=None, metavar="REV",
+              help="--sql only: the revision the database is at (default: an empty database).")
+def db_upgrade(revision: str, sql: bool, from_: str | None) -> None:
+    """Create or upgrade the schema (Alembic migrations) at DATABASE_URL.
+
+    With --sql, print the statements instead (for a DBA to review, or to run by hand); they
+    include the alembic_version bookkeeping, so a later db upgrade carries on from there.
+    """
     from .migrate import upgrade
 
     url = get_config().database_url
+    if sql:
+        from alembic.util import CommandError
+
+        from .migrate import ScriptRefused, upgrade_script
+
+        try:
+            click.echo(upgrade_script(url, to=revision, from_=from_), nl=False)
+        except ScriptRefused as exc:
+            raise click.ClickException(str(exc)) from None
+        except CommandError as exc:  # an unknown or out-of-order revision
+            raise click.UsageError(f"--from/--to: {exc}") from None
+        return
+    if from_ is not None:
+        raise click.UsageError("--from is for --sql only: an online upgrade starts where the database is")
     upgrade(url, revision)
     click.echo(f"database at {_safe(url)} is at revision {revision}")
 

@@ -120,7 +120,8 @@ def test_status_reports_what_does_not_answer_and_exits_1(pg_engine):
 
 def test_status_on_rabbitmq_counts_ready_dead_and_delayed_and_says_na_for_the_rest():
     queue = f"ops_test_{uuid.uuid4().hex[:8]}"
-    broker = RabbitmqBroker(url=RABBITMQ_URL)
+    # Confirmed publishes: each enqueue returns once RabbitMQ has counted the message.
+    broker = RabbitmqBroker(url=RABBITMQ_URL, confirm_delivery=True)
     try:
         broker.declare_queue(queue)
         broker.enqueue(message(queue=queue))

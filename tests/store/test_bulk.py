@@ -6,10 +6,14 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 
-from billingworker.domain.models import Client, CreditHistory
+from billingworker.domain.models import Client, CreditHistory, DailyRun, EmailTemplate
+from billingworker.store import bulk
 from billingworker.store.bulk import insert_rows, insert_rows_returning_ids, reserve_ids, update_rows
+from billingworker.store.conflicts import insert_ignoring_conflicts_ids_by
+from billingworker.store.dialect import dialect_name, returns_from_insert
 from tests import factories as f
 
 AWKWARD = ["O'Brien \"quoted\"", "back\\slash", "new\nline\ttab", "percent %s %(x)s", "🦄 ünïcödé 王", ""]
@@ -77,3 +81,69 @@ def test_reserved_ids_are_new_and_never_handed_out_twice(session):
          "balance_after": Decimal("1"), "source": "bulk", "invoice_id": None}])
     session.commit()
     assert session.scalar(select(CreditHistory.id).where(CreditHistory.description == "y")) > max(first + second)
+
+
+def _history_rows(client_id: int, descriptions) -> list[dict]:
+    return [{"client_id": client_id, "date": date(2026, 1, 1), "description": text, "amount": Decimal("1"),
+             "balance_after": Decimal("1"), "source": "bulk", "invoice_id": None} for text in descriptions]
+
+
+def _descriptions_by_id(session, ids) -> list[str]:
+    by_id = dict(session.execute(select(CreditHistory.id, CreditHistory.description)
+                                 .where(CreditHistory.id.in_(ids))).all())
+    return [by_id[i] for i in ids]
+
+
+@pytest.mark.parametrize("consecutive", [True, False], ids=["multi-row", "row-by-row"])
+@pytest.mark.parametrize("step", [1, 3])
+def test_ids_read_back_without_returning_belong_to_their_rows(session, monkeypatch, consecutive, step):
+    # Given MySQL 8's forms (no INSERT ... RETURNING), under either innodb_autoinc_lock_mode the
+    # store can meet, and an auto_increment_increment of 1 or of 3 (as a multi-master setup has)
+    if returns_from_insert(session) or dialect_name(session) != "mysql":
+        pytest.skip("the MySQL 8 form: runs on TEST_DATABASES=mysql8-forms")
+    monkeypatch.setattr(bulk, "autoinc_ids_are_consecutive", lambda _mode: consecutive)
+    c = f.client(session)
+    insert_rows_returning_ids(session, CreditHistory.__table__, _history_rows(c.id, ["before"]))
+    session.execute(text(f"SET SESSION auto_increment_increment = {step}"))
+    try:
+        # When more rows than one statement takes are inserted, ids read back
+        names = [f"row {n}" for n in range(bulk.MYSQL_ROWS_PER_STATEMENT + 5)]
+        ids = insert_rows_returning_ids(session, CreditHistory.__table__, _history_rows(c.id, names))
+        session.commit()
+    finally:
+        session.execute(text("SET SESSION auto_increment_increment = 1"))
+    # Then each id is the row given at its place, and none is taken twice
+    assert _descriptions_by_id(session, ids) == names
+    assert len(set(ids)) == len(ids)
+    if consecutive:
+        assert {b - a for a, b in zip(ids, ids[1:], strict=False)} == {step}
+
+
+def test_insert_ignoring_conflicts_answers_the_ids_of_the_rows_it_inserted(session):
+    # Given a template named "taken" already there
+    created = datetime(2026, 1, 1, 9, 0)
+    session.add(EmailTemplate(name="taken", subject="s", body="b", created_at=created))
+    session.commit()
+    # When three rows are inserted skipping clashes, one of them clashing
+    rows = [{"name": name, "subject": "s", "body": "b", "created_at": created} for name in ["first", "taken", "third"]]
+    ids = insert_ignoring_conflicts_ids_by(session, EmailTemplate, rows, "name", rows_per_statement=2)
+    session.commit()
+    # Then the two new rows are answered with their own ids and the clashing one is left out
+    assert set(ids) == {"first", "third"}
+    stored = dict(session.execute(select(EmailTemplate.name, EmailTemplate.id)).all())
+    assert ids == {"first": stored["first"], "third": stored["third"]}
+    assert len(stored) == 3
+
+
+def test_bulk_writes_name_columns_that_are_reserved_words(session):
+    # Given rows of a table with a column named after a reserved word (``trigger``: MySQL and
+    # MariaDB reserve it; MySQL 8 reserves more, e.g. ``key``, ``role``, ``last_value``)
+    rows = [{"run_date": date(2026, 1, n), "dry_run": True, "status": "running", "trigger": f"cli {n}",
+             "started_at": datetime(2026, 1, n, 6, 0), "summary": "{}"} for n in (1, 2)]
+    # When they are inserted and updated in bulk
+    ids = insert_rows_returning_ids(session, DailyRun.__table__, rows)
+    update_rows(session, DailyRun.__table__, [{"id": i, "trigger": f"scheduler {i}"} for i in ids])
+    session.commit()
+    # Then the reserved-word column holds what was written
+    got = dict(session.execute(select(DailyRun.id, DailyRun.trigger).where(DailyRun.id.in_(ids))).all())
+    assert got == {i: f"scheduler {i}" for i in ids}

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import is_postgres
-from .dialect import dialect_name, is_mariadb
+from .dialect import dialect_name, is_mariadb, returns_from_insert
 
 _PG = postgresql.dialect()
 #: MySQL/MariaDB: rows per UPDATE (and per INSERT ... RETURNING); the INSERT batches are sized by
@@ -92,9 +92,15 @@ def _literals(conn, values) -> str:
     return "(" + ", ".join(out) + ")"
 
 
+def _mysql_insert_head(table: Table, columns: Sequence[str]) -> str:
+    """``INSERT INTO t (`a`, `b`) VALUES ``: names quoted, as a column may be a word MySQL 8
+    reserves (``key``, ``trigger``, ``role``, ``last_value`` ... are)."""
+    return f"INSERT INTO `{table.name}` ({', '.join(f'`{c}`' for c in columns)}) VALUES "
+
+
 def _insert_mysql(session: Session, table: Table, rows: Sequence[dict]) -> None:
     columns = list(rows[0])
-    head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+    head = _mysql_insert_head(table, columns)
     cursor = _raw_cursor(session)
     conn = cursor.connection
     try:
@@ -126,7 +132,7 @@ def _insert_returning_ids_mariadb(session: Session, table: Table, rows: Sequence
     """One multi-row ``INSERT ... RETURNING id`` per MYSQL_ROWS_PER_STATEMENT rows (MariaDB
     10.5+ returns the rows in the order they were inserted)."""
     columns = list(rows[0])
-    head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+    head = _mysql_insert_head(table, columns)
     ids: list[int] = []
     cursor = _raw_cursor(session)
     with cursor:
@@ -142,6 +148,44 @@ def _insert_returning_ids_mariadb(session: Session, table: Table, rows: Sequence
                 raise
             ids.extend(row[0] for row in cursor.fetchall())
     return ids
+
+
+def _insert_auto_ids_mysql(session: Session, table: Table, rows: Sequence[dict]) -> list[int]:
+    """MySQL 8, which has no ``INSERT ... RETURNING``: the ids come from the table's
+    AUTO_INCREMENT, the one id source the other applications use too.
+
+    Where InnoDB hands a multi-row INSERT consecutive ids (``innodb_autoinc_lock_mode`` 0 or 1:
+    a "simple insert" takes its whole block at once), one INSERT per MYSQL_ROWS_PER_STATEMENT
+    rows, the ids read from LAST_INSERT_ID (the first row's) and ``auto_increment_increment``.
+    Under mode 2 (interleaved, MySQL 8's default) a statement's ids may be interleaved with
+    another's, so each row is inserted alone and its id read back: slower, never wrong.
+    """
+    columns = list(rows[0])
+    head = _mysql_insert_head(table, columns)
+    ids: list[int] = []
+    cursor = _raw_cursor(session)
+    with cursor:
+        cursor.execute("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
+        lock_mode, step = cursor.fetchone()
+        per_statement = MYSQL_ROWS_PER_STATEMENT if autoinc_ids_are_consecutive(lock_mode) else 1
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start:start + per_statement]
+            statement = head + ", ".join(_literals(cursor.connection, [row[c] for c in columns]) for row in chunk)
+            try:
+                cursor.execute(statement)
+            except Exception as exc:  # noqa: BLE001 - re-raised as SQLAlchemy's exception
+                if _is_driver_error(exc):
+                    raise _as_sqlalchemy_error(head + "...", exc) from exc
+                raise
+            first = cursor.lastrowid
+            ids.extend(first + n * step for n in range(len(chunk)))
+    return ids
+
+
+def autoinc_ids_are_consecutive(lock_mode: int) -> bool:
+    """Whether InnoDB gives the rows of one multi-row INSERT consecutive AUTO_INCREMENT ids
+    (``innodb_autoinc_lock_mode`` 0, traditional, or 1, consecutive)."""
+    return int(lock_mode) in (0, 1)
 
 
 def _reserve_ids_mysql(session: Session, table: Table, count: int) -> list[int]:
@@ -161,11 +205,14 @@ def _reserve_ids_mysql(session: Session, table: Table, count: int) -> list[int]:
              f" WHERE table_schema = DATABASE() AND table_name = '{table.name}'))")
     with session.get_bind().engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        if not is_mariadb(session):
+            # MySQL 8 answers information_schema.tables from a cache up to a day old by default.
+            conn.exec_driver_sql("SET SESSION information_schema_stats_expiry = 0")
         conn.exec_driver_sql(
-            f"INSERT INTO {MYSQL_SEQUENCES_TABLE} (name, last_value) VALUES (%s, 0)"
+            f"INSERT INTO {MYSQL_SEQUENCES_TABLE} (name, `last_value`) VALUES (%s, 0)"
             " ON DUPLICATE KEY UPDATE name = name", (name,))
         conn.exec_driver_sql(
-            f"UPDATE {MYSQL_SEQUENCES_TABLE} SET last_value = LAST_INSERT_ID(GREATEST(last_value, {floor}) + %s)"
+            f"UPDATE {MYSQL_SEQUENCES_TABLE} SET `last_value` = LAST_INSERT_ID(GREATEST(`last_value`, {floor}) + %s)"
             " WHERE name = %s", (count, name))
         last = conn.exec_driver_sql("SELECT LAST_INSERT_ID()").scalar_one()
     return list(range(last - count + 1, last + 1))
@@ -175,21 +222,21 @@ def _update_mysql(session: Session, table: Table, rows: Sequence[dict]) -> None:
     """``UPDATE (SELECT id, values UNION ALL ...) u JOIN t ON t.id = u.id SET t.col = u.col``."""
     columns = [c for c in rows[0] if c != "id"]
     names = ["id", *columns]
-    sets = ", ".join(f"t.{c} = u.{c}" for c in columns)
+    sets = ", ".join(f"t.`{c}` = u.`{c}`" for c in columns)
     cursor = _raw_cursor(session)
     with cursor:
         for start in range(0, len(rows), MYSQL_ROWS_PER_STATEMENT):
             chunk = rows[start:start + MYSQL_ROWS_PER_STATEMENT]
             first, rest = chunk[0], chunk[1:]
             conn = cursor.connection
-            derived = "SELECT " + ", ".join(f"{_literals(conn, [first[c]])[1:-1]} AS {c}" for c in names)
+            derived = "SELECT " + ", ".join(f"{_literals(conn, [first[c]])[1:-1]} AS `{c}`" for c in names)
             if rest:
                 derived += " UNION ALL " + " UNION ALL ".join(
                     "SELECT " + _literals(conn, [row[c] for c in names])[1:-1] for row in rest)
             # The values drive, each row found by its primary key: joined the other way round (the
             # optimizer's choice while the table's statistics say it is empty) InnoDB scans the
             # table and waits for, and deadlocks on, rows other transactions are inserting.
-            statement = (f"UPDATE ({derived}) u STRAIGHT_JOIN {table.name} t FORCE INDEX (PRIMARY)"
+            statement = (f"UPDATE ({derived}) u STRAIGHT_JOIN `{table.name}` t FORCE INDEX (PRIMARY)"
                          f" ON t.id = u.id SET {sets}")
             try:
                 cursor.execute(statement)
@@ -258,8 +305,10 @@ def insert_rows_returning_ids(session: Session, table: Table, rows: Sequence[dic
     """INSERT ``rows`` and return their new ids, in the order of ``rows``."""
     if not rows:
         return []
-    if dialect_name(session) == "mysql" and is_mariadb(session):
-        return _insert_returning_ids_mariadb(session, table, rows)
+    if dialect_name(session) == "mysql":
+        if returns_from_insert(session):
+            return _insert_returning_ids_mariadb(session, table, rows)
+        return _insert_auto_ids_mysql(session, table, rows)
     ids = reserve_ids(session, table, len(rows))
     insert_rows(session, table, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
     return ids

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from .dialect import for_dialect
+from .dialect import for_dialect, returns_from_insert
 
 #: Execution option of a MySQL ``INSERT IGNORE`` built here: the unique keys whose clashes it may
 #: skip (None: any unique key). Every other warning of the statement is raised as an error.
@@ -98,6 +98,29 @@ def insert_ignoring_conflicts(session: Session, table, *, index_elements: Sequen
     ``.returning()`` to it, or execute it with a list of rows."""
     build = for_dialect(session, _INSERT_IGNORING_CONFLICTS, "insert_ignoring_conflicts")
     return build(table, list(index_elements) if index_elements is not None else None)
+
+
+def insert_ignoring_conflicts_ids_by(session: Session, table, rows: Sequence[dict], key: str, *,
+                                     rows_per_statement: int = 500) -> dict:
+    """INSERT ``rows`` skipping those that clash with any unique key (``insert_ignoring_conflicts``);
+    the new id of each row inserted, by its ``key`` column (a row skipped is not in the answer).
+
+    Where INSERT has no RETURNING (MySQL 8) each row is inserted alone and, if it was inserted,
+    its AUTO_INCREMENT id read back: a multi-row INSERT IGNORE cannot tell which of its ids went
+    to which row."""
+    table = getattr(table, "__table__", table)
+    ids: dict = {}
+    if returns_from_insert(session):
+        for start in range(0, len(rows), rows_per_statement):
+            stmt = (insert_ignoring_conflicts(session, table).values(list(rows[start:start + rows_per_statement]))
+                    .returning(table.c.id, table.c[key]))
+            ids.update({row_key: row_id for row_id, row_key in session.execute(stmt)})
+        return ids
+    for row in rows:
+        result = session.execute(insert_ignoring_conflicts(session, table).values(row))
+        if result.rowcount == 1:
+            ids[row[key]] = result.inserted_primary_key[0]
+    return ids
 
 
 def _mysql_code(orig) -> int | None:

@@ -11,6 +11,8 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
+from .mysql_ddl import MYSQL8_SPELLING
+
 T = TypeVar("T")
 
 
@@ -27,9 +29,29 @@ def dialect_name(session_or_bind) -> str:
 
 
 def is_mariadb(session_or_bind) -> bool:
-    """Whether the MySQL-family server is MariaDB (which has ``INSERT ... RETURNING``; MySQL 8 does not)."""
+    """Whether the MySQL-family server is MariaDB (its collation and system variables differ from
+    MySQL 8's; ask ``returns_from_insert`` for RETURNING)."""
     bind = session_or_bind.get_bind() if isinstance(session_or_bind, Session) else session_or_bind
     return bool(getattr(bind.dialect, "is_mariadb", False))
+
+
+def returns_from_insert(session_or_bind) -> bool:
+    """Whether ``INSERT ... RETURNING`` exists here: PostgreSQL, SQLite 3.35+ and MariaDB 10.5+
+    have it, MySQL 8 does not (SQLAlchemy reads it off the server's version at first connect)."""
+    bind = session_or_bind.get_bind() if isinstance(session_or_bind, Session) else session_or_bind
+    return bool(bind.dialect.insert_returning)
+
+
+def as_mysql8(dialect) -> None:
+    """Tell a MariaDB dialect (after its first connect) what MySQL 8 lacks: INSERT and DELETE
+    have no RETURNING (the store takes its MySQL 8 forms; any ``.returning()`` fails to compile)
+    and the DDL is spelled as for MySQL 8 (``mysql_ddl.spelled_for_mysql8``). For the tests and
+    the bench (``mysql8-forms``), which so run the MySQL 8 code on a real InnoDB server, there
+    being no MySQL 8 server here; never for production."""
+    dialect.insert_returning = dialect.delete_returning = False
+    dialect.insert_executemany_returning = False
+    dialect.insert_executemany_returning_sort_by_parameter_order = False
+    setattr(dialect, MYSQL8_SPELLING, True)  # and the DDL spelled as for MySQL 8 (collation aside)
 
 
 def for_dialect(session_or_bind, implementations: Mapping[str, T], what: str) -> T:

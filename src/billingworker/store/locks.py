@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from .dialect import dialect_name, for_dialect, is_mariadb
+from .dialect import dialect_name, for_dialect
 
 
 def _postgresql(session: Session, key: int) -> None:
@@ -23,9 +23,10 @@ def _mysql(session: Session, key: int) -> None:
     # ends with the transaction, as pg_advisory_xact_lock does. The row (in the MySQL-only table
     # billingworker_sequences, named "lock:<key>") is made on first use and never removed.
     name = f"lock:{key}"
-    session.execute(text("INSERT INTO billingworker_sequences (name, last_value) VALUES (:name, 0)"
+    # `last_value` quoted: LAST_VALUE is a reserved word (a window function) on MySQL 8.
+    session.execute(text("INSERT INTO billingworker_sequences (name, `last_value`) VALUES (:name, 0)"
                          " ON DUPLICATE KEY UPDATE name = name"), {"name": name})
-    session.execute(text("SELECT last_value FROM billingworker_sequences WHERE name = :name FOR UPDATE"),
+    session.execute(text("SELECT `last_value` FROM billingworker_sequences WHERE name = :name FOR UPDATE"),
                     {"name": name})
 
 
@@ -40,8 +41,8 @@ def transaction_lock(session: Session, key: int) -> None:
 
 def locks_only_the_named_table(session: Session) -> bool:
     """Whether ``SELECT ... JOIN ... FOR UPDATE OF t`` locks the rows of ``t`` only. MariaDB has no
-    ``OF``: SQLAlchemy leaves it out and the rows of every joined table are locked too (the
+    ``OF`` (MySQL 8 has it): SQLAlchemy leaves it out and the rows of every joined table are locked too (the
     currency row of every client, one row all billing transactions would queue for, and deadlock
     on). There lock the rows by themselves first, then read the join without a lock (READ
     COMMITTED: the read sees what the previous holder committed)."""
-    return not (dialect_name(session) == "mysql" and is_mariadb(session))
+    return dialect_name(session) != "mysql" or bool(session.get_bind().dialect.supports_for_update_of)

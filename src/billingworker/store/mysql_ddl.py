@@ -16,7 +16,8 @@ migrations and by ``metadata.create_all`` alike (PostgreSQL and SQLite DDL is un
   exist here. Each becomes a stored generated column per indexed column, ``<index>_key``, equal
   to the column where the condition holds and NULL elsewhere, with a unique index of the same
   name on it: InnoDB lets any number of NULLs through a unique key, so exactly the rows the
-  condition selects are unique, the same guarantee. Written here, so a migration that creates
+  condition selects are unique, the same guarantee (STORED on MariaDB, VIRTUAL on MySQL 8: see
+  ``spelled_for_mysql8``). Written here, so a migration that creates
   or drops such an index needs no MySQL branch of its own; ``comparison_filter`` tells the
   models-versus-migrations comparison that these columns and indexes are the models' ones.
 - ``DateTime``: ``DATETIME(6)`` (microseconds, as PostgreSQL keeps them; plain ``DATETIME``
@@ -25,7 +26,8 @@ migrations and by ``metadata.create_all`` alike (PostgreSQL and SQLite DDL is un
 
 from __future__ import annotations
 
-from sqlalchemy import DateTime
+from sqlalchemy import JSON, DateTime, LargeBinary, Text
+from sqlalchemy.dialects.mysql.base import MySQLDDLCompiler
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateIndex, CreateTable, DropIndex, ForeignKeyConstraint, Index
@@ -35,6 +37,18 @@ from sqlalchemy.types import NullType
 MYSQL_ONLY_TABLE = "billingworker_sequences"
 MARIADB_COLLATION = "utf8mb4_nopad_bin"
 MYSQL_COLLATION = "utf8mb4_0900_bin"
+
+
+#: Set on a MariaDB dialect by ``store.dialect.as_mysql8`` (tests, bench): spell the DDL as for
+#: MySQL 8 too, so that the MySQL 8 spelling is built and run on a real InnoDB server.
+MYSQL8_SPELLING = "billingworker_mysql8_spelling"
+
+
+def spelled_for_mysql8(dialect) -> bool:
+    """Whether the DDL takes MySQL 8's spelling: generated key columns VIRTUAL (MySQL 8 refuses a
+    CASCADE foreign key on a base column of a STORED generated column, which MariaDB allows) and
+    TEXT defaults as expressions (MySQL 8 refuses a literal DEFAULT on TEXT, error 1101)."""
+    return not getattr(dialect, "is_mariadb", False) or getattr(dialect, MYSQL8_SPELLING, False)
 
 
 def collation(dialect) -> str:
@@ -112,11 +126,35 @@ def _create_index(create, compiler, **kw):
     columns = list(index.columns)
     names = generated_key_columns(index.name, len(columns))
     adds = [f"ADD COLUMN {preparer.quote(name)} {compiler.type_compiler.process(_column_type(index, column))}"
-            f" AS (CASE WHEN {condition} THEN {preparer.quote(column.name)} END) STORED"
+            f" AS (CASE WHEN {condition} THEN {preparer.quote(column.name)} END) {_generated_kind(compiler.dialect)}"
             for name, column in zip(names, columns, strict=True)]
     keys = ", ".join(preparer.quote(name) for name in names)
     return (f"ALTER TABLE {preparer.format_table(index.table)} {', '.join(adds)},"
             f" ADD UNIQUE INDEX {preparer.quote(index.name)} ({keys})")
+
+
+def _generated_kind(dialect) -> str:
+    # VIRTUAL on MySQL 8: a unique index on a virtual column is stored like any secondary index
+    # (the same guarantee), and a CASCADE foreign key on its base column is allowed there.
+    return "VIRTUAL" if spelled_for_mysql8(dialect) else "STORED"
+
+
+_literal_default = MySQLDDLCompiler.get_column_default_string
+
+
+def _default_string(self, column):
+    """A TEXT/BLOB/JSON column's literal default as an expression, ``DEFAULT ('')``, on MySQL 8
+    (8.0.13+), which refuses the literal form on these types (MariaDB takes either)."""
+    default = _literal_default(self, column)
+    if (default is not None and spelled_for_mysql8(self.dialect) and default.lstrip()[:1] in ("'", '"')
+            and isinstance(column.type, (Text, LargeBinary, JSON))):
+        return f"({default})"
+    return default
+
+
+# One method of SQLAlchemy's MySQL DDL compiler, wrapped: both CREATE TABLE and Alembic's
+# ADD COLUMN spell a column's default through it, and no compile hook reaches it.
+MySQLDDLCompiler.get_column_default_string = _default_string
 
 
 @compiles(DropIndex, "mysql")

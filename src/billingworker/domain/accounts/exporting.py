@@ -106,9 +106,9 @@ def export_client_data(session: Session, client_id: int, *, exports_dir: Path, r
     filename = export_filename(client_id, request_key)
     _write_atomically(Path(exports_dir), filename, data)
     digest = hashlib.sha256(data).hexdigest()
-    export_id = session.execute(insert(ClientExport).returning(ClientExport.id).values(
+    export_id = session.execute(insert(ClientExport).values(
         client_id=client_id, filename=filename, size_bytes=len(data), sha256=digest, request_key=request_key,
-        created_at=now)).scalar_one()
+        created_at=now)).inserted_primary_key[0]
     return ExportResult(client_id, export_id, filename, len(data), digest, "exported")
 
 

@@ -264,10 +264,10 @@ class _Marks:
                 status=OutboxStatus.SENT, sent_at=now))
             if done.rowcount != 1:
                 return None
-            return self.conn.execute(insert(EmailLog.__table__).returning(EmailLog.id).values(
+            return self.conn.execute(insert(EmailLog.__table__).values(
                 client_id=values["client_id"], outbox_id=item.row_id, template=rendered.template,
                 subject=values["subject"], body_text=body_text, body_html=body_html,
-                to_address=values["to_address"], cc=values["cc"], sent_at=now)).scalar_one()
+                to_address=values["to_address"], cc=values["cc"], sent_at=now)).inserted_primary_key[0]
 
     def close(self, released: list[tuple[int, str]]) -> None:
         """Give claimed rows back (``queued``): a refusal counts one more attempt and keeps the

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 
 from ...db import for_update
 from ...store.arrays import among
-from ...store.conflicts import insert_ignoring_conflicts
+from ...store.conflicts import insert_ignoring_conflicts_ids_by
 from ..billing.invoice_store import lock_clients
 from ..errors import ValidationError
 from ..failures import ClientFailure
@@ -328,12 +328,8 @@ def _insert_pending(session: Session, attempts: Sequence[tuple[_Attempt, int]], 
     rows = [{"invoice_id": a.invoice_id, "client_id": a.client_id, "pay_method_id": pay_method_id,
              "attempt_on": as_of, "gateway": a.gateway, "amount": a.amount, "status": CaptureStatus.PENDING}
             for a, pay_method_id in attempts]
-    ids: dict[int, int] = {}
-    for start in range(0, len(rows), INSERT_CHUNK):
-        stmt = (insert_ignoring_conflicts(session, PaymentCapture).values(rows[start:start + INSERT_CHUNK])
-                .returning(PaymentCapture.id, PaymentCapture.invoice_id))
-        ids.update({invoice_id: capture_id for capture_id, invoice_id in session.execute(stmt)})
-    return ids
+    return insert_ignoring_conflicts_ids_by(session, PaymentCapture, rows, "invoice_id",
+                                            rows_per_statement=INSERT_CHUNK)
 
 
 def _charge_all(session_factory: Callable[[], Session], attempts: Sequence[_Attempt],

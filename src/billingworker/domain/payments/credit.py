@@ -35,7 +35,7 @@ def change_credit(session: Session, client_id: int, amount: Decimal, description
         raise ValidationError("amount", str(amount),
                               f"would take the credit balance below zero (balance is {Decimal(balance)})")
     session.execute(update(Client).where(Client.id == client_id).values(credit_balance=after))
-    history_id = session.execute(insert(CreditHistory).returning(CreditHistory.id).values(
+    history_id = session.execute(insert(CreditHistory).values(
         client_id=client_id, date=as_of, description=description, amount=amount, balance_after=after,
-        invoice_id=invoice_id, source=source)).scalar_one()
+        invoice_id=invoice_id, source=source)).inserted_primary_key[0]
     return CreditChange(client_id, amount, after, history_id)

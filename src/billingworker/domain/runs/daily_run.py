@@ -34,8 +34,9 @@ def start_run(session: Session, run_date: date, *, trigger: str, now: datetime) 
     decides, so two schedulers racing start one run). The caller commits."""
     try:
         with session.begin_nested():
-            run_id = session.execute(insert(DailyRun).returning(DailyRun.id).values(
-                run_date=run_date, dry_run=False, status="running", trigger=trigger, started_at=now)).scalar_one()
+            run_id = session.execute(insert(DailyRun).values(
+                run_date=run_date, dry_run=False, status="running", trigger=trigger,
+                started_at=now)).inserted_primary_key[0]
     except IntegrityError:
         return None
     session.execute(insert(DailyRunTask), [
