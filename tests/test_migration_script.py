@@ -535,6 +535,34 @@ def test_no_cascading_foreign_key_on_a_base_column_of_a_generated_column(mysql_d
     assert cascading_foreign_keys_on_generated_bases(mysql_ddl) == []
 
 
+@pytest.mark.parametrize(("mariadb", "expected"), [(False, "DEFAULT ('none')"), (True, "DEFAULT 'none'")],
+                         ids=["mysql8", "mariadb"])
+def test_a_later_migration_changing_a_text_default_is_spelled_for_mysql_8(mariadb, expected):
+    # Alembic writes MODIFY / CHANGE / ALTER COLUMN ... SET DEFAULT itself, past the hook that
+    # spells CREATE TABLE and ADD COLUMN: store/mysql_alter_ddl.py gives them MySQL 8's spelling.
+    from alembic.ddl.mysql import MySQLAlterDefault, MySQLChangeColumn, MySQLModifyColumn
+    from sqlalchemy import Text
+    from sqlalchemy.dialects import mysql
+
+    import billingworker.store.mysql_alter_ddl  # noqa: F401 - as migrations/env.py loads it
+    from billingworker.store.mysql_ddl import use_types_of
+
+    use_types_of(Base.metadata)
+    dialect = mysql.dialect()
+    dialect.is_mariadb = mariadb
+    changes = [
+        MySQLModifyColumn("payment_captures", "error", type_=Text(), default="none", nullable=True, comment=None),
+        MySQLChangeColumn("payment_captures", "error", newname="error", type_=Text(), default="none",
+                          nullable=True, comment=None),
+        MySQLAlterDefault("payment_captures", "error", default="none"),  # no type: the models' TEXT
+    ]
+    for change in changes:
+        assert expected in str(change.compile(dialect=dialect))
+    # a VARCHAR keeps its literal default on both
+    varchar = MySQLAlterDefault("payment_captures", "gateway", default="none")
+    assert str(varchar.compile(dialect=dialect)).endswith("SET DEFAULT 'none'")
+
+
 def test_the_generated_columns_are_those_of_the_partial_indexes(mysql_ddl):
     # The check above looks at the generated columns the script has: they must be all of them.
     expected = {

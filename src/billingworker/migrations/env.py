@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 
 from billingworker.db import create_db_engine
 from billingworker.domain.models import Base
+from billingworker.store import mysql_alter_ddl  # noqa: F401 - MySQL 8's spelling of column changes
 from billingworker.store.mysql_ddl import use_types_of
 
 config = context.config

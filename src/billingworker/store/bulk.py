@@ -11,6 +11,7 @@ commit or roll back with everything else.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -23,16 +24,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import is_postgres
-from .dialect import dialect_name, is_mariadb, returns_from_insert
+from .dialect import dialect_name, returns_from_insert
 
+log = logging.getLogger(__name__)
 _PG = postgresql.dialect()
 #: MySQL/MariaDB: rows per UPDATE (and per INSERT ... RETURNING); the INSERT batches are sized by
 #: the driver (PyMySQL's executemany packs rows into statements of up to ~1 MB).
 MYSQL_ROWS_PER_STATEMENT = 2000
-#: MySQL/MariaDB only (made by migration 0001): the counters of ``reserve_ids``, named
-#: ``id:<table>``, and the rows of ``store.locks.transaction_lock``, named ``lock:<key>``.
-MYSQL_SEQUENCES_TABLE = "billingworker_sequences"
-MYSQL_ID_COUNTER_PREFIX = "id:"
 
 
 def _raw_cursor(session: Session):
@@ -98,28 +96,40 @@ def _mysql_insert_head(table: Table, columns: Sequence[str]) -> str:
     return f"INSERT INTO `{table.name}` ({', '.join(f'`{c}`' for c in columns)}) VALUES "
 
 
+def _insert_statements(conn, head: str, rows: Sequence[dict], columns: Sequence[str], max_rows: int):
+    """``head`` followed by the rows' values: (statement, number of rows in it), each statement at
+    most ``max_rows`` rows and about MYSQL_STATEMENT_BYTES (bytes: max_allowed_packet counts
+    bytes, not characters)."""
+    parts: list[str] = []
+    size = 0
+    for row in rows:
+        literal = _literals(conn, [row[c] for c in columns])
+        parts.append(literal)
+        size += len(literal.encode()) + 2
+        if size >= MYSQL_STATEMENT_BYTES or len(parts) >= max_rows:
+            yield head + ", ".join(parts), len(parts)
+            parts, size = [], 0
+    if parts:
+        yield head + ", ".join(parts), len(parts)
+
+
+def _execute(cursor, statement: str, shown: str) -> None:
+    """Run a statement built here; a driver error comes out as SQLAlchemy's (``shown`` names it)."""
+    try:
+        cursor.execute(statement)
+    except Exception as exc:  # noqa: BLE001 - re-raised as SQLAlchemy's exception
+        if _is_driver_error(exc):
+            raise _as_sqlalchemy_error(shown, exc) from exc
+        raise
+
+
 def _insert_mysql(session: Session, table: Table, rows: Sequence[dict]) -> None:
     columns = list(rows[0])
     head = _mysql_insert_head(table, columns)
     cursor = _raw_cursor(session)
-    conn = cursor.connection
-    try:
-        with cursor:
-            parts: list[str] = []
-            size = 0
-            for row in rows:
-                literal = _literals(conn, [row[c] for c in columns])
-                parts.append(literal)
-                size += len(literal.encode()) + 2  # bytes: max_allowed_packet counts bytes, not characters
-                if size >= MYSQL_STATEMENT_BYTES:
-                    cursor.execute(head + ", ".join(parts))
-                    parts, size = [], 0
-            if parts:
-                cursor.execute(head + ", ".join(parts))
-    except Exception as exc:  # noqa: BLE001 - re-raised as SQLAlchemy's exception
-        if _is_driver_error(exc):
-            raise _as_sqlalchemy_error(head + "...", exc) from exc
-        raise
+    with cursor:
+        for statement, _count in _insert_statements(cursor.connection, head, rows, columns, len(rows)):
+            _execute(cursor, statement, head + "...")
 
 
 def _is_driver_error(exc: Exception) -> bool:
@@ -136,16 +146,8 @@ def _insert_returning_ids_mariadb(session: Session, table: Table, rows: Sequence
     ids: list[int] = []
     cursor = _raw_cursor(session)
     with cursor:
-        for start in range(0, len(rows), MYSQL_ROWS_PER_STATEMENT):
-            chunk = rows[start:start + MYSQL_ROWS_PER_STATEMENT]
-            statement = head + ", ".join(_literals(cursor.connection, [row[c] for c in columns]) for row in chunk)
-            statement += " RETURNING id"
-            try:
-                cursor.execute(statement)
-            except Exception as exc:  # noqa: BLE001 - re-raised as SQLAlchemy's exception
-                if _is_driver_error(exc):
-                    raise _as_sqlalchemy_error(head + "...", exc) from exc
-                raise
+        for statement, _count in _insert_statements(cursor.connection, head, rows, columns, MYSQL_ROWS_PER_STATEMENT):
+            _execute(cursor, statement + " RETURNING id", head + "...")
             ids.extend(row[0] for row in cursor.fetchall())
     return ids
 
@@ -167,55 +169,34 @@ def _insert_auto_ids_mysql(session: Session, table: Table, rows: Sequence[dict])
     with cursor:
         cursor.execute("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
         lock_mode, step = cursor.fetchone()
-        per_statement = MYSQL_ROWS_PER_STATEMENT if autoinc_ids_are_consecutive(lock_mode) else 1
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start:start + per_statement]
-            statement = head + ", ".join(_literals(cursor.connection, [row[c] for c in columns]) for row in chunk)
-            try:
-                cursor.execute(statement)
-            except Exception as exc:  # noqa: BLE001 - re-raised as SQLAlchemy's exception
-                if _is_driver_error(exc):
-                    raise _as_sqlalchemy_error(head + "...", exc) from exc
-                raise
+        if autoinc_ids_are_consecutive(lock_mode):
+            per_statement = MYSQL_ROWS_PER_STATEMENT
+        else:
+            per_statement = 1
+            _warn_row_by_row(lock_mode)
+        for statement, count in _insert_statements(cursor.connection, head, rows, columns, per_statement):
+            _execute(cursor, statement, head + "...")
             first = cursor.lastrowid
-            ids.extend(first + n * step for n in range(len(chunk)))
+            ids.extend(first + n * step for n in range(count))
     return ids
+
+
+_warned_row_by_row = False
+
+
+def _warn_row_by_row(lock_mode) -> None:
+    global _warned_row_by_row
+    if not _warned_row_by_row:
+        _warned_row_by_row = True
+        log.warning("MySQL runs with innodb_autoinc_lock_mode=%s: new rows are inserted one per statement to "
+                    "read their ids back; innodb_autoinc_lock_mode=1 lets them go 2,000 per statement "
+                    "(docs/schema.md, MySQL 8)", lock_mode)
 
 
 def autoinc_ids_are_consecutive(lock_mode: int) -> bool:
     """Whether InnoDB gives the rows of one multi-row INSERT consecutive AUTO_INCREMENT ids
     (``innodb_autoinc_lock_mode`` 0, traditional, or 1, consecutive)."""
     return int(lock_mode) in (0, 1)
-
-
-def _reserve_ids_mysql(session: Session, table: Table, count: int) -> list[int]:
-    """MySQL has no sequences: a counter row per table in ``billingworker_sequences`` (a
-    MySQL-only table, made by the first migration) plays one.
-
-    It is moved on in a connection of its own, in autocommit (like ``nextval``: never handed out
-    twice, never given back, no lock held until the caller commits, nothing to roll back), past
-    the largest id of the table and the table's AUTO_INCREMENT. An INSERT that takes its id from
-    AUTO_INCREMENT in the moment between a reservation and the insert of the reserved rows could
-    still take one of them (the reserved rows then fail on the primary key and the transaction is
-    rolled back): billingworker's own writes to these tables use reserved or returned ids.
-    """
-    name = MYSQL_ID_COUNTER_PREFIX + table.name
-    floor = (f"GREATEST((SELECT COALESCE(MAX(id), 0) FROM {table.name}),"
-             " (SELECT COALESCE(AUTO_INCREMENT, 1) - 1 FROM information_schema.tables"
-             f" WHERE table_schema = DATABASE() AND table_name = '{table.name}'))")
-    with session.get_bind().engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        if not is_mariadb(session):
-            # MySQL 8 answers information_schema.tables from a cache up to a day old by default.
-            conn.exec_driver_sql("SET SESSION information_schema_stats_expiry = 0")
-        conn.exec_driver_sql(
-            f"INSERT INTO {MYSQL_SEQUENCES_TABLE} (name, `last_value`) VALUES (%s, 0)"
-            " ON DUPLICATE KEY UPDATE name = name", (name,))
-        conn.exec_driver_sql(
-            f"UPDATE {MYSQL_SEQUENCES_TABLE} SET `last_value` = LAST_INSERT_ID(GREATEST(`last_value`, {floor}) + %s)"
-            " WHERE name = %s", (count, name))
-        last = conn.exec_driver_sql("SELECT LAST_INSERT_ID()").scalar_one()
-    return list(range(last - count + 1, last + 1))
 
 
 def _update_mysql(session: Session, table: Table, rows: Sequence[dict]) -> None:
@@ -286,13 +267,15 @@ def reserve_ids(session: Session, table: Table, count: int) -> list[int]:
 
     PostgreSQL: taken from the table's sequence (never handed out twice). SQLite: the next ids
     after the largest, which nobody else can take because the transaction holds the writer
-    lock from its first statement (BEGIN IMMEDIATE, see db.py). MySQL/MariaDB: see
-    ``_reserve_ids_mysql``.
+    lock from its first statement (BEGIN IMMEDIATE, see db.py). MySQL/MariaDB has no sequence,
+    and ids reserved outside AUTO_INCREMENT could meet the ids it hands the other applications:
+    there rows are inserted first and their ids read back (``insert_rows_returning_ids``).
     """
     if count <= 0:
         return []
     if dialect_name(session) == "mysql":
-        return _reserve_ids_mysql(session, table, count)
+        raise NotImplementedError("reserve_ids: MySQL/MariaDB has no sequences; insert with "
+                                  "insert_rows_returning_ids, which reads the AUTO_INCREMENT ids back")
     if is_postgres(session):
         return list(session.execute(
             text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),

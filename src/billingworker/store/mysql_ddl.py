@@ -33,7 +33,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateIndex, CreateTable, DropIndex, ForeignKeyConstraint, Index
 from sqlalchemy.types import NullType
 
-#: Made by migration 0001 on MySQL/MariaDB only (not a model): see store.bulk.reserve_ids.
+#: Made by migration 0001 on MySQL/MariaDB only (not a model): see store.locks.transaction_lock.
 MYSQL_ONLY_TABLE = "billingworker_sequences"
 MARIADB_COLLATION = "utf8mb4_nopad_bin"
 MYSQL_COLLATION = "utf8mb4_0900_bin"
@@ -142,12 +142,25 @@ def _generated_kind(dialect) -> str:
 _literal_default = MySQLDDLCompiler.get_column_default_string
 
 
+def wants_expression_default(type_) -> bool:
+    """Whether MySQL 8 takes a default of this column type only as an expression (TEXT, BLOB,
+    JSON: a literal ``DEFAULT ''`` is error 1101 there)."""
+    return isinstance(type_, (Text, LargeBinary, JSON))
+
+
+def column_type_of(table_name: str, column_name: str):
+    """The models' type of ``table_name.column_name`` (None if the models do not know it)."""
+    table = _type_source.tables.get(table_name) if _type_source is not None else None
+    return table.c[column_name].type if table is not None and column_name in table.c else None
+
+
 def _default_string(self, column):
     """A TEXT/BLOB/JSON column's literal default as an expression, ``DEFAULT ('')``, on MySQL 8
-    (8.0.13+), which refuses the literal form on these types (MariaDB takes either)."""
+    (8.0.13+), which refuses the literal form on these types (MariaDB takes either). Alembic's
+    column changes (MODIFY, ALTER ... SET DEFAULT) get the same in ``store.mysql_alter_ddl``."""
     default = _literal_default(self, column)
     if (default is not None and spelled_for_mysql8(self.dialect) and default.lstrip()[:1] in ("'", '"')
-            and isinstance(column.type, (Text, LargeBinary, JSON))):
+            and wants_expression_default(column.type)):
         return f"({default})"
     return default
 
@@ -185,7 +198,7 @@ def comparison_filter(dialect_name: str, metadata):
 
     def include(obj, name, type_, reflected, compare_to) -> bool:
         if type_ == "table" and name == MYSQL_ONLY_TABLE:
-            return False  # the sequences of store.bulk.reserve_ids, made by migration 0001 on MySQL only
+            return False  # the lock rows of store.locks.transaction_lock, made by migration 0001 on MySQL only
         if type_ == "index" and name in partial:
             return False
         if type_ == "foreign_key_constraint" and name in deferred:

@@ -526,8 +526,8 @@ def upgrade() -> None:
     if dialect.name in ('mysql', 'mariadb'):
         from billingworker.store.mysql_ddl import table_options
 
-        # MySQL only: what PostgreSQL's sequences are to store.bulk.reserve_ids (counters moved on
-        # outside the caller's transaction), and the rows of store.locks.transaction_lock.
+        # MySQL only: the rows store.locks.transaction_lock locks in place of PostgreSQL's advisory
+        # locks (and, before MySQL 8 support, the id counters of store.bulk.reserve_ids).
         # `last_value` quoted: LAST_VALUE is a reserved word (a window function) on MySQL 8.0.2+.
         # The collation of every other table (utf8mb4_bin before: MariaDB databases made then keep it).
         op.execute("CREATE TABLE billingworker_sequences (name VARCHAR(64) NOT NULL PRIMARY KEY,"
