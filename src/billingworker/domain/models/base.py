@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import DateTime, MetaData, Numeric
+from sqlalchemy import DateTime, MetaData, Numeric, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Stable constraint names, so Alembic migrations name the same thing on SQLite and PostgreSQL.
@@ -22,8 +22,23 @@ NAMING = {
 MONEY = Numeric(18, 4)
 #: Tax and exchange rates.
 RATE = Numeric(12, 6)
+class UtcTimestamp(TypeDecorator):
+    """A moment, stored in UTC: ``timestamptz`` on PostgreSQL. MySQL/MariaDB (``DATETIME(6)``, the
+    connection's zone +00:00) and SQLite (text) keep no zone, and their drivers would write an
+    aware value's wall-clock time and drop its zone: there it is converted to UTC first, whether
+    it is written or compared with."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if isinstance(value, datetime) and value.tzinfo is not None and dialect.name != "postgresql":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+
 #: Timestamps are stored in UTC (timestamptz on PostgreSQL).
-TIMESTAMP = DateTime(timezone=True)
+TIMESTAMP = UtcTimestamp()
 
 
 class Base(DeclarativeBase):
