@@ -8,7 +8,7 @@ an ``as_of`` date, which actors resolve through a ``Clock`` once per job.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Protocol
+from typing import Protocol, overload
 from zoneinfo import ZoneInfo
 
 
@@ -52,6 +52,15 @@ class FixedClock:
 TIME_ZONE_INFO = "billingworker.time_zone"
 
 
-def as_utc(moment: datetime) -> datetime:
-    """Aware UTC; SQLite hands timestamps back naive (they are stored in UTC)."""
+@overload
+def as_utc(moment: datetime) -> datetime: ...
+@overload
+def as_utc(moment: None) -> None: ...
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Aware UTC (None stays None); MySQL/MariaDB and SQLite hand timestamps back naive (they are
+    stored in UTC)."""
+    if moment is None:
+        return None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -117,6 +117,13 @@ def test_dry_run_preview_shows_each_task_and_amounts_per_currency(engine, consol
     assert "10.00 GBP" in generate and "10.00 USD" in generate and "20.00" not in generate
     assert 'data-preview-lines="generate_due_invoices"' in page
     assert client.get("/runs/preview?day=2026-13-45").text.count("is not a date") == 1
+    # and while one preview is being computed, another is refused, not started beside it
+    from billingworker.console.pages.runs import PREVIEW_RUNNING
+
+    with PREVIEW_RUNNING:
+        busy = client.get(f"/runs/preview?day={day.isoformat()}").text
+    assert "a preview is already running" in busy and "data-preview-summary" not in busy
+    assert "data-preview-summary" in client.get(f"/runs/preview?day={day.isoformat()}").text
 
 
 def test_client_page_shows_the_summary_and_the_statement(engine, console_client):

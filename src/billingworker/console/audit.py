@@ -8,10 +8,10 @@ from datetime import datetime
 
 from sqlalchemy import Engine, select
 
+from ..clock import as_utc
 from ..db import unit_of_work
 from ..domain.models import ConsoleAudit
 from ..domain.redaction import mask_text
-from ..ops.runs import as_utc
 
 #: Characters of ``detail`` kept (masked first, then cut).
 DETAIL_LIMIT = 2_000

@@ -7,8 +7,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from ..clock import as_utc
 from ..domain.money import format_money
-from ..ops.runs import as_utc
 from ..ops.status import format_age
 
 

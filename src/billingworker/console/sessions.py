@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete
 
+from ..clock import as_utc
 from ..db import unit_of_work
 from ..domain.models import ConsoleSession
-from ..ops.runs import as_utc
 
 #: A token longer than this is not one of ours (not even looked up).
 TOKEN_MAX = 100

@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..clock import as_utc
 from ..domain.models import Client, JobFailure
-from .runs import as_utc, client_name
+from .runs import client_name
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from ..clock import as_utc
 from ..db import unit_of_work
 from ..domain.messaging.outbox_resend import RESEND_PAGE, Resend, failed_email_ids, resend_emails
 from ..domain.models import Client, OutboxEmail, OutboxStatus
 from ..domain.redaction import mask, mask_text
-from .runs import as_utc
 
 #: The statuses ``outbox list --status`` takes.
 STATUSES = tuple(s.value for s in OutboxStatus)

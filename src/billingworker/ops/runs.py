@@ -5,12 +5,13 @@ the parked clients. Read-only; every function takes a Session and leaves it unch
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..clock import as_utc
 from ..domain.failures import MAX_REASON_LENGTH
 from ..domain.models import Client, DailyRun, DailyRunTask, JobFailure
 from ..domain.redaction import mask_text
@@ -60,13 +61,6 @@ class ParkedClient:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "parked_at": _iso(self.parked_at)}
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """Timestamps are stored in UTC; SQLite hands them back naive."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -3,6 +3,7 @@ dry-run preview of any day as a table, amounts per currency."""
 
 from __future__ import annotations
 
+import threading
 from datetime import date
 
 from sqlalchemy import select
@@ -74,6 +75,10 @@ async def run_live(request: Request) -> Response:
     return render(request, "_run_live.html", run=run, day=run.run_date if run else "", live=True)
 
 
+#: Held while this process computes a preview.
+PREVIEW_RUNNING = threading.Lock()
+
+
 async def preview_page(request: Request) -> Response:
     """The dry-run of ``?day=YYYY-MM-DD`` (today if none): nothing is written."""
     raw = request.query_params.get("day", "")
@@ -86,7 +91,15 @@ async def preview_page(request: Request) -> Response:
     if not error and not FIRST_DAY <= day <= LAST_DAY:
         day, error = _today(request), f"day: {day} is out of range ({FIRST_DAY} to {LAST_DAY})"
     if raw and not error:
-        preview = await run_in_threadpool(sources.dry_run_preview, console(request).engine, day)
+        # One preview at a time per console process: each runs the whole day's tasks (a viewer
+        # may preview, but not start many at once).
+        if PREVIEW_RUNNING.acquire(blocking=False):
+            try:
+                preview = await run_in_threadpool(sources.dry_run_preview, console(request).engine, day)
+            finally:
+                PREVIEW_RUNNING.release()
+        else:
+            error = "a preview is already running: try again when it has finished"
     return render(request, "preview.html", day=day, preview=preview, error=error)
 
 
