@@ -452,12 +452,13 @@ def status_of(engine: Engine, email_id: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # Concurrency (was tests/domain/billing/test_concurrency.py)
 
-def race(engine, *work: Callable[[Session], object]) -> list:
+def race(engine, *work: Callable[[Session], object], retries: int = 3) -> list:
     """Run each callable in its own thread and session, all released at once; commit each.
 
     A deadlock or a lock wait timeout (``store.conflicts.is_transient``) is run again from the
-    start, up to three times, as the worker's retry would: the database gave the transaction
-    up, and the guarantee under test is about what the work leaves once it is done."""
+    start, up to ``retries`` times, as the worker's retry would: the database gave the
+    transaction up, and the guarantee under test is about what the work leaves once it is done
+    (``retries=0``: a test that no deadlock happens at all)."""
     from billingworker.store.conflicts import is_transient
 
     barrier = threading.Barrier(len(work))
@@ -465,7 +466,7 @@ def race(engine, *work: Callable[[Session], object]) -> list:
     errors: list = []
 
     def run(n: int, fn) -> None:
-        for attempt in range(4):
+        for attempt in range(retries + 1):
             session = session_factory(engine)()
             try:
                 if attempt == 0:
@@ -475,7 +476,7 @@ def race(engine, *work: Callable[[Session], object]) -> list:
                 return
             except Exception as exc:  # noqa: BLE001 - reported below
                 session.rollback()
-                if not is_transient(exc) or attempt == 3:
+                if not is_transient(exc) or attempt == retries:
                     errors.append(exc)
                     return
             finally:

@@ -10,15 +10,17 @@ from datetime import date
 from decimal import Decimal
 from functools import partial
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from billingworker.domain.billing.due_invoices import generate_for_clients
+from billingworker.domain.billing.invoice_store import allocate_invoice_numbers
 from billingworker.domain.billing.manual_invoices import create_add_funds_invoice
 from billingworker.domain.models import (
     BilledPeriod,
     Client,
     CreditHistory,
     Invoice,
+    InvoiceSequence,
     OutboxEmail,
     Service,
     Transaction,
@@ -63,6 +65,19 @@ def test_workers_on_different_clients_share_one_gap_free_number_sequence(server_
     race(server_engine, *[partial(lambda ids, session: generate_for_clients(session, ids, TODAY), b) for b in batches])
     numbers = sorted(s.execute(select(Invoice.number)).scalars())
     assert numbers == list(range(1, 19))
+
+
+def test_workers_taking_the_first_invoice_numbers_ever_at_once_never_deadlock(server_engine, server_session):
+    # The sequence row does not exist until the first invoice is numbered; four workers that
+    # get there together must make it once, without a deadlock (no retry here), and share the
+    # numbers without a gap or a repeat. Ten rounds: a deadlock between them needed chance.
+    s = server_session
+    for _ in range(10):
+        s.execute(delete(InvoiceSequence))
+        s.commit()
+        firsts = race(server_engine, *[partial(allocate_invoice_numbers, count=3)] * 4, retries=0)
+        assert sorted(firsts) == [1, 4, 7, 10]
+        assert scalar(s, select(InvoiceSequence.last_number)) == 12
 
 
 def test_a_payment_reported_twice_at_once_counts_once(server_engine, server_session):

@@ -23,7 +23,8 @@ from ...store.bulk import (
     reserve_ids,
     update_rows,
 )
-from ...store.conflicts import insert_ignoring_conflicts, is_unique_clash_on
+from ...store.conflicts import is_unique_clash_on
+from ...store.counters import add_to_counter
 from ...store.locks import locks_only_the_named_table
 from ...store.returning import update_returning
 from ..models import (
@@ -111,11 +112,11 @@ def allocate_invoice_numbers(session: Session, count: int) -> int:
                                 {"last_number": InvoiceSequence.last_number + count}, [InvoiceSequence.last_number])
 
     taken = take()
-    if not taken:
-        ins = insert_ignoring_conflicts(session, InvoiceSequence)
-        session.execute(ins.values(name=INVOICE_SEQUENCE, last_number=0))
-        taken = take()
-    [(last,)] = taken
+    if taken:
+        [(last,)] = taken
+    else:  # the first numbers ever: the row is made, by one of the workers that got here at once
+        add_to_counter(session, InvoiceSequence, {"name": INVOICE_SEQUENCE}, "last_number", count)
+        last = session.scalar(select(InvoiceSequence.last_number).where(InvoiceSequence.name == INVOICE_SEQUENCE))
     return last - count + 1
 
 
