@@ -12,12 +12,15 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pika
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+from billingworker.db import unit_of_work
+from billingworker.domain.models.runs import DailyRunReconciliation
 from billingworker.ops.consumers import CONSUMERS_KEY
 from billingworker.ops.queues import read_broker_state, read_redis_state, safe_url
 
@@ -107,6 +110,33 @@ def test_status_with_no_runs_and_an_empty_broker(redis_client, pg_engine):
     assert status["daily_runs"] == [] and status["parked_clients"] == {"total": 0, "clients": []}
     assert status["broker"]["workers"] == 0
     assert "Daily runs: none yet" in cli(pg_engine, "status").output
+    assert status["books"] is None
+    assert "Books: not reconciled yet" in cli(pg_engine, "status").output
+
+
+def test_status_says_whether_the_last_run_left_the_books_clean(redis_client, engine):
+    # Given an older run whose books were clean, and the latest, whose reconciliation found two
+    # things to look at (and one it could explain)
+    older = add_run(engine, run_date=date(2026, 1, 14))
+    latest = add_run(engine, run_date=date(2026, 1, 15))
+    with unit_of_work(engine) as session:
+        for run_id, day, clean, counts in [
+                (older, date(2026, 1, 14), True, {"due_billed": {"findings": 0, "explained": 0}}),
+                (latest, date(2026, 1, 15), False, {"due_billed": {"findings": 2, "explained": 1},
+                                                    "numbers_gap_free": {"findings": 1, "explained": 0}})]:
+            session.add(DailyRunReconciliation(run_id=run_id, as_of=day, clean=clean, counts=json.dumps(counts),
+                                               checked_at=datetime(2026, 1, 16, 3, 0, tzinfo=UTC)))
+        session.commit()
+
+    status = json.loads(cli(engine, "status", "--json").output)
+    screen = cli(engine, "status").output
+
+    # Then status names the latest run's verdict, the findings an operator must look at, and how
+    assert status["books"] == {"run_id": latest, "as_of": "2026-01-15", "checked_at": "2026-01-16T03:00:00+00:00",
+                               "clean": False, "findings": 2}
+    line = next(line for line in screen.splitlines() if line.startswith("Books:"))
+    assert "NOT CLEAN as of 2026-01-15" in line and f"run #{latest}" in line and "2 finding(s)" in line
+    assert "billingworker reconcile --as-of 2026-01-15" in line
 
 
 def test_status_reports_what_does_not_answer_and_exits_1(pg_engine):

@@ -11,7 +11,9 @@ from rich.console import Group
 from rich.text import Text
 from sqlalchemy import Engine
 
+from ..clock import as_utc
 from ..db import get_engine, unit_of_work
+from ..domain.reports.reconciliation import RecordedReconciliation, recorded_reconciliation
 from ..queue_names import QUEUES
 from .logs import redact_text
 from .queues import NAMESPACE, broker_kind, read_broker_state, safe_url
@@ -41,11 +43,23 @@ def collect_status(broker_url: str, database_url: str | None = None, *, now: dat
             status["daily_runs"] = [r.as_dict() for r in last_runs(session, runs)]
             status["parked_clients"] = {"total": count_parked(session),
                                         "clients": [c.as_dict() for c in parked_clients(session, parked)]}
+            status["books"] = _books(recorded_reconciliation(session))
     except Exception as exc:  # noqa: BLE001 - shown on the screen, exit status 1
         status["daily_runs"] = []
         status["parked_clients"] = {"total": None, "clients": []}
+        status["books"] = None
         status["errors"].append(f"database: {_reason(exc)}")
     return status
+
+
+def _books(recorded: RecordedReconciliation | None) -> dict[str, Any] | None:
+    """The reconciliation of the latest real run (None: none recorded yet), as status shows it."""
+    if recorded is None:
+        return None
+    unexplained = sum(max(c.get("findings", 0) - c.get("explained", 0), 0) for c in recorded.counts.values())
+    return {"run_id": recorded.run_id, "as_of": recorded.as_of.isoformat(),
+            "checked_at": as_utc(recorded.checked_at).isoformat(), "clean": recorded.clean,
+            "findings": unexplained}
 
 
 def _kind(url: str) -> str:
@@ -110,9 +124,22 @@ def status_view(status: dict[str, Any]) -> Group:
         parts.append(make_table(title, [_right("client"), "name", "parked at", _right("failures"), "reason"],
                                 [[c["id"], c["name"], _when(c["parked_at"]), c["failure_count"], c["reason"]]
                                  for c in parked["clients"]]))
+    parts.append(Text(_books_line(status.get("books"), database_answered=parked["total"] is not None)))
     for error in status["errors"]:
         parts.append(Text(f"ERROR {error}"))
     return Group(*parts)
+
+
+def _books_line(books: dict[str, Any] | None, *, database_answered: bool) -> str:
+    if not database_answered:
+        return "Books: n/a"
+    if books is None:
+        return "Books: not reconciled yet (each real daily run checks them when it finishes)"
+    where = f"as of {books['as_of']} (run #{books['run_id']}, checked {_when(books['checked_at'])})"
+    if books["clean"]:
+        return f"Books: clean {where}"
+    return (f"Books: NOT CLEAN {where}: {books['findings']} finding(s) to look at; "
+            f"billingworker reconcile --as-of {books['as_of']} lists them")
 
 
 def _right(name: str) -> Column:
