@@ -36,9 +36,11 @@ def worker(engine, clock, mailer):
     w.start()
     yield w
     # Nothing of this test may still run when the next one wipes the database: what waits in the
-    # queues (a failed test's retries, delayed by their backoff) is dropped, what runs finishes.
+    # queues (a failed test's retries, delayed by their backoff) is dropped, what runs finishes
+    # (stop waits for it), and what that queues on its way out (a retry) is dropped too. Never a
+    # join here: a retry re-queued after the test's monkeypatch was undone waits out the actor's
+    # real backoff, minutes, and the join with it.
     broker.flush_all()
-    drain()
     w.stop()
     broker.flush_all()
     rt.reset()

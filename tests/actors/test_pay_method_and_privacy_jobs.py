@@ -72,13 +72,14 @@ def test_a_gateway_that_raises_is_retried_and_the_retry_removes_it(session, work
     # When its removal is asked: the first attempt fails and writes why on the record
     remove_pay_method.send(pay_method_id=card_id)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    error = ""
+    while not error and time.monotonic() < deadline:
+        error = session.scalar(select(PayMethod.removal_error).where(PayMethod.id == card_id))
+        # Ended before the sleep: on SQLite each transaction holds the writer lock from its start
+        # (BEGIN IMMEDIATE), and a poll that slept inside one starved the worker's write.
         session.rollback()
-        if session.scalar(select(PayMethod.removal_error).where(PayMethod.id == card_id)):
-            break
         time.sleep(0.05)
-    session.rollback()
-    assert "will be retried" in session.scalar(select(PayMethod.removal_error).where(PayMethod.id == card_id))
+    assert "will be retried" in error
     # ... and the gateway comes back before the retry (here: the token it answers for)
     session.execute(update(PayMethod).where(PayMethod.id == card_id).values(gateway_token="tok_back_4242"))
     session.commit()
