@@ -125,39 +125,35 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-@pytest.fixture
-def fresh_mariadb() -> Iterator[Engine]:
-    """An empty MariaDB database of this test's own, with the server's defaults; dropped afterwards."""
-    admin = create_engine(MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
+def _fresh_database(admin_url: str, drop: str, create: str, *, first: str = "SELECT 1") -> Iterator[Engine]:
+    """An empty database of this test's own on the server of ``admin_url``; dropped afterwards
+    (``first`` runs before the drop: MariaDB's gives up instead of waiting on a stray lock)."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS `{SCRIPT_DB}`"))
-        conn.execute(text(f"CREATE DATABASE `{SCRIPT_DB}`"))
-    engine = create_db_engine(MYSQL_ADMIN_URL.rsplit("/", 1)[0] + "/" + SCRIPT_DB)
+        conn.execute(text(drop))
+        conn.execute(text(create))
+    engine = create_db_engine(admin_url.rsplit("/", 1)[0] + "/" + SCRIPT_DB)
     try:
         yield engine
     finally:
         engine.dispose()
         with admin.connect() as conn:
-            conn.execute(text("SET SESSION lock_wait_timeout = 10"))
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{SCRIPT_DB}`"))
+            conn.execute(text(first))
+            conn.execute(text(drop))
         admin.dispose()
+
+
+@pytest.fixture
+def fresh_mariadb() -> Iterator[Engine]:
+    """With the server's defaults, as a shared database has them."""
+    yield from _fresh_database(MYSQL_ADMIN_URL, f"DROP DATABASE IF EXISTS `{SCRIPT_DB}`",
+                               f"CREATE DATABASE `{SCRIPT_DB}`", first="SET SESSION lock_wait_timeout = 10")
 
 
 @pytest.fixture
 def fresh_pg() -> Iterator[Engine]:
-    """An empty PostgreSQL database of this test's own; dropped afterwards."""
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{SCRIPT_DB}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{SCRIPT_DB}"'))
-    engine = create_db_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + SCRIPT_DB)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{SCRIPT_DB}" WITH (FORCE)'))
-        admin.dispose()
+    yield from _fresh_database(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{SCRIPT_DB}" WITH (FORCE)',
+                               f'CREATE DATABASE "{SCRIPT_DB}"')
 
 
 # -- a. the script builds what the online upgrade builds ------------------------------------------

@@ -28,22 +28,19 @@ def _default_as_expression(sql: str, compiler, default) -> str:
     return sql.replace(f"DEFAULT {formatted}", f"DEFAULT ({formatted})", 1)
 
 
-@compiles(alembic_mysql.MySQLModifyColumn, "mysql", "mariadb")
-def _modify_column(element, compiler, **kw):
-    sql = _alembic_modify(element, compiler, **kw)
-    if element.default not in (False, None) and spelled_for_mysql8(compiler.dialect) \
-            and wants_expression_default(element.type_):
-        return _default_as_expression(sql, compiler, element.default)
-    return sql
+def _column_change(alembic_spelling):
+    """MODIFY / CHANGE: Alembic's spelling, a TEXT default made an expression on MySQL 8."""
+    def spell(element, compiler, **kw):
+        sql = alembic_spelling(element, compiler, **kw)
+        if element.default not in (False, None) and spelled_for_mysql8(compiler.dialect) \
+                and wants_expression_default(element.type_):
+            return _default_as_expression(sql, compiler, element.default)
+        return sql
+    return spell
 
 
-@compiles(alembic_mysql.MySQLChangeColumn, "mysql", "mariadb")
-def _change_column(element, compiler, **kw):
-    sql = _alembic_change(element, compiler, **kw)
-    if element.default not in (False, None) and spelled_for_mysql8(compiler.dialect) \
-            and wants_expression_default(element.type_):
-        return _default_as_expression(sql, compiler, element.default)
-    return sql
+compiles(alembic_mysql.MySQLModifyColumn, "mysql", "mariadb")(_column_change(_alembic_modify))
+compiles(alembic_mysql.MySQLChangeColumn, "mysql", "mariadb")(_column_change(_alembic_change))
 
 
 @compiles(alembic_mysql.MySQLAlterDefault, "mysql", "mariadb")
