@@ -41,6 +41,8 @@ def worker(engine, clock, mailer):
     # join here: a retry re-queued after the test's monkeypatch was undone waits out the actor's
     # real backoff, minutes, and the join with it.
     broker.flush_all()
+    for reader in _readers:  # a test's session must not hold SQLite's writer lock while work finishes
+        reader.rollback()
     w.stop()
     _forget_unacked()
     rt.reset()

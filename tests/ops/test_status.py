@@ -111,7 +111,7 @@ def test_status_with_no_runs_and_an_empty_broker(redis_client, pg_engine):
     assert status["broker"]["workers"] == 0
     assert "Daily runs: none yet" in cli(pg_engine, "status").output
     assert status["books"] is None
-    assert "Books: not reconciled yet" in cli(pg_engine, "status").output
+    assert "Books: no daily run yet" in cli(pg_engine, "status").output
 
 
 def test_status_says_whether_the_last_run_left_the_books_clean(redis_client, engine):
@@ -131,12 +131,23 @@ def test_status_says_whether_the_last_run_left_the_books_clean(redis_client, eng
     status = json.loads(cli(engine, "status", "--json").output)
     screen = cli(engine, "status").output
 
-    # Then status names the latest run's verdict, the findings an operator must look at, and how
+    # Then status names the latest run's verdict, the findings an operator must look at (the ones
+    # no failure explains: "findings" counts them apart from "explained"), and how
     assert status["books"] == {"run_id": latest, "as_of": "2026-01-15", "checked_at": "2026-01-16T03:00:00+00:00",
-                               "clean": False, "findings": 2}
-    line = next(line for line in screen.splitlines() if line.startswith("Books:"))
-    assert "NOT CLEAN as of 2026-01-15" in line and f"run #{latest}" in line and "2 finding(s)" in line
-    assert "billingworker reconcile --as-of 2026-01-15" in line
+                               "clean": False, "findings": 3,
+                               "latest_run": {"id": latest, "status": "succeeded", "reconciled": True}}
+    line = " ".join(screen.split("Books:", 1)[1].split())  # the line may wrap at the terminal's width
+    assert "NOT CLEAN as of 2026-01-15" in line and f"run #{latest}" in line and "3 finding(s)" in line
+    assert "billingworker reconcile --as-of 2026-01-15" in line and "has not checked" not in line
+
+    # and a newer run still running (it records its reconciliation when it finishes) is named as
+    # not having checked them: the verdict shown is an earlier run's
+    running = add_run(engine, run_date=date(2026, 1, 16), status="running", finished_hours_ago=None)
+    books = json.loads(cli(engine, "status", "--json").output)["books"]
+    assert books["run_id"] == latest and books["latest_run"] == {"id": running, "status": "running",
+                                                                 "reconciled": False}
+    screen = " ".join(cli(engine, "status").output.split())  # the line may wrap at the terminal's width
+    assert f"lists them; run #{running} (running) has not checked them" in screen
 
 
 def test_status_reports_what_does_not_answer_and_exits_1(pg_engine):

@@ -9,11 +9,13 @@ from typing import Any
 
 from rich.console import Group
 from rich.text import Text
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from ..clock import as_utc
 from ..db import get_engine, unit_of_work
-from ..domain.reports.reconciliation import RecordedReconciliation, recorded_reconciliation
+from ..domain.models import DailyRun
+from ..domain.reports.reconciliation import recorded_reconciliation
 from ..queue_names import QUEUES
 from .logs import redact_text
 from .queues import NAMESPACE, broker_kind, read_broker_state, safe_url
@@ -43,7 +45,7 @@ def collect_status(broker_url: str, database_url: str | None = None, *, now: dat
             status["daily_runs"] = [r.as_dict() for r in last_runs(session, runs)]
             status["parked_clients"] = {"total": count_parked(session),
                                         "clients": [c.as_dict() for c in parked_clients(session, parked)]}
-            status["books"] = _books(recorded_reconciliation(session))
+            status["books"] = _books(session)
     except Exception as exc:  # noqa: BLE001 - shown on the screen, exit status 1
         status["daily_runs"] = []
         status["parked_clients"] = {"total": None, "clients": []}
@@ -52,14 +54,22 @@ def collect_status(broker_url: str, database_url: str | None = None, *, now: dat
     return status
 
 
-def _books(recorded: RecordedReconciliation | None) -> dict[str, Any] | None:
-    """The reconciliation of the latest real run (None: none recorded yet), as status shows it."""
-    if recorded is None:
+def _books(session: Session) -> dict[str, Any] | None:
+    """The reconciliation recorded by the latest real run that has one, and whether that is the
+    latest real run (one still running, or one that failed, records none). None: no real run yet."""
+    latest = session.execute(select(DailyRun.id, DailyRun.status).where(DailyRun.dry_run.is_(False))
+                             .order_by(DailyRun.run_date.desc(), DailyRun.id.desc()).limit(1)).first()
+    if latest is None:
         return None
-    unexplained = sum(max(c.get("findings", 0) - c.get("explained", 0), 0) for c in recorded.counts.values())
-    return {"run_id": recorded.run_id, "as_of": recorded.as_of.isoformat(),
-            "checked_at": as_utc(recorded.checked_at).isoformat(), "clean": recorded.clean,
-            "findings": unexplained}
+    recorded = recorded_reconciliation(session)
+    books: dict[str, Any] = {"latest_run": {"id": latest.id, "status": latest.status,
+                                            "reconciled": recorded is not None and recorded.run_id == latest.id}}
+    if recorded is not None:
+        # "findings" counts what no failure explains (the explained ones are counted apart)
+        books.update(run_id=recorded.run_id, as_of=recorded.as_of.isoformat(),
+                     checked_at=as_utc(recorded.checked_at).isoformat(), clean=recorded.clean,
+                     findings=sum(c.get("findings", 0) for c in recorded.counts.values()))
+    return books
 
 
 def _kind(url: str) -> str:
@@ -134,12 +144,16 @@ def _books_line(books: dict[str, Any] | None, *, database_answered: bool) -> str
     if not database_answered:
         return "Books: n/a"
     if books is None:
-        return "Books: not reconciled yet (each real daily run checks them when it finishes)"
+        return "Books: no daily run yet"
+    latest = books["latest_run"]
+    pending = "" if latest["reconciled"] else f"; run #{latest['id']} ({latest['status']}) has not checked them"
+    if "run_id" not in books:
+        return f"Books: not reconciled yet (a real run checks them when it finishes){pending}"
     where = f"as of {books['as_of']} (run #{books['run_id']}, checked {_when(books['checked_at'])})"
     if books["clean"]:
-        return f"Books: clean {where}"
+        return f"Books: clean {where}{pending}"
     return (f"Books: NOT CLEAN {where}: {books['findings']} finding(s) to look at; "
-            f"billingworker reconcile --as-of {books['as_of']} lists them")
+            f"billingworker reconcile --as-of {books['as_of']} lists them{pending}")
 
 
 def _right(name: str) -> Column:
