@@ -73,13 +73,18 @@ def _create_pg_database() -> None:
         admin.dispose()
 
 
+def _migrated(url: str) -> str:
+    """``url``, its database brought to the newest schema by the migrations."""
+    engine = create_db_engine(url)
+    upgrade_engine(engine)
+    engine.dispose()
+    return url
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     _create_pg_database()
-    engine = create_db_engine(PG_URL)
-    upgrade_engine(engine)
-    engine.dispose()
-    return PG_URL
+    return _migrated(PG_URL)
 
 
 _mysql_created: list[str] = []
@@ -117,28 +122,18 @@ def _create_mysql_database(name: str = MYSQL_TEST_DB) -> None:
 @pytest.fixture(scope="session")
 def mariadb_url() -> str:
     _create_mysql_database()
-    engine = create_db_engine(MYSQL_URL)
-    upgrade_engine(engine)
-    engine.dispose()
-    return MYSQL_URL
+    return _migrated(MYSQL_URL)
 
 
 @pytest.fixture(scope="session")
 def mysql8_forms_url() -> str:
     _create_mysql_database(MYSQL8_FORMS_DB)
-    engine = create_db_engine(MYSQL8_FORMS_URL)
-    upgrade_engine(engine)
-    engine.dispose()
-    return MYSQL8_FORMS_URL
+    return _migrated(MYSQL8_FORMS_URL)
 
 
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}"
-    engine = create_db_engine(url)
-    upgrade_engine(engine)
-    engine.dispose()
-    return url
+    return _migrated(f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite3'}")
 
 
 _engines: dict[str, Engine] = {}

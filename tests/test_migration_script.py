@@ -254,28 +254,9 @@ def _identifier(token: str) -> tuple[str, bool]:
     return (token[1:-1], True) if token.startswith("`") else (token, False)
 
 
-def _split_top_level(body: str) -> list[str]:
-    """``body`` split at commas outside parentheses and quotes."""
-    parts, current, depth, quote = [], [], 0, None
-    for char in body:
-        if quote is not None:
-            quote = None if char == quote else quote
-        elif char in "'\"`":
-            quote = char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current).strip())
-    return [p for p in parts if p]
-
-
-def _matching_paren(sql: str, start: int) -> int:
+def _scan(sql: str, start: int = 0):
+    """(index, character, depth) of each character of ``sql`` outside quotes, from ``start``;
+    depth counts the parentheses open after it."""
     depth, quote = 0, None
     for i in range(start, len(sql)):
         char = sql[i]
@@ -283,12 +264,22 @@ def _matching_paren(sql: str, start: int) -> int:
             quote = None if char == quote else quote
         elif char in "'\"`":
             quote = char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth == 0:
-                return i
+        else:
+            depth += (char == "(") - (char == ")")
+            yield i, char, depth
+
+
+def _split_top_level(body: str) -> list[str]:
+    """``body`` split at commas outside parentheses and quotes."""
+    cuts = [i for i, char, depth in _scan(body) if char == "," and depth == 0]
+    parts = [body[a + 1:b].strip() for a, b in zip([-1, *cuts], [*cuts, len(body)], strict=True)]
+    return [p for p in parts if p]
+
+
+def _matching_paren(sql: str, start: int) -> int:
+    for i, char, depth in _scan(sql, start):
+        if char == ")" and depth == 0:
+            return i
     raise AssertionError(f"unbalanced parentheses in {sql!r}")
 
 

@@ -107,7 +107,7 @@ def test_ids_read_back_without_returning_belong_to_their_rows(session, monkeypat
     if returns_from_insert(session) or dialect_name(session) != "mysql":
         pytest.skip("the MySQL 8 form: runs on TEST_DATABASES=mysql8-forms")
     monkeypatch.setattr(bulk, "autoinc_ids_are_consecutive", lambda _mode: consecutive)
-    monkeypatch.setattr(bulk, "_warned_row_by_row", False)
+    bulk._warn_row_by_row.cache_clear()
     c = f.client(session)
     insert_rows_returning_ids(session, CreditHistory.__table__, _history_rows(c.id, ["before"]))
     session.execute(text(f"SET SESSION auto_increment_increment = {step}"))

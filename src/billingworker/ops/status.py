@@ -9,17 +9,16 @@ from typing import Any
 
 from rich.console import Group
 from rich.text import Text
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from ..clock import as_utc
 from ..db import get_engine, unit_of_work
-from ..domain.models import DailyRun
 from ..domain.reports.reconciliation import recorded_reconciliation
 from ..queue_names import QUEUES
 from .logs import redact_text
 from .queues import NAMESPACE, broker_kind, read_broker_state, safe_url
-from .runs import TASK_COUNTS, count_parked, last_runs, parked_clients
+from .runs import TASK_COUNTS, count_parked, last_real_run, last_runs, parked_clients
 from .tables import Column, make_table
 
 
@@ -57,8 +56,7 @@ def collect_status(broker_url: str, database_url: str | None = None, *, now: dat
 def _books(session: Session) -> dict[str, Any] | None:
     """The reconciliation recorded by the latest real run that has one, and whether that is the
     latest real run (one still running, or one that failed, records none). None: no real run yet."""
-    latest = session.execute(select(DailyRun.id, DailyRun.status).where(DailyRun.dry_run.is_(False))
-                             .order_by(DailyRun.run_date.desc(), DailyRun.id.desc()).limit(1)).first()
+    latest = last_real_run(session)
     if latest is None:
         return None
     recorded = recorded_reconciliation(session)

@@ -28,8 +28,8 @@ from .dialect import dialect_name, returns_from_insert
 
 log = logging.getLogger(__name__)
 _PG = postgresql.dialect()
-#: MySQL/MariaDB: rows per UPDATE (and per INSERT ... RETURNING); the INSERT batches are sized by
-#: the driver (PyMySQL's executemany packs rows into statements of up to ~1 MB).
+#: MySQL/MariaDB: rows per UPDATE and per INSERT whose ids are read back (every INSERT is also cut
+#: at about MYSQL_STATEMENT_BYTES).
 MYSQL_ROWS_PER_STATEMENT = 2000
 
 
@@ -181,14 +181,10 @@ def _insert_auto_ids_mysql(session: Session, table: Table, rows: Sequence[dict])
     return ids
 
 
-_warned_row_by_row = False
-
-
+@cache
 def _warn_row_by_row(lock_mode) -> None:
-    global _warned_row_by_row
-    if not _warned_row_by_row:
-        _warned_row_by_row = True
-        log.warning("MySQL runs with innodb_autoinc_lock_mode=%s: new rows are inserted one per statement to "
+    """Said once per process (per lock mode): why inserts go one row at a time."""
+    log.warning("MySQL runs with innodb_autoinc_lock_mode=%s: new rows are inserted one per statement to "
                     "read their ids back; innodb_autoinc_lock_mode=1 lets them go 2,000 per statement "
                     "(docs/schema.md, MySQL 8)", lock_mode)
 
@@ -217,14 +213,8 @@ def _update_mysql(session: Session, table: Table, rows: Sequence[dict]) -> None:
             # The values drive, each row found by its primary key: joined the other way round (the
             # optimizer's choice while the table's statistics say it is empty) InnoDB scans the
             # table and waits for, and deadlocks on, rows other transactions are inserting.
-            statement = (f"UPDATE ({derived}) u STRAIGHT_JOIN `{table.name}` t FORCE INDEX (PRIMARY)"
-                         f" ON t.id = u.id SET {sets}")
-            try:
-                cursor.execute(statement)
-            except Exception as exc:  # noqa: BLE001 - re-raised as SQLAlchemy's exception
-                if _is_driver_error(exc):
-                    raise _as_sqlalchemy_error(f"UPDATE {table.name} ...", exc) from exc
-                raise
+            _execute(cursor, f"UPDATE ({derived}) u STRAIGHT_JOIN `{table.name}` t FORCE INDEX (PRIMARY)"
+                             f" ON t.id = u.id SET {sets}", f"UPDATE {table.name} ...")
 
 
 @cache

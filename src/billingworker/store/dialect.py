@@ -21,18 +21,12 @@ def dialect_name(session_or_bind) -> str:
 
     MariaDB is ``"mysql"`` here whichever URL scheme reached it (SQLAlchemy names it ``"mysql"``
     through ``mysql+pymysql://`` and ``"mariadb"`` through ``mariadb+pymysql://``): one entry
-    per table serves both, and the few differences are asked of ``is_mariadb``.
+    per table serves both, and the few differences are asked of what the server can do
+    (``returns_from_insert``; the DDL asks ``mysql_ddl.spelled_for_mysql8``).
     """
     bind = session_or_bind.get_bind() if isinstance(session_or_bind, Session) else session_or_bind
     name = bind.dialect.name
     return "mysql" if name == "mariadb" else name
-
-
-def is_mariadb(session_or_bind) -> bool:
-    """Whether the MySQL-family server is MariaDB (its collation and system variables differ from
-    MySQL 8's; ask ``returns_from_insert`` for RETURNING)."""
-    bind = session_or_bind.get_bind() if isinstance(session_or_bind, Session) else session_or_bind
-    return bool(getattr(bind.dialect, "is_mariadb", False))
 
 
 def returns_from_insert(session_or_bind) -> bool:

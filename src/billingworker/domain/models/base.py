@@ -22,6 +22,8 @@ NAMING = {
 MONEY = Numeric(18, 4)
 #: Tax and exchange rates.
 RATE = Numeric(12, 6)
+
+
 class UtcTimestamp(TypeDecorator):
     """A moment, stored in UTC: ``timestamptz`` on PostgreSQL. MySQL/MariaDB (``DATETIME(6)``, the
     connection's zone +00:00) and SQLite (text) keep no zone, and their drivers would write an

@@ -297,13 +297,15 @@ def _numbers_gap_free(session: Session, as_of: date, now: datetime) -> list[Find
     deleted_numbers, uncounted = _invoices_deleted_with_clients(session) if gaps else (set(), 0)
     # Numbers the deletion receipts name explain their gaps exactly; receipts written before they
     # named them (an invoice count only, Drafts included) explain at most that many others.
-    unnamed = sum(1 for first, upto, _, _ in gaps for n in range(first, upto + 1) if n not in deleted_numbers)
-    for first, upto, before, following in gaps:
+    # Counted per gap from the named numbers, never number by number (a gap may be millions wide).
+    named_in = [sum(1 for n in deleted_numbers if first <= n <= upto) for first, upto, _, _ in gaps]
+    unnamed = sum(upto - first + 1 - k for (first, upto, _, _), k in zip(gaps, named_in, strict=True))
+    for (first, upto, before, following), named_count in zip(gaps, named_in, strict=True):
         span = f"number {first}" if first == upto else f"numbers {first}-{upto}"
         ids = tuple(i for i in (before, following) if i is not None)
         where = "after the last invoice" if following is None else "missing"
         reason = f"{span} {where} (the invoices around the gap are named)"
-        named = all(n in deleted_numbers for n in range(first, upto + 1))
+        named = named_count == upto - first + 1
         explained = named or 0 < unnamed <= uncounted
         if named:
             reason += "; deleted with their client (delete_client)"
