@@ -21,6 +21,11 @@ from billingworker.db import session_factory
 from billingworker.domain.billing.due_invoices import client_batches, generate_for_clients
 
 from .conftest import REDIS_URL, message, scalar, wait_for
+from .server_databases import (  # noqa: F401 - fixtures: the test runs on each server database
+    on_each_server_database,
+    server_database_engine,
+    server_database_url,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -27,9 +27,13 @@ from sqlalchemy.orm import Session
 
 from billingworker.domain.models import Invoice
 from tests import factories as f
-from tests.conftest import _ENGINE_FIXTURES, SERVER_DATABASES
 
 from .conftest import NAMESPACE, rows, scalar, wait_until_idle
+from .server_databases import (  # noqa: F401 - fixtures: the test runs on each server database
+    on_each_server_database,
+    server_database_engine,
+    server_database_url,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -306,23 +310,6 @@ def dead_lettered(client, queue: str) -> dict[str, bytes]:
 COUNTED_TABLES = ("clients", "invoices", "invoice_items", "transactions", "credit_history", "email_outbox",
                   "email_log", "module_commands", "password_reset_tokens", "client_exports", "client_merges",
                   "email_templates", "job_receipts", "daily_runs")
-
-
-@pytest.fixture(params=SERVER_DATABASES)
-def database(request) -> str:
-    """The worker's database: each server database of TEST_DATABASES (PostgreSQL, MariaDB, and
-    MariaDB taking the MySQL 8 forms): hostile input must be refused the same way on each."""
-    return request.param
-
-
-@pytest.fixture
-def pg_url(database, request) -> str:
-    return request.getfixturevalue(_ENGINE_FIXTURES[database].replace("_engine", "_url"))
-
-
-@pytest.fixture
-def pg_engine(database, request):
-    return request.getfixturevalue(_ENGINE_FIXTURES[database])
 
 
 def table_counts(engine) -> dict[str, int]:

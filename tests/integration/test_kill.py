@@ -21,6 +21,11 @@ from billingworker.domain.settings import save_settings
 from tests import factories as f
 
 from .conftest import eml_files, message, pending_messages, rows, scalar, wait_for
+from .server_databases import (  # noqa: F401 - fixtures: the test runs on each server database
+    on_each_server_database,
+    server_database_engine,
+    server_database_url,
+)
 
 pytestmark = pytest.mark.integration
 
