@@ -211,6 +211,22 @@ def test_a_written_message_delivered_twice_is_sent_once(session, worker, mailer)
     assert count(session, EmailLog) == 1 and count(session, EmailTemplate) == 1
 
 
+@pytest.mark.parametrize("character", ["\N{GRINNING FACE}", "\N{LATIN SMALL LETTER E WITH ACUTE}", "<"])
+def test_the_longest_body_in_wide_characters_is_sent_once_and_logged(session, worker, mailer, character):
+    # MySQL's TEXT holds 65,535 bytes: this body, stored as escaped JSON (12 bytes an emoji) and
+    # rendered to HTML ("<" becomes "&lt;"), did not fit there and was retried, or sent again at
+    # each retry once the mail server had it (migration 0012: LONGTEXT)
+    c = f.client(session)
+    session.commit()
+    body = character * client_email.MAX_BODY_LENGTH
+    send_client_email.send(client_id=c.id, subject="Long", body=body, save_message=True, save_as="Long")
+    drain()
+    assert not dead_letters() and len(mailer.sent) == 1
+    logged = session.execute(select(EmailLog.body_text, EmailLog.body_html)).one()
+    assert logged.body_text.count(character) == client_email.MAX_BODY_LENGTH
+    assert session.scalar(select(EmailTemplate.body).where(EmailTemplate.name == "Long")) == body
+
+
 def test_a_client_email_delivered_concurrently_is_sent_once(session, worker, mailer):
     c = f.client(session)
     session.commit()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base
+from .base import LONG_TEXT, Base
 
 
 class PasswordResetToken(Base):
@@ -65,15 +65,15 @@ class ModuleCommand(Base):
     command: Mapped[str] = mapped_column(String(30))
     #: JSON object of the command's parameters, each secret value (a key naming a password,
     #: secret, token, API key...) replaced by "[sealed]" (domain/accounts/sealing.py).
-    params: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    params: Mapped[str] = mapped_column(LONG_TEXT, default="{}", server_default="{}")
     #: The whole parameters, sealed under a key derived from SECRET_KEY, while the command has a
     #: secret and has not run yet; erased (NULL) once it succeeded or failed for good.
-    sealed_params: Mapped[str | None] = mapped_column(Text)
+    sealed_params: Mapped[str | None] = mapped_column(LONG_TEXT)
     #: One command per request: e.g. "mass_update:message:<id>:service:12".
     request_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(10), default=ModuleCommandStatus.QUEUED, server_default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    result: Mapped[str] = mapped_column(Text, default="", server_default="")
+    result: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
 
@@ -104,7 +104,7 @@ class EmailTemplate(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     subject: Mapped[str] = mapped_column(String(500))
-    body: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(LONG_TEXT)
     created_at: Mapped[datetime]
 
 
@@ -117,5 +117,5 @@ class ClientMerge(Base):
     source_client_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     target_client_id: Mapped[int] = mapped_column(Integer, index=True)
     #: JSON object: how many rows of each kind moved, and the credit added.
-    moved: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    moved: Mapped[str] = mapped_column(LONG_TEXT, default="{}", server_default="{}")
     merged_at: Mapped[datetime]

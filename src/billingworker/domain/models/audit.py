@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, String, Text
+from sqlalchemy import Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base
+from .base import LONG_TEXT, Base
 
 
 class ConsoleAudit(Base):
@@ -29,7 +29,7 @@ class ConsoleAudit(Base):
     #: What it was done to: a dead letter id, a client id, an outbox id, a queue.
     target: Mapped[str] = mapped_column(String(200), default="", server_default="")
     #: Masked details (a corrected argument, a refusal's reason).
-    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+    detail: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
     #: ok | failed | refused (role, CSRF, throttle) | denied (wrong password)
     outcome: Mapped[str] = mapped_column(String(20))
     #: The client address the request came from.

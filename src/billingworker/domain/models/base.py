@@ -8,6 +8,8 @@ from decimal import Decimal
 from sqlalchemy import DateTime, MetaData, Numeric, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ...store.column_types import LONG_TEXT  # noqa: F401 - the models' free-text type, named here with the others
+
 # Stable constraint names, so Alembic migrations name the same thing on SQLite and PostgreSQL.
 NAMING = {
     "ix": "ix_%(column_0_label)s",

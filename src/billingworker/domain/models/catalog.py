@@ -7,10 +7,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, SmallInteger, String, Text, text
+from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, SmallInteger, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import RATE, Base, money_column
+from .base import LONG_TEXT, RATE, Base, money_column
 
 
 class ThingStatus(StrEnum):
@@ -50,7 +50,7 @@ class Setting(Base):
     __tablename__ = "settings"
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(LONG_TEXT)
 
 
 class TaxRule(Base):
@@ -91,7 +91,7 @@ class _Recurring:
     due_day: Mapped[int | None] = mapped_column(SmallInteger)
     override_auto_suspend: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     taxed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
-    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    notes: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
 
 
 class Service(_Recurring, Base):
@@ -175,5 +175,5 @@ class CancelRequest(Base):
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
     #: Immediate or End of Billing Period.
     type: Mapped[str] = mapped_column(String(30))
-    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    reason: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))

@@ -15,12 +15,11 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
-    Text,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import RATE, Base, money_column
+from .base import LONG_TEXT, RATE, Base, money_column
 
 
 class ClientStatus(StrEnum):
@@ -84,7 +83,7 @@ class Client(Base):
     last_login_ip: Mapped[str] = mapped_column(String(45), default="", server_default="")
     last_login_host: Mapped[str] = mapped_column(String(255), default="", server_default="")
     #: Admin notes (free text on the profile); dated notes live in ``client_notes``.
-    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    notes: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
     # The billing flags an admin toggles (SPEC §1).
     tax_exempt: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     auto_cc_processing: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
@@ -97,7 +96,7 @@ class Client(Base):
     failure_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: A parked client is skipped by the daily run until an operator unparks it.
     parked_at: Mapped[datetime | None]
-    parked_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    parked_reason: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
     #: When ``anonymise_client`` replaced the client's personal data (SPEC §12); NULL if never.
     #: Written in the anonymising transaction, with its record in ``job_receipts``.
     anonymised_at: Mapped[datetime | None]
@@ -125,7 +124,7 @@ class ClientUser(Base):
     client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     is_owner: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
-    permissions: Mapped[str] = mapped_column(Text, default="", server_default="")
+    permissions: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
 
 
 class Contact(Base):
@@ -177,6 +176,6 @@ class PayMethod(Base):
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
     #: Why the last ``remove_pay_method`` kept this method: the gateway's refusal or error, or
     #: "gateway not active"; '' when no removal failed. Read by the admin panel and operators.
-    removal_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    removal_error: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
     #: When that removal was last tried (with ``removal_error``); NULL if never.
     removal_attempted_at: Mapped[datetime | None]

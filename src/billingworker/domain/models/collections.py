@@ -10,10 +10,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import Date, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import RATE, Base, money_column
+from .base import LONG_TEXT, RATE, Base, money_column
 
 
 class ReminderStage(StrEnum):
@@ -110,6 +110,6 @@ class PaymentCapture(Base):
     status: Mapped[str] = mapped_column(String(12), default=CaptureStatus.PENDING, server_default="pending")
     #: The gateway's transaction id once it answered.
     gateway_reference: Mapped[str] = mapped_column(String(255), default="", server_default="")
-    error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    error: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
     updated_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))

@@ -15,13 +15,12 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
-    Text,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import RATE, Base, money_column
+from .base import LONG_TEXT, RATE, Base, money_column
 
 
 class InvoiceStatus(StrEnum):
@@ -87,7 +86,7 @@ class Invoice(Base):
     amount_paid: Mapped[Decimal] = money_column()
     #: total - credit_applied - amount_paid, never below zero (an overpayment becomes credit).
     balance_due: Mapped[Decimal] = money_column()
-    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    notes: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
     updated_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
 
@@ -106,7 +105,7 @@ class InvoiceItem(Base):
     item_type: Mapped[str] = mapped_column(String(20))
     #: The billed thing's id (for service/addon/domain/billable/prorata).
     item_id: Mapped[int | None] = mapped_column(Integer)
-    description: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(LONG_TEXT)
     amount: Mapped[Decimal] = money_column()
     taxed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     #: The due date this line bills for (the start of the period), if it bills a thing.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, Integer, String, Text, text
+from sqlalchemy import Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base
+from .base import LONG_TEXT, Base
 
 
 class JobReceipt(Base):
@@ -21,7 +21,7 @@ class JobReceipt(Base):
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     actor: Mapped[str] = mapped_column(String(100))
-    result: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    result: Mapped[str] = mapped_column(LONG_TEXT, default="{}", server_default="{}")
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
 
 
@@ -38,7 +38,7 @@ class JobFailure(Base):
     client_id: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str] = mapped_column(String(100))
     field: Mapped[str] = mapped_column(String(100), default="", server_default="")
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(LONG_TEXT)
     created_at: Mapped[datetime]
     #: The daily run it happened in, if any.
     run_id: Mapped[int | None] = mapped_column(Integer, index=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base
+from .base import LONG_TEXT, Base
 
 
 class OutboxStatus(StrEnum):
@@ -39,12 +39,12 @@ class OutboxEmail(Base):
     client_id: Mapped[int | None] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
     template: Mapped[str] = mapped_column(String(100))
     #: JSON object of ids the template is rendered with (e.g. {"invoice_id": 12}).
-    context: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    context: Mapped[str] = mapped_column(LONG_TEXT, default="{}", server_default="{}")
     #: One email per event: e.g. "invoice_created:12". A second insert of the same key fails.
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(10), default=OutboxStatus.QUEUED, server_default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    last_error: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
     sent_at: Mapped[datetime | None]
     #: When a worker claimed the row for sending (status ``sending``); kept after it was sent.
@@ -64,8 +64,8 @@ class EmailLog(Base):
                                                   unique=True)
     template: Mapped[str] = mapped_column(String(100), default="", server_default="")
     subject: Mapped[str] = mapped_column(String(500))
-    body_text: Mapped[str] = mapped_column(Text)
-    body_html: Mapped[str] = mapped_column(Text, default="", server_default="")
-    to_address: Mapped[str] = mapped_column(Text)
-    cc: Mapped[str] = mapped_column(Text, default="", server_default="")
+    body_text: Mapped[str] = mapped_column(LONG_TEXT)
+    body_html: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
+    to_address: Mapped[str] = mapped_column(LONG_TEXT)
+    cc: Mapped[str] = mapped_column(LONG_TEXT, default="", server_default="")
     sent_at: Mapped[datetime]

@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import Boolean, Date, ForeignKey, Integer, String, Text, text
+from sqlalchemy import Boolean, Date, ForeignKey, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, money_column
+from .base import LONG_TEXT, Base, money_column
 
 
 class Quote(Base):
@@ -75,6 +75,6 @@ class ClientNote(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
-    note: Mapped[str] = mapped_column(Text)
+    note: Mapped[str] = mapped_column(LONG_TEXT)
     sticky: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime | None] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base
+from .base import LONG_TEXT, Base
 
 
 class DailyRun(Base):
@@ -30,7 +30,7 @@ class DailyRun(Base):
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
     #: JSON: the dry run's preview, or notes.
-    summary: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    summary: Mapped[str] = mapped_column(LONG_TEXT, default="{}", server_default="{}")
 
 
 class DailyRunTask(Base):
@@ -45,7 +45,7 @@ class DailyRunTask(Base):
     status: Mapped[str] = mapped_column(String(10), default="pending", server_default="pending")
     #: JSON list of [first client id, last client id] per batch, fixed when the task starts, so
     #: that a resumed task re-sends exactly the batches it began with.
-    batches: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    batches: Mapped[str] = mapped_column(LONG_TEXT, default="[]", server_default="[]")
     batches_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     batches_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     clients: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -85,6 +85,6 @@ class DailyRunReconciliation(Base):
     #: No finding that needs an operator (explained ones aside).
     clean: Mapped[bool] = mapped_column(Boolean)
     #: JSON object: per check, {"findings": n, "explained": m}.
-    counts: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    counts: Mapped[str] = mapped_column(LONG_TEXT, default="{}", server_default="{}")
     #: JSON list of the findings (capped; each names its check, table, row ids and reason).
-    findings: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    findings: Mapped[str] = mapped_column(LONG_TEXT, default="[]", server_default="[]")
