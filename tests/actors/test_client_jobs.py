@@ -4,6 +4,7 @@ twice they act once; bad input is dead-lettered; files on disk follow the rows."
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
@@ -85,6 +86,21 @@ def test_merge_of_different_currencies_is_dead_lettered_and_changes_nothing(sess
     failure = session.execute(select(JobFailure).where(JobFailure.message_id == message.message_id)).scalar_one()
     assert failure.error == "Conflict" and "different currencies" in failure.reason
     assert count(session, Invoice, Invoice.client_id == a.client_id) == 4 and count(session, ClientMerge) == 0
+
+
+def test_merging_credit_beyond_what_the_books_hold_is_refused_and_changes_nothing(session, worker):
+    a = f.client(session, credit_balance=Decimal("60000000000000.00"))
+    b = f.client(session, credit_balance=Decimal("60000000000000.00"))
+    session.commit()
+
+    merge_clients.send(source_client_id=a.id, target_client_id=b.id)
+    drain()
+
+    assert len(dead_letters()) == 1
+    failure = session.execute(select(JobFailure)).scalar_one()
+    assert failure.field == "source_client_id" and "beyond the largest amount the books hold" in failure.reason
+    session.expire_all()
+    assert session.get(Client, a.id) is not None and count(session, ClientMerge) == 0
 
 
 @pytest.mark.parametrize("kwargs, field", [

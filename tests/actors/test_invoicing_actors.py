@@ -26,6 +26,7 @@ from billingworker.domain.models import (
     JobFailure,
     OutboxEmail,
     Service,
+    Transaction,
 )
 from tests import factories as f
 
@@ -304,6 +305,54 @@ def test_partial_payments_then_overpayment_becomes_credit(session, worker):
     session.expire_all()
     assert session.get(Invoice, inv.id).status == "Paid"
     assert session.get(Client, c.id).credit_balance == Decimal("4.00")
+
+
+# --- sums beyond what the books hold (NUMERIC(18,4)): each amount fits, their sum does not ---------
+# (they failed in the database and were retried 10 times with no failure row; on SQLite they
+# were stored)
+
+HUGE = Decimal("60000000000000.00")
+
+
+def test_an_overpayment_beyond_what_the_credit_holds_is_refused_at_once(session, worker):
+    c = f.client(session, credit_balance=HUGE)
+    inv = f.invoice(session, c, due=date(2026, 1, 20))
+    session.commit()
+    apply_payment.send(invoice_id=inv.id, amount=str(HUGE), gateway="bank", transaction_id="t-huge")
+    drain()
+    [dead] = dead_letters()
+    assert dead.options.get("retries", 0) == 0
+    failure = session.execute(select(JobFailure)).scalar_one()
+    assert failure.field == "amount" and "beyond the largest amount the books hold" in failure.reason
+    session.expire_all()
+    assert session.get(Client, c.id).credit_balance == HUGE and count(session, Transaction) == 0
+
+
+def test_selected_items_whose_invoice_total_no_column_holds_are_refused_at_once(session, worker):
+    c = f.client(session)
+    things = [f.service(session, c, next_due_date=date(2026, 1, 15), amount=HUGE, domain=f"s{n}.com")
+              for n in range(2)]
+    session.commit()
+    invoice_selected_items.send(client_id=c.id, items=[{"type": "service", "id": s.id} for s in things])
+    drain()
+    assert len(dead_letters()) == 1
+    failure = session.execute(select(JobFailure)).scalar_one()
+    assert failure.field == "items" and "an invoice's total" in failure.reason
+    assert count(session, Invoice) == 0
+
+
+def test_in_a_batch_a_client_whose_invoice_no_column_holds_fails_alone(session, worker):
+    rich, plain = f.client(session), f.client(session)
+    for n in range(2):
+        f.service(session, rich, next_due_date=date(2026, 1, 15), amount=HUGE, domain=f"r{n}.com")
+    f.service(session, plain, next_due_date=date(2026, 1, 15))
+    session.commit()
+    generate_due_invoices.send()
+    drain()
+    assert dead_letters() == []
+    assert [i.client_id for i in session.scalars(select(Invoice))] == [plain.id]
+    failure = session.execute(select(JobFailure)).scalar_one()
+    assert failure.client_id == rich.id and "an invoice's total" in failure.reason
 
 
 @pytest.mark.parametrize("kwargs, field", [

@@ -141,6 +141,20 @@ def test_removing_more_than_the_balance_is_refused_clearly_and_changes_nothing(s
     assert balance(session, c.id) == D("0")
 
 
+def test_credit_beyond_what_the_books_hold_is_refused_at_once_and_changes_nothing(session, worker):
+    # Each amount is within the limit; their sum is not (NUMERIC(18,4): it failed in the database
+    # and was retried 10 times, with no failure row)
+    c = f.client(session, credit_balance=D("99999999999000.00"))
+    session.commit()
+    adjust_credit.send(client_id=c.id, amount="99999999999999.99", description="Too much", request_id="big")
+    drain()
+    assert balance(session, c.id) == D("99999999999000.00") and count(session, CreditHistory) == 0
+    failure = session.execute(select(JobFailure)).scalar_one()
+    assert failure.field == "amount" and "beyond the largest amount the books hold" in failure.reason
+    [dead] = dead_letters()
+    assert dead.options.get("retries", 0) == 0, "one attempt, no retry"
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"amount": "0"}, "amount"),
     ({"amount": "0.00"}, "amount"),

@@ -104,6 +104,21 @@ def test_mass_update_with_one_bad_item_is_dead_lettered_and_changes_nothing(sess
         "Active", date(2026, 2, 1))
 
 
+def test_a_prorata_invoice_beyond_what_the_books_hold_is_refused_at_once(session, worker, hosting):
+    # Each amount fits NUMERIC(18,4); decades of prorata of the largest recurring amount do not
+    c, svc, _ = hosting
+    mass_update.send(client_id=c.id, items=items(("service", svc.id)), create_prorata_invoice=True,
+                     changes={"next_due_date": "2199-12-31", "recurring_amount": "99999999999999.99"})
+    drain()
+    [dead] = dead_letters()
+    assert dead.options.get("retries", 0) == 0
+    failure = session.execute(select(JobFailure)).scalar_one()
+    assert failure.field == "changes" and "beyond the largest amount the books hold" in failure.reason
+    assert count(session, Invoice) == 0
+    session.expire_all()
+    assert session.get(Service, svc.id).next_due_date == date(2026, 2, 1)
+
+
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"changes": {"colour": "red"}}, "changes.colour"),
     ({"changes": "suspend"}, "changes"),

@@ -4,6 +4,7 @@ failed client; a clash on a unique key is not transient. Provoked for real on ea
 from __future__ import annotations
 
 import threading
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import update
@@ -11,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from billingworker.db import session_factory
 from billingworker.domain.models import Client, User
-from billingworker.store.conflicts import is_transient
+from billingworker.store.conflicts import is_transient, unstorable_value
 from tests import factories as f
 
 from .conftest import restore_lock_wait, short_lock_wait
@@ -82,3 +83,27 @@ def test_a_unique_clash_is_not_transient(session):
         session.flush()
     assert not is_transient(clash.value)
     assert not is_transient(ValueError("not a database error"))
+
+
+def test_a_value_no_column_holds_is_unstorable_not_transient(server_engine, server_session):
+    # Given a client, when its credit balance is set beyond NUMERIC(18,4)
+    c = f.client(server_session)
+    server_session.commit()
+    with pytest.raises(DBAPIError) as refused:
+        server_session.execute(update(Client).where(Client.id == c.id)
+                               .values(credit_balance=Decimal("100000000000000.00")))
+    server_session.rollback()
+    # Then the database's reason is given, and it is not taken for a passing trouble
+    assert not is_transient(refused.value)
+    reason = unstorable_value(refused.value)
+    assert reason and ("overflow" in reason or "Out of range" in reason), reason
+
+
+def test_a_unique_clash_is_not_unstorable(server_session):
+    server_session.add(User(email="dup@example.com"))
+    server_session.commit()
+    server_session.add(User(email="dup@example.com"))
+    with pytest.raises(IntegrityError) as clash:
+        server_session.flush()
+    server_session.rollback()
+    assert unstorable_value(clash.value) is None

@@ -24,6 +24,7 @@ from ..domain.receipts import run_once
 from ..message_guard import REFUSE_ACTOR, BadMessage
 from ..queue_names import BILLING_QUEUE
 from ..runtime import runtime
+from ..store.conflicts import unstorable_value
 from .arguments import check_characters, parse_id
 from .binding import UNBOUND
 from .unit_of_work import UnitOfWork
@@ -105,7 +106,17 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, prio
                     signature.bind(*args, **kwargs)
                 except TypeError as exc:
                     raise ValidationError("arguments", sorted(kwargs), f"do not fit {name}{signature}: {exc}") from None
-                result = fn(*args, **kwargs)
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception as exc:
+                    # The last guard, under the domain's own checks: a value the database refuses
+                    # to store (a sum beyond NUMERIC(18,4), a text beyond its column) fails the
+                    # same way on every try; the transaction is rolled back: refuse the input.
+                    reason = unstorable_value(exc)
+                    if reason is None:
+                        raise
+                    raise ValidationError("arguments", sorted(kwargs),
+                                          f"lead to a value the database cannot store: {reason}") from None
             except (ValidationError, Conflict) as exc:
                 log.warning("job %s message %s refused: %s", name, message_id, _refusal_text(exc),
                             extra=fields("refused"))

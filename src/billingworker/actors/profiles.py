@@ -108,8 +108,8 @@ def adjust_credit(client_id, amount, description, request_id=None):
                 change = change_credit(work.session, client_id, value, description, as_of=rt.clock.today(),
                                        source="job:adjust_credit")
             except ValidationError as exc:
-                if exc.field != "amount":
-                    raise
+                if exc.field != "amount" or value > 0:
+                    raise  # (adding: only beyond what the books hold, said by change_credit)
                 # change_credit read the balance under the client row lock: say it in the currency.
                 balance = Decimal(work.session.execute(select(Client.credit_balance)
                                                   .where(Client.id == client_id)).scalar_one())

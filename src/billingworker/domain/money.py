@@ -16,6 +16,16 @@ ZERO = Decimal("0")
 MAX_AMOUNT = Decimal(10) ** 14
 
 
+def within_the_books(field: str, value: Any, what: str, amount: Decimal) -> Decimal:
+    """``amount``, a sum about to be stored (a balance, a total), if a money column holds it; else
+    the input that made it is refused: each argument is within MAX_AMOUNT, but their sum with
+    what is already there may not be (stored, it would fail in the database and be retried)."""
+    if abs(amount) >= MAX_AMOUNT:
+        raise ValidationError(field, value, f"would make {what} {amount}, beyond the largest amount the books "
+                                            f"hold ({MAX_AMOUNT - 1})")
+    return amount
+
+
 def quantum(minor_units: int) -> Decimal:
     """The smallest coin of a currency with ``minor_units`` decimal places (2 -> 0.01)."""
     return Decimal(1).scaleb(-minor_units)

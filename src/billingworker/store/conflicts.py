@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine, UniqueConstraint, event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from .dialect import for_dialect, returns_from_insert
@@ -168,3 +168,13 @@ def is_transient(exc: BaseException) -> bool:
         # while handling the deadlock, which is its __context__.
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+def unstorable_value(exc: BaseException) -> str | None:
+    """The database's reason when ``exc`` says "this value cannot be stored" (a number beyond
+    its column, a text too long for it, a date it refuses: SQLSTATE class 22, MySQL's DataError),
+    else None. Such an error comes back on every try: it is the input's fault, not the moment's."""
+    if not isinstance(exc, DataError) or is_transient(exc):
+        return None
+    reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+    return reason[:300]

@@ -53,7 +53,7 @@ from ..models import (
     Service,
     ThingStatus,
 )
-from ..money import ZERO, parse_money
+from ..money import ZERO, parse_money, within_the_books
 from ..payments.payments import settle_paid_invoices
 from ..settings import load_settings
 from .module_commands import (
@@ -383,9 +383,11 @@ def _plan_prorata_invoice(session: Session, client: ClientInfo, lines: Sequence[
     tax = tax_context(TaxRules.load(session), client, settings)
     items = [PlannedItem(ItemType.PRORATA, pl.item_id, pl.description, pl.amount, pl.taxed, pl.period_start,
                          payment_method, pl.period_end) for pl in lines]
+    totals = totals_for(items, tax, client.minor_units)
+    for amount in [*(it.amount for it in items), totals.total]:  # (huge amounts over decades of prorata)
+        within_the_books("changes", str(amount), "the prorata invoice (a line or its total)", amount)
     plan = InvoicePlan(client_id=client.id, currency_id=client.currency_id, date_created=as_of, date_due=as_of,
-                       payment_method=payment_method, items=tuple(items),
-                       totals=totals_for(items, tax, client.minor_units))
+                       payment_method=payment_method, items=tuple(items), totals=totals)
     [plan] = (apply_credit_to_plans([plan], client.credit_balance, as_of) if settings.auto_apply_credit
               else [settle_if_free(plan, as_of)])
     return plan

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import Conflict, NotFound, ValidationError
 from ..models import Affiliate, Client, ClientMerge, ClientNote, ClientUser, Currency, PayMethod
-from ..money import round_money
+from ..money import round_money, within_the_books
 from .deletion import client_tables
 
 SOURCE = "job:merge_clients"
@@ -88,6 +88,8 @@ def merge_clients(session: Session, source_client_id: int, target_client_id: int
     minor_units = session.execute(select(Currency.minor_units).where(Currency.id == target.currency_id)).scalar()
     credit = round_money(Decimal(source.credit_balance), 2 if minor_units is None else minor_units)
     if credit > 0:
+        within_the_books("source_client_id", source_client_id, "the target's credit balance",
+                         Decimal(target.credit_balance) + credit)
         # No new credit-history line: A's lines moved to B above and already account for this
         # amount, so B's history still sums to B's balance (a "+A" line would count it twice).
         # Both client rows are locked (see above).

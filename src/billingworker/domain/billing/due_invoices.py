@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from ...store.bulk import update_rows
 from ...store.conflicts import is_transient
+from ..errors import ValidationError
 from ..failures import ClientFailure
 from ..messaging.outbox import QueuedEmail, queue_emails
 from ..models import Client, ClientStatus, InvoiceStatus
@@ -117,7 +118,7 @@ def generate_for_clients(
     clients = billable_clients(lock_clients(session, client_ids), client_ids, result)
     result.clients_processed = len(clients)
     due = find_due(session, [c.id for c in clients], as_of, settings)
-    plans = _plan(clients, due, as_of, settings, rules)
+    plans = _plan(clients, due, as_of, settings, rules, result)
     result.plans = plans
     if dry_run or not plans:
         return result
@@ -131,19 +132,25 @@ def generate_for_clients(
         # expect). Redo it client by client, so the clash costs one client, not the batch;
         # a client billed meanwhile is "already billed" there, not a failure.
         log.warning("batch write failed (%s); retrying client by client", exc.__class__.__name__)
+        failed = {failure.client_id for failure in result.failures}  # (already failed in planning)
         for client in clients:
-            _generate_one(session, client, as_of, settings, rules, result, queue_email=queue_email)
+            if client.id not in failed:
+                _generate_one(session, client, as_of, settings, rules, result, queue_email=queue_email)
     return result
 
 
 def _plan(clients: Sequence[ClientInfo], due: DueThings, as_of: date, settings: BillingSettings,
-          rules: TaxRules) -> list[InvoicePlan]:
+          rules: TaxRules, result: GenerationResult) -> list[InvoicePlan]:
     plans: list[InvoicePlan] = []
     for client in clients:
         lines = due.items.get(client.id)
         if lines:
-            plans += plan_invoices(client, lines, as_of=as_of, tax=tax_context(rules, client, settings),
-                                   separate=client.separate_invoices, auto_apply_credit=settings.auto_apply_credit)
+            try:
+                plans += plan_invoices(client, lines, as_of=as_of, tax=tax_context(rules, client, settings),
+                                       separate=client.separate_invoices,
+                                       auto_apply_credit=settings.auto_apply_credit)
+            except ValidationError as exc:  # a total beyond what the books hold: this client's data
+                result.failures.append(ClientFailure(client.id, "", None, f"could not be invoiced: {exc}"))
     return plans
 
 
@@ -161,7 +168,7 @@ def _generate_one(session: Session, client: ClientInfo, as_of: date, settings: B
         try:
             with session.begin_nested():
                 due = find_due(session, [client.id], as_of, settings)
-                plans = _plan([client], due, as_of, settings, rules)
+                plans = _plan([client], due, as_of, settings, rules, result)
                 if plans:
                     write_plans(session, plans, due, result, queue_email=queue_email)
             return

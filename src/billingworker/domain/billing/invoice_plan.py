@@ -12,7 +12,7 @@ from datetime import date
 from decimal import Decimal
 
 from ..models import InvoiceKind, InvoiceStatus, ItemType
-from ..money import ZERO
+from ..money import ZERO, within_the_books
 from .tax import Rate, Totals, compute_totals
 
 
@@ -141,11 +141,14 @@ def plan_invoices(
     separate: bool,
     auto_apply_credit: bool,
 ) -> list[InvoicePlan]:
-    """The invoices one client gets for ``lines``, with totals and credit applied in due-date order."""
+    """The invoices one client gets for ``lines``, with totals and credit applied in due-date order.
+    Raises ``ValidationError`` (field ``items``) for an invoice whose total no money column holds."""
     plans = []
     for group in group_lines(lines, separate=separate):
         dated = [ln.due_date for ln in group if ln.due_date is not None and not ln.rides_next_invoice]
         date_due = min(dated) if dated else as_of
+        totals = totals_for(group, tax, client.minor_units)
+        within_the_books("items", f"client {client.id}", "an invoice's total", totals.total)
         plans.append(InvoicePlan(
             client_id=client.id,
             currency_id=client.currency_id,
@@ -155,7 +158,7 @@ def plan_invoices(
             payment_method=next((ln.payment_method for ln in group if ln.attach_to is None),
                                 group[0].payment_method),
             items=tuple(group),
-            totals=totals_for(group, tax, client.minor_units),
+            totals=totals,
         ))
     return apply_credit_to_plans(plans, client.credit_balance, as_of) if auto_apply_credit else \
         [settle_if_free(p, as_of) for p in plans]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from ...db import for_update
 from ..errors import NotFound, ValidationError
 from ..models import Client, CreditHistory
+from ..money import within_the_books
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ def change_credit(session: Session, client_id: int, amount: Decimal, description
     if after < 0:
         raise ValidationError("amount", str(amount),
                               f"would take the credit balance below zero (balance is {Decimal(balance)})")
+    within_the_books("amount", str(amount), f"client {client_id}'s credit balance", after)
     session.execute(update(Client).where(Client.id == client_id).values(credit_balance=after))
     history_id = session.execute(insert(CreditHistory).values(
         client_id=client_id, date=as_of, description=description, amount=amount, balance_after=after,
