@@ -127,10 +127,15 @@ def test_parse_money_refuses_bools(value):
 
 @pytest.mark.parametrize("value", ["abc", "", "10,50", "ten", "1.2.3", "$10"])
 def test_parse_money_refuses_text_that_is_not_a_number(value):
-    assert refused(value).rule == "is not a decimal number"
+    assert refused(value).rule.startswith("is not a decimal number")
 
 
-@pytest.mark.parametrize("value", ["NaN", "nan", "sNaN", "Infinity", "-Infinity", "inf", Decimal("NaN")])
+@pytest.mark.parametrize("value", ["NaN", "nan", "sNaN", "Infinity", "-Infinity", "inf"])
+def test_parse_money_refuses_non_finite_text(value):
+    assert refused(value, allow_negative=True).rule.startswith("is not a decimal number")
+
+
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity")])
 def test_parse_money_refuses_non_finite(value):
     assert refused(value, allow_negative=True).rule == "is not a finite number"
 
@@ -142,7 +147,7 @@ def test_parse_money_refuses_other_types(value):
 
 @pytest.mark.parametrize(
     ("value", "minor_units"),
-    [("10.505", 2), ("0.001", 2), (Decimal("1.234"), 2), ("1.5", 0), ("1.0001", 3), ("1e-3", 2)],
+    [("10.505", 2), ("0.001", 2), (Decimal("1.234"), 2), ("1.5", 0), ("1.0001", 3)],
 )
 def test_parse_money_refuses_too_many_decimals(value, minor_units):
     error = refused(value, minor_units=minor_units)
@@ -170,12 +175,19 @@ def test_parse_money_error_names_the_given_field():
     assert info.value.as_dict()["field"] == "late_fee_amount"
 
 
-@pytest.mark.parametrize("value", ["1e30", 10**30, "100000000000000", "-100000000000000.00", 10**14])
+@pytest.mark.parametrize("value", [10**30, "100000000000000", "-100000000000000.00", 10**14])
 def test_parse_money_refuses_absurdly_large_amounts_as_validation_error(value):
     # Beyond NUMERIC(18, 4) (and beyond Decimal's 28 digits, where quantize itself would fail):
     # bad input, not a crash that Dramatiq would retry.
     error = refused(value, allow_negative=True)
     assert error.rule == "is too large (the largest amount is 99999999999999)"
+
+
+@pytest.mark.parametrize("value", ["1e-3", "1E+2", "1e30", "1_0", ".5", "10.", "1.2.3", "\u0661\u0660", "\uff11\uff10",
+                                   "--1", "1 0", "0x10", "Infinity", "NaN", ""])
+def test_parse_money_takes_only_ascii_digits_and_one_point(value):
+    # Decimal() takes most of these ("1_0" is 10, Arabic-Indic "١٠" is 10): no sender means them
+    assert refused(value, allow_negative=True).rule.startswith('is not a decimal number such as "10.50"')
 
 
 def test_parse_money_accepts_the_largest_amount():

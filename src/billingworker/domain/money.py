@@ -6,12 +6,16 @@ total that is stored, never to intermediate products, so lines plus taxes add up
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from .errors import ValidationError
 
 ZERO = Decimal("0")
+#: A money string: ASCII digits, one optional point. Python's Decimal() also takes "1E+2", "1_0",
+#: ".5" and Arabic-Indic digits, which no sender means as an amount.
+_DECIMAL_STRING = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 #: Money columns are NUMERIC(18, 4): 14 digits before the point.
 MAX_AMOUNT = Decimal(10) ** 14
 
@@ -71,10 +75,10 @@ def parse_amount(field: str, value: Any) -> Decimal:
     if isinstance(value, int):
         amount = Decimal(value)
     elif isinstance(value, str):
-        try:
-            amount = Decimal(value.strip())
-        except InvalidOperation:
-            raise ValidationError(field, value, "is not a decimal number") from None
+        if not _DECIMAL_STRING.fullmatch(value.strip()):
+            raise ValidationError(field, value, 'is not a decimal number such as "10.50" (ASCII digits, at most '
+                                                "one point, no exponent)")
+        amount = Decimal(value.strip())
     elif isinstance(value, Decimal):
         amount = value
     else:
