@@ -34,7 +34,7 @@ from .arguments import (
     parse_money,
     parse_optional_id,
 )
-from .base import current_message_id, job, receipt_key
+from .base import current_message_id, job, once_per_message, receipt_key
 from .batches import fan_out, run_for_clients
 from .emails import delivery_messages
 from .unit_of_work import UnitOfWork
@@ -94,14 +94,21 @@ def invoice_selected_items(client_id, items, as_of=None, send_email=True):
     send_email = parse_bool("send_email", send_email)
     rt = runtime()
     with UnitOfWork(rt.engine) as work:
-        result = invoice_items(work.session, client_id, wanted, as_of=day, queue_email=send_email)
-        record_failures(work.session, [_refusal(client_id, t, i, why) for t, i, why in result.refused],
-                        actor="invoice_selected_items", message_id=current_message_id(), now=rt.clock.now(),
-                        error="Refused")
-        work.send_after_commit(*delivery_messages(result.email_ids))
+
+        def invoice() -> dict:
+            result = invoice_items(work.session, client_id, wanted, as_of=day, queue_email=send_email)
+            record_failures(work.session, [_refusal(client_id, t, i, why) for t, i, why in result.refused],
+                            actor="invoice_selected_items", message_id=current_message_id(), now=rt.clock.now(),
+                            error="Refused")
+            work.send_after_commit(*delivery_messages(result.email_ids))
+            return {"invoice_ids": result.invoice_ids,
+                    "refused": [{"type": t, "id": i, "reason": why} for t, i, why in result.refused]}
+
+        # A redelivery repeats the first answer: it would invoice nothing anyway (billed_periods),
+        # but it would record every thing it invoiced as "refused: already invoiced".
+        answer = once_per_message(work.session, "invoice_selected_items", invoice)
         work.commit()
-    return {"invoice_ids": result.invoice_ids,
-            "refused": [{"type": t, "id": i, "reason": why} for t, i, why in result.refused]}
+    return answer
 
 
 def _refusal(client_id: int, item_type: str, item_id: int, why: str):
