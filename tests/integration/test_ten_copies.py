@@ -36,16 +36,22 @@ def test_each_public_job_sent_ten_times_acts_once(start_worker, broker, pg_engin
     with Session(engine, expire_on_commit=False) as s:
         c = {name: f.client(s, email=f"{name}@example.com") for name in (
             "billed", "funded", "drafted", "paying", "credited", "written", "reset", "moved", "merged_from",
-            "merged_into", "exported", "closed", "selected")}
+            "merged_into", "exported", "closed", "selected", "pruned", "deleted", "carded", "anonymised",
+            "phoned", "mailed")}
         f.service(s, c["billed"], next_due_date=day + timedelta(days=2))
         unpaid = f.invoice(s, c["paying"], due=day, lines=[("Hosting", "10.00", False)], status="Draft")
         unpaid.status, unpaid.number = "Unpaid", 900_000  # (far from the numbers the worker gives)
         hosting = f.service(s, c["moved"], next_due_date=day + timedelta(days=20), amount=Decimal("30.00"))
         selected = f.service(s, c["selected"], next_due_date=day + timedelta(days=40), amount=Decimal("12.00"))
+        kept, pruned = (f.service(s, c["pruned"], next_due_date=day + timedelta(days=40), domain=f"{n}.example")
+                        for n in ("kept", "pruned"))
+        card = f.card(s, c["carded"], gateway_token="tok_deletable_4242")
+        c["phoned"].phone_number, c["phoned"].country = "020 7946 0000", "GB"
         user = User(email="reset-user@example.com", first_name="Ada")
         s.add(user)
         s.commit()
     ids = {name: client.id for name, client in c.items()}
+    email_id = f.outbox_row(engine, ids["mailed"], status="queued", age=timedelta(0))
     jobs = [
         message("generate_due_invoices", client_id=ids["billed"]),
         message("create_add_funds_invoice", client_id=ids["funded"], amount="25.00"),
@@ -60,6 +66,12 @@ def test_each_public_job_sent_ten_times_acts_once(start_worker, broker, pg_engin
         message("export_client_data", client_id=ids["exported"]),
         message("close_client", client_id=ids["closed"]),
         message("invoice_selected_items", client_id=ids["selected"], items=[{"type": "service", "id": selected.id}]),
+        message("delete_selected_items", client_id=ids["pruned"], items=[{"type": "service", "id": pruned.id}]),
+        message("delete_client", client_id=ids["deleted"]),
+        message("remove_pay_method", pay_method_id=card.id),
+        message("anonymise_client", client_id=ids["anonymised"], allow_unpaid=True),
+        message("normalize_phone_numbers", client_id=ids["phoned"]),
+        message("deliver_email", queue_name="emails", email_id=email_id),
     ]
 
     # When each is written ten times before a worker of 2 x 4 threads starts
@@ -96,6 +108,12 @@ def test_each_public_job_sent_ten_times_acts_once(start_worker, broker, pg_engin
     assert len(invoices("selected")) == 1
     assert scalar(engine, "SELECT count(*) FROM billed_periods WHERE item_id = :i AND item_type = 'service'",
                   i=selected.id) == 1
+    assert [i for (i,) in rows(engine, "SELECT id FROM services WHERE client_id = :c", c=ids["pruned"])] == [kept.id]
+    assert scalar(engine, "SELECT count(*) FROM clients WHERE id = :c", c=ids["deleted"]) == 0
+    assert scalar(engine, "SELECT count(*) FROM pay_methods WHERE client_id = :c", c=ids["carded"]) == 0
+    assert scalar(engine, "SELECT first_name FROM clients WHERE id = :c", c=ids["anonymised"]) == "Anonymised"
+    assert scalar(engine, "SELECT phone_number FROM clients WHERE id = :c", c=ids["phoned"]) == "+44.2079460000"
+    assert scalar(engine, "SELECT status FROM email_outbox WHERE id = :i", i=email_id) == "sent"
     # ... every email queued once, received once
     outbox = rows(engine, "SELECT template, count(*) FROM email_outbox GROUP BY template ORDER BY template")
     assert all(n == 1 for _, n in outbox if _ != "invoice_created"), outbox
