@@ -11,6 +11,7 @@ start) and ``start`` brings it back on the same port with the same data.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -28,6 +29,8 @@ from tests.redis_server import free_port
 START_TIMEOUT = 60.0
 #: The database each server is given for the worker.
 DATABASE = "billing"
+#: The user MariaDB's files and process belong to: root when the tests run as root (CI), else ours.
+_MARIADB_USER = pwd.getpwuid(os.geteuid()).pw_name
 
 
 def _listening(port: int) -> bool:
@@ -75,12 +78,16 @@ class PostgresServer:
     @classmethod
     def create(cls) -> PostgresServer:
         server = cls(free_port(), Path(tempfile.mkdtemp(prefix="billingworker-pg-")))
-        if os.geteuid() == 0:
-            shutil.chown(server.folder, "postgres", "postgres")
-        server._run(_postgres_bin("initdb"), "-D", str(server.data), "-A", "trust", "-U", "postgres",
-                    "--no-sync", "-E", "UTF8", "--locale", "C")
-        server.start()
-        _create_database(server.url("postgres"), f'"{DATABASE}"')
+        try:
+            if os.geteuid() == 0:  # initdb refuses root: the cluster is the postgres user's
+                shutil.chown(server.folder, "postgres", "postgres")
+            server._run(_postgres_bin("initdb"), "-D", str(server.data), "-A", "trust", "-U", "postgres",
+                        "--no-sync", "-E", "UTF8", "--locale", "C")
+            server.start()
+            _create_database(server.url("postgres"), f'"{DATABASE}"')
+        except BaseException:
+            server.close()
+            raise
         return server
 
     def url(self, database: str = DATABASE) -> str:
@@ -138,12 +145,19 @@ class MariaDBServer:
                 raise RuntimeError(f"{tool} is not installed: the database-crash tests start a MariaDB server "
                                    "of their own (apt-get install mariadb-server)")
         server = cls(free_port(), Path(tempfile.mkdtemp(prefix="billingworker-mariadb-")))
-        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={server.folder / 'data'}", "--user=root",
-                        "--auth-root-authentication-method=normal", "--skip-test-db"],
-                       capture_output=True, check=True, timeout=120)
-        server.start()  # (install-db made root@127.0.0.1 too, with no password: the worker's TCP login)
-        _create_database(server.url("mysql"), f"`{DATABASE}`")
+        try:
+            server._install()
+        except BaseException:
+            server.close()
+            raise
         return server
+
+    def _install(self) -> None:
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.folder / 'data'}",
+                        f"--user={_MARIADB_USER}", "--auth-root-authentication-method=normal", "--skip-test-db"],
+                       capture_output=True, check=True, timeout=120)
+        self.start()  # (install-db made root@127.0.0.1 too, with no password: the worker's TCP login)
+        _create_database(self.url("mysql"), f"`{DATABASE}`")
 
     def url(self, database: str = DATABASE) -> str:
         return f"mysql+pymysql://root@127.0.0.1:{self.port}/{database}"
@@ -156,7 +170,7 @@ class MariaDBServer:
         self.proc = subprocess.Popen(
             ["mariadbd", "--no-defaults", f"--datadir={self.folder / 'data'}", f"--port={self.port}",
              "--bind-address=127.0.0.1", f"--socket={self.socket_path}", f"--pid-file={self.folder / 'mariadb.pid'}",
-             f"--log-error={self.folder / 'server.log'}", "--user=root", "--skip-log-bin",
+             f"--log-error={self.folder / 'server.log'}", f"--user={_MARIADB_USER}", "--skip-log-bin",
              "--innodb-buffer-pool-size=128M", "--innodb-flush-log-at-trx-commit=2", "--max-connections=200"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT

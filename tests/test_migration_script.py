@@ -354,11 +354,15 @@ def parse_mysql_ddl(script: str) -> Ddl:
             table = _identifier(alter.group(1))[0]
             for item in _split_top_level(alter.group(2)):
                 added = re.match(r"ADD\s+(?:COLUMN\s+)?", item, re.I)
-                assert added or re.match(r"(DROP|MODIFY|CHANGE|ALTER|RENAME)\b", item, re.I), (
+                # A later migration's column change is a column definition too (0012's LONGTEXT)
+                changed = re.match(rf"(?:MODIFY\s+(?:COLUMN\s+)?|CHANGE\s+(?:COLUMN\s+)?(?:{IDENTIFIER})\s+)", item, re.I)
+                assert added or changed or re.match(r"(DROP|ALTER|RENAME)\b", item, re.I), (
                     f"{table}: an ALTER TABLE item not understood: {item!r}"
                 )
                 if added and not _constraint(ddl, table, item[added.end() :]):
                     _column(ddl, table, item[added.end() :])
+                elif changed:
+                    _column(ddl, table, item[changed.end() :])
         elif index:
             table = _identifier(index.group(2))[0]
             name = _identifier(index.group(1))[0]

@@ -184,7 +184,7 @@ def test_parse_money_refuses_absurdly_large_amounts_as_validation_error(value):
 
 
 @pytest.mark.parametrize("value", ["1e-3", "1E+2", "1e30", "1_0", ".5", "10.", "1.2.3", "\u0661\u0660", "\uff11\uff10",
-                                   "--1", "1 0", "0x10", "Infinity", "NaN", ""])
+                                   "--1", "1 0", "0x10", "Infinity", "NaN", "", "\u00a010", "10\n"])
 def test_parse_money_takes_only_ascii_digits_and_one_point(value):
     # Decimal() takes most of these ("1_0" is 10, Arabic-Indic "١٠" is 10): no sender means them
     assert refused(value, allow_negative=True).rule.startswith('is not a decimal number such as "10.50"')

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from billingworker.domain.redaction import mask, mask_lines, mask_text
+from billingworker.domain.redaction import escape_unprintable, mask, mask_lines, mask_text
 
 
 @pytest.mark.parametrize(("text", "masked"), [
@@ -46,3 +46,15 @@ def test_a_correction_echoed_in_an_audit_detail_hides_every_word():
     detail = mask({"detail": "set password=correct horse\nset pan=4111 1111 1111 1111"})
 
     assert detail == {"detail": "set password=***\nset pan=***"}
+
+
+@pytest.mark.parametrize(("said", "kept"), [
+    ("declined", "declined"),
+    ("line one\nline two\ttab", "line one\nline two\ttab"),
+    ("nul\x00 here", "nul\\x00 here"),
+    ("\x1b[2Jcleared", "\\x1b[2Jcleared"),
+    ("lone \ud800 surrogate", "lone \\ud800 surrogate"),
+    ("caf\u00e9 \U0001F600", "caf\u00e9 \U0001F600"),
+])
+def test_words_from_outside_are_kept_with_control_characters_escaped(said, kept):
+    assert escape_unprintable(said) == kept

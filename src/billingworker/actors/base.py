@@ -77,7 +77,7 @@ def once_per_message(session: Any, actor: str, work: Callable[[], dict[str, Any]
 
 
 def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, priority: int = 0,
-        on_retry_exhausted: str | None = None) -> Callable:
+        on_retry_exhausted: str | None = None, calls_outside: bool = False) -> Callable:
     """Declare a public job: ``@job()`` over a function whose name is the actor name.
 
     ``priority`` orders the messages a worker has already fetched (lower runs first): the email
@@ -85,6 +85,12 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, prio
     the emails they queued instead of sharing the CPU with them. ``on_retry_exhausted`` names
     the job Dramatiq's Retries sends (the failed message and its retry counts) once the last
     retry failed; a message cannot choose its own (``message_options.TrustedOptions``).
+
+    A value the database refuses to store (``store.conflicts.unstorable_value``) refuses the
+    message, as bad input: it would fail the same way on every try. Not for ``calls_outside``
+    jobs (a gateway, a server module, the mail server): there it may come after the outside call
+    took effect and after some of the work committed, so it is retried like any other error and
+    the job's own last-attempt handling (or ``on_retry_exhausted``) settles it.
     """
 
     def decorate(fn: Callable[..., Any]) -> dramatiq.Actor:
@@ -112,7 +118,7 @@ def job(*, queue_name: str = BILLING_QUEUE, max_retries: int = MAX_RETRIES, prio
                     # The last guard, under the domain's own checks: a value the database refuses
                     # to store (a sum beyond NUMERIC(18,4), a text beyond its column) fails the
                     # same way on every try; the transaction is rolled back: refuse the input.
-                    reason = unstorable_value(exc)
+                    reason = None if calls_outside else unstorable_value(exc)
                     if reason is None:
                         raise
                     raise ValidationError("arguments", sorted(kwargs),

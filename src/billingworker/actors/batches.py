@@ -76,7 +76,7 @@ def collection_job(task: str, client_id, as_of) -> dict:
     return pipeline.counts(run_for_clients(task, [client_id], day))
 
 
-@job()
+@job(calls_outside=True)
 @argument_rules(first_client_id=parse_id, last_client_id=parse_id, as_of=parse_date, send_email=parse_bool)
 def run_task_batch(task, first_client_id, last_client_id, as_of, send_email=True):
     """One batch of a standalone job's fan-out (internal; see docs/jobs.md): the task over the

@@ -129,7 +129,7 @@ def resend_missing_batches(run_id: int, task: str) -> int:
     return len(missing)
 
 
-@job()
+@job(calls_outside=True)
 @argument_rules(run_id=parse_id, batch_no=parse_count, first_client_id=parse_id, last_client_id=parse_id)
 def run_daily_batch(run_id, task, batch_no, first_client_id, last_client_id):
     """One task over one batch of clients; done and counted once however often delivered."""
@@ -193,7 +193,7 @@ def apply_late_fees(client_id=None, as_of=None):
     return collection_job("apply_late_fees", client_id, as_of)
 
 
-@job()
+@job(calls_outside=True)
 @argument_rules(client_id=parse_optional_id, as_of=parse_date)
 def capture_due_payments(client_id=None, as_of=None):
     """Charge due invoices to stored cards of clients with auto CC processing (SPEC §8)."""

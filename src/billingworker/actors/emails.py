@@ -53,7 +53,7 @@ def _deliver(email_ids: list[int]) -> BatchDelivery:
                        claim_timeout=rt.email_claim_timeout)
 
 
-@job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY, on_retry_exhausted=GIVE_UP_JOB)
+@job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY, on_retry_exhausted=GIVE_UP_JOB, calls_outside=True)
 @argument_rules(email_id=parse_id)
 def deliver_email(email_id):
     """Send one outbox email (a batch of one); a sent email is never resent.
@@ -110,7 +110,7 @@ def give_up_email_delivery(message_data, retry_info=None):
     return {"email_id": email_id, "failed": gave_up}
 
 
-@job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY)
+@job(queue_name=EMAIL_QUEUE, priority=EMAIL_PRIORITY, calls_outside=True)
 @argument_rules(email_ids=partial(parse_id_list, max_length=EMAIL_BATCH_SIZE))
 def deliver_emails(email_ids):
     """Send a batch of outbox emails (at most EMAIL_BATCH_SIZE), each marked sent as it goes.

@@ -18,7 +18,7 @@ from .unit_of_work import UnitOfWork
 KEPT_ERROR = "PayMethodKept"
 
 
-@job()
+@job(calls_outside=True)
 @argument_rules(pay_method_id=parse_id, force=parse_bool)
 def remove_pay_method(pay_method_id, force=False):
     """Remove a stored pay method: at its gateway first (unless ``force``), then our record."""

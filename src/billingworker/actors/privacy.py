@@ -14,7 +14,7 @@ from .clients import remove_export_files
 from .unit_of_work import UnitOfWork
 
 
-@job()
+@job(calls_outside=True)
 @argument_rules(client_id=parse_id, allow_unpaid=parse_bool)
 def anonymise_client(client_id, allow_unpaid=False):
     """Replace the client's personal data, keep its fiscal records, close it; idempotent."""

@@ -93,7 +93,7 @@ def delete_selected_items(client_id, items):
     return summary
 
 
-@job()
+@job(calls_outside=True)
 @argument_rules(item_id=parse_id)
 def run_module_command(item_type, item_id, command, command_id=None, params=None, request_id=None):
     """Run one server-module command once.

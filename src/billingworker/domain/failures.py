@@ -11,7 +11,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from .models import JobFailure
-from .redaction import MASK, MAX_SHOWN, is_secret_key, mask_text, quote
+from .redaction import MASK, MAX_SHOWN, escape_unprintable, is_secret_key, mask_text, quote
 
 #: ``job_failures.reason`` holds at most this many characters: the field, the value quoted (at
 #: most MAX_SHOWN characters of it, masked) and the rule; a longer reason is cut, its length given.
@@ -43,8 +43,7 @@ def stored_reason(failure: ClientFailure) -> str:
     characters, masked, control characters (but line breaks and tabs) and lone surrogates escaped."""
     text = mask_text(failure.message, MAX_REASON_LENGTH)
     if not text.isprintable():
-        text = "".join(c if c.isprintable() or c in "\t\n\r" else repr(c)[1:-1] for c in text)
-        text = mask_text(text, MAX_REASON_LENGTH)
+        text = mask_text(escape_unprintable(text), MAX_REASON_LENGTH)
     return text
 
 

@@ -75,10 +75,11 @@ def parse_amount(field: str, value: Any) -> Decimal:
     if isinstance(value, int):
         amount = Decimal(value)
     elif isinstance(value, str):
-        if not _DECIMAL_STRING.fullmatch(value.strip()):
+        text = value.strip(" ")  # (spaces only: str.strip() also takes no-break and other Unicode spaces)
+        if not _DECIMAL_STRING.fullmatch(text):
             raise ValidationError(field, value, 'is not a decimal number such as "10.50" (ASCII digits, at most '
                                                 "one point, no exponent)")
-        amount = Decimal(value.strip())
+        amount = Decimal(text)
     elif isinstance(value, Decimal):
         amount = value
     else:

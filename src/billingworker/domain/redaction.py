@@ -288,3 +288,12 @@ def redact_card_numbers(text: str) -> str:
         return "****" + digits[-4:]
 
     return _CARD_NUMBER.sub(mask, text)
+
+
+def escape_unprintable(text: str) -> str:
+    """``text`` with its control characters (but line breaks and tabs) and lone surrogates
+    written as escapes (``\\x00``): words from outside (a gateway's, a server module's) as a
+    column keeps them; PostgreSQL refuses a NUL in text, and a terminal would obey an ESC."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\t\n\r" else repr(c)[1:-1] for c in text)

@@ -27,6 +27,7 @@ migrations and by ``metadata.create_all`` alike (PostgreSQL and SQLite DDL is un
 from __future__ import annotations
 
 from sqlalchemy import JSON, DateTime, LargeBinary, Text
+from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql.base import MySQLDDLCompiler
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
@@ -144,8 +145,9 @@ _literal_default = MySQLDDLCompiler.get_column_default_string
 
 def wants_expression_default(type_) -> bool:
     """Whether MySQL 8 takes a default of this column type only as an expression (TEXT, BLOB,
-    JSON: a literal ``DEFAULT ''`` is error 1101 there)."""
-    return isinstance(type_, (Text, LargeBinary, JSON))
+    JSON: a literal ``DEFAULT ''`` is error 1101 there). MySQL's own TINYTEXT, MEDIUMTEXT and
+    LONGTEXT are not ``Text`` to SQLAlchemy (they derive from ``String``): named here."""
+    return isinstance(type_, (Text, LargeBinary, JSON, mysql.TINYTEXT, mysql.MEDIUMTEXT, mysql.LONGTEXT))
 
 
 def column_type_of(table_name: str, column_name: str):

@@ -85,6 +85,19 @@ def test_a_refusal_is_recorded_failed_and_runs_again_when_asked(session, svc):
     assert run(session, q.command_id).outcome == "succeeded"
 
 
+def test_a_modules_words_are_kept_with_their_control_characters_escaped(session, svc):
+    # A NUL in a module's answer failed the write on PostgreSQL (no NUL in text) after the
+    # command had run on the server: the words are the outside's, kept escaped
+    q = queue(session, "service", svc.id, svc.client_id)
+    session.commit()
+    RECORDING_MODULE.fail("service", svc.id, "bad\x00 state \x1b[31m", times=1)
+    done = run(session, q.command_id)
+    session.commit()
+    assert done.outcome == "failed"
+    session.expire_all()
+    assert session.get(ModuleCommand, q.command_id).result == "bad\\x00 state \\x1b[31m"
+
+
 def test_a_module_exception_propagates_and_is_counted_separately(session, svc):
     q = queue(session, "service", svc.id, svc.client_id)
     session.commit()

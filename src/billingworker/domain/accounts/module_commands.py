@@ -30,6 +30,7 @@ from ...store.conflicts import insert_ignoring_conflicts
 from ..errors import NotFound, ValidationError
 from ..models import Addon, Domain, ItemType, ModuleCommand, ModuleCommandStatus, Product, Service, ThingStatus
 from ..ports import MODULE_COMMANDS, ModuleCommandRequest, ModuleResult, ServerModule
+from ..redaction import escape_unprintable
 from .sealing import ParamSealer, public_params
 
 #: Things a server module acts on: a service's product module, an addon's (its service's), a
@@ -266,7 +267,7 @@ def _take_status(session: Session, item_type: str, item_id: int, command: str, a
 def _finish(row: ModuleCommand, answer: ModuleResult, now: datetime) -> ModuleRun:
     row.status = ModuleCommandStatus.SUCCEEDED if answer.succeeded else ModuleCommandStatus.FAILED
     row.sealed_params = None  # the command ran: its secrets are no longer kept
-    row.result = answer.message[:MAX_RESULT_CHARS]
+    row.result = escape_unprintable(answer.message)[:MAX_RESULT_CHARS]  # (a module's words: NUL, ESC...)
     row.finished_at = _utc(now)
     return ModuleRun(row.id, answer.status, answer.message, row.client_id)
 

@@ -65,7 +65,7 @@ from ..models import (
 )
 from ..money import ZERO, round_money
 from ..ports import CaptureRequest, CaptureResult, GatewayUnavailable, PaymentGateway
-from ..redaction import redact_card_numbers
+from ..redaction import escape_unprintable, redact_card_numbers
 from ..settings import BillingSettings, load_settings
 from ..tasks import TaskResult
 from .payments import PaymentRequest, apply_payments
@@ -351,7 +351,7 @@ def _charge_all(session_factory: Callable[[], Session], attempts: Sequence[_Atte
         if answer is None:
             _unanswered(result, attempt, unanswered)
         else:
-            answered.append((attempt, answer, redact_card_numbers(answer.message)[:2000]))
+            answered.append((attempt, answer, escape_unprintable(redact_card_numbers(answer.message))[:2000]))
     for start in range(0, len(answered), RECORD_GROUP_SIZE):
         group = answered[start:start + RECORD_GROUP_SIZE]
         try:
@@ -467,8 +467,9 @@ def _finish_group(session_factory: Callable[[], Session], group: Sequence[tuple[
                                                       capture.error))
             capture.gateway_reference = answer.transaction_id[:255]
             capture.updated_at = now
+            # (the gateway's id, cut as the column holds it: transactions.transaction_id is VARCHAR(255))
             payments.append(PaymentRequest(capture.invoice_id, Decimal(capture.amount), capture.gateway,
-                                           answer.transaction_id or f"capture-{capture.id}"))
+                                           capture.gateway_reference or f"capture-{capture.id}"))
             paid_attempts.append((attempt, capture.status == CaptureStatus.SUCCEEDED))
             lines.append(attempt.line(str(capture.status)))
         session.flush()

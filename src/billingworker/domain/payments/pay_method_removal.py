@@ -32,7 +32,7 @@ from ...db import for_update
 from ..errors import BillingError, Conflict, ValidationError
 from ..models import Client, JobReceipt, PayMethod
 from ..ports import PaymentGateway, PayMethodDeletionRequest
-from ..redaction import redact_card_numbers
+from ..redaction import escape_unprintable, redact_card_numbers
 
 ACTOR = "remove_pay_method"
 #: Pay-method types whose card or account lives at a gateway (we hold its token only).
@@ -213,5 +213,5 @@ def _not_there(session: Session, pay_method_id: int) -> PayMethodRemoval:
 
 def _said(text: str) -> str:
     """A gateway's words as we keep them: card numbers masked, cut to MAX_MESSAGE_LENGTH."""
-    text = redact_card_numbers(str(text))
+    text = escape_unprintable(redact_card_numbers(str(text)))
     return text if len(text) <= MAX_MESSAGE_LENGTH else text[:MAX_MESSAGE_LENGTH - 3] + "..."
