@@ -116,7 +116,8 @@ def test_a_database_crash_mid_run_is_ridden_out(own_database, start_worker, pg_e
         broker.enqueue(message("run_daily_automation", as_of=today.isoformat()))
 
         # When the database crashes while the run is under way, and comes back a few seconds later
-        wait_for(lambda: scalar(engine, "SELECT count(*) FROM daily_run_batches") >= 6, "6 batches done", 90)
+        wait_for(lambda: scalar(engine, "SELECT count(*) FROM daily_run_batches") >= 6 and len(sink.received) >= 100,
+                 "6 batches done and emails going out", 90)
         # (PostgreSQL commits the sent marks without waiting for the disk: a crash may lose the
         # marks of its last fraction of a second, and those emails go again. Count what came in
         # the last second before the crash: the most a lost-marks repeat can be.)
