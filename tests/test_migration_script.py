@@ -355,7 +355,8 @@ def parse_mysql_ddl(script: str) -> Ddl:
             for item in _split_top_level(alter.group(2)):
                 added = re.match(r"ADD\s+(?:COLUMN\s+)?", item, re.I)
                 # A later migration's column change is a column definition too (0012's LONGTEXT)
-                changed = re.match(rf"(?:MODIFY\s+(?:COLUMN\s+)?|CHANGE\s+(?:COLUMN\s+)?(?:{IDENTIFIER})\s+)", item, re.I)
+                changed = re.match(rf"(?:MODIFY\s+(?:COLUMN\s+)?|CHANGE\s+(?:COLUMN\s+)?(?:{IDENTIFIER})\s+)",
+                                   item, re.I)
                 assert added or changed or re.match(r"(DROP|ALTER|RENAME)\b", item, re.I), (
                     f"{table}: an ALTER TABLE item not understood: {item!r}"
                 )

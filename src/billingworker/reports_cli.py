@@ -123,7 +123,7 @@ def summary(client_id: int, as_json: bool) -> None:
             f"  {'Quotes':<18} {result.quotes}",
             f"  {'Tickets':<18} {result.tickets}",
             f"  {'Affiliates':<18} {result.affiliates}",
-            "", "Recent emails"]
+            "", "Recent emails (UTC)"]
     if not result.recent_emails:
         out.append("  none")
     for e in result.recent_emails:

@@ -76,9 +76,11 @@ def test_summary_as_json_and_as_text(engine, client_id):
     assert data["income"]["gross_revenue"] == "100.00" and data["income"]["net_income"] == "98.00"
     assert data["income"]["credit_balance"] == "0.00"
     assert [e["subject"] for e in data["recent_emails"]] == ["Invoice #2"]
+    assert data["recent_emails"][0]["sent_at"].endswith("+00:00"), "UTC on every database (MariaDB's is naive)"
     text = run(engine, "summary", str(client_id))
     assert text.exit_code == 0, text.output
     assert "Unpaid (due)" in text.output and "$1,234.56 USD" in text.output and "Invoice #2" in text.output
+    assert "Recent emails (UTC)" in text.output
 
 
 @pytest.mark.parametrize("command", [

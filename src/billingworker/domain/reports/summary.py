@@ -20,6 +20,7 @@ from decimal import Decimal
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from ...clock import as_utc
 from ..models import (
     Addon,
     Affiliate,
@@ -138,7 +139,8 @@ def client_summary(session: Session, client_id: int) -> ClientSummary:
         domains=_things(session, Domain, client_id, DomainStatus.ACTIVE),
         quotes=_count(session, Quote, client_id), tickets=_count(session, Ticket, client_id),
         affiliates=_count(session, Affiliate, client_id),
-        recent_emails=tuple(RecentEmail(*e) for e in emails))
+        # (in UTC whatever the database hands back: naive on MySQL/SQLite, the session's zone on PostgreSQL)
+        recent_emails=tuple(RecentEmail(as_utc(sent_at), *rest) for sent_at, *rest in emails))
 
 
 def _things(session: Session, model, client_id: int, active: str) -> ThingCounts:
