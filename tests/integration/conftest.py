@@ -317,3 +317,30 @@ def rabbitmq_url() -> Iterator[str]:
                     pytrace=False)
     yield f"{RABBITMQ_ADMIN}/{vhost}"
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+# --- the scheduler -----------------------------------------------------------------------------
+
+def start_scheduler(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    """``billingworker scheduler`` with short intervals (a stalled run resumed after 8 s, the outbox
+    relayed every 3 s), configured through ``env`` on top of this process's environment; the
+    caller terminates it. Its output is in ``tmp_path / "scheduler.log"``."""
+    script = Path(sys.executable).parent / "billingworker"
+    log = (tmp_path / "scheduler.log").open("wb")
+    return subprocess.Popen(
+        [str(script), "scheduler", "--tick", "1", "--stall-seconds", "8", "--relay-every", "3", "--relay-after", "8"],
+        cwd=tmp_path, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+
+
+def run_state(engine: Engine) -> dict:
+    """What the daily run, the outbox and the failures look like (for the report of a failing test)."""
+    try:
+        return {"tasks": rows(engine, "SELECT task, status, batches_done, batches_total FROM daily_run_tasks"
+                                      " ORDER BY position"),
+                "run": rows(engine, "SELECT status, started_at FROM daily_runs"),
+                "outbox": rows(engine, "SELECT status, count(*) FROM email_outbox GROUP BY status"),
+                "failures": rows(engine, "SELECT actor, error, reason FROM job_failures")[:5]}
+    except Exception as exc:  # noqa: BLE001 - only for the report (the database may be down)
+        return {"unreadable": repr(exc)}
+

@@ -7,12 +7,8 @@ sent once and nothing billed twice. The Redis server is the test's own, on a por
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from bench.seed import seed
@@ -22,7 +18,7 @@ from billingworker.db import session_factory
 from billingworker.domain.settings import save_settings
 from tests.redis_server import RedisServer
 
-from .conftest import message, rows, scalar, wait_for
+from .conftest import message, rows, run_state, scalar, start_scheduler, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,23 +31,6 @@ def own_redis() -> RedisServer:
     server = RedisServer.start()
     yield server
     server.close()
-
-
-def start_scheduler(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
-    script = Path(sys.executable).parent / "billingworker"
-    log = (tmp_path / "scheduler.log").open("wb")
-    return subprocess.Popen(
-        [str(script), "scheduler", "--tick", "1", "--stall-seconds", "8", "--relay-every", "3", "--relay-after", "8"],
-        cwd=tmp_path, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-
-
-def state(engine) -> dict:
-    """What the run and the outbox look like (for the report of a failing test)."""
-    return {"tasks": rows(engine, "SELECT task, status, batches_done, batches_total FROM daily_run_tasks"
-                                  " ORDER BY position"),
-            "run": rows(engine, "SELECT status, started_at FROM daily_runs"),
-            "outbox": rows(engine, "SELECT status, count(*) FROM email_outbox GROUP BY 1")}
 
 
 def test_a_redis_restart_mid_run_recovers_in_seconds(start_worker, pg_engine, pg_url, own_redis, smtp_sink,
@@ -88,7 +67,7 @@ def test_a_redis_restart_mid_run_recovers_in_seconds(start_worker, pg_engine, pg
         deadline = restarted + RECOVERY_BOUND
         while not finished():
             if time.monotonic() > deadline:
-                pytest.fail(f"not finished {RECOVERY_BOUND} s after the restart: {state(pg_engine)}\n"
+                pytest.fail(f"not finished {RECOVERY_BOUND} s after the restart: {run_state(pg_engine)}\n"
                             f"scheduler:\n{(tmp_path / 'scheduler.log').read_text(errors='replace')[-3000:]}")
             time.sleep(0.2)
         took = time.monotonic() - restarted

@@ -30,7 +30,7 @@ from tests import factories as f
 from tests.conftest import _migrated
 from tests.db_server import MariaDBServer, PostgresServer
 
-from .conftest import REDIS_URL, message, rows, scalar, wait_for
+from .conftest import REDIS_URL, message, rows, run_state, scalar, start_scheduler, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,27 +66,6 @@ def pg_engine(own_database) -> Iterator[Engine]:
     engine = create_db_engine(own_database.url())
     yield engine
     engine.dispose()
-
-
-def start_scheduler(tmp_path, env: dict[str, str]) -> subprocess.Popen:
-    script = os.path.join(os.path.dirname(sys.executable), "billingworker")
-    log = (tmp_path / "scheduler.log").open("wb")
-    return subprocess.Popen(
-        [script, "scheduler", "--tick", "1", "--stall-seconds", "8", "--relay-every", "3", "--relay-after", "8"],
-        cwd=tmp_path, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-
-
-def state(engine: Engine) -> dict:
-    """What the run and the outbox look like (for the report of a failing test)."""
-    try:
-        return {"tasks": rows(engine, "SELECT task, status, batches_done, batches_total FROM daily_run_tasks"
-                                      " ORDER BY position"),
-                "run": rows(engine, "SELECT status FROM daily_runs"),
-                "outbox": rows(engine, "SELECT status, count(*) FROM email_outbox GROUP BY status"),
-                "failures": rows(engine, "SELECT actor, error, reason FROM job_failures")[:5]}
-    except Exception as exc:  # noqa: BLE001 - only for the report
-        return {"unreadable": repr(exc)}
 
 
 def test_a_database_crash_mid_run_is_ridden_out(own_database, start_worker, pg_engine, pg_url, redis_client,
@@ -137,7 +116,7 @@ def test_a_database_crash_mid_run_is_ridden_out(own_database, start_worker, pg_e
 
         while not finished():
             if time.monotonic() > back + RECOVERY_BOUND:
-                pytest.fail(f"not finished {RECOVERY_BOUND} s after the database came back: {state(engine)}\n"
+                pytest.fail(f"not finished {RECOVERY_BOUND} s after the database came back: {run_state(engine)}\n"
                             f"scheduler:\n{(tmp_path / 'scheduler.log').read_text(errors='replace')[-3000:]}")
             time.sleep(0.3)
         took = time.monotonic() - back
