@@ -176,5 +176,5 @@ def unstorable_value(exc: BaseException) -> str | None:
     else None. Such an error comes back on every try: it is the input's fault, not the moment's."""
     if not isinstance(exc, DataError) or is_transient(exc):
         return None
-    reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
-    return reason[:300]
+    said = str(exc.orig).strip()
+    return (said.splitlines()[0] if said else type(exc.orig).__name__)[:300]
